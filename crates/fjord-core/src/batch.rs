@@ -35,6 +35,8 @@ pub const HEADER_LEN: usize = 61;
 /// Bytes needed to learn a batch's offset and total length.
 pub const LOG_OVERHEAD: usize = 12;
 pub const MAGIC: i8 = 2;
+/// Kafka's marker for "no timestamp".
+pub const NO_TIMESTAMP: i64 = -1;
 const CRC_START: usize = 21;
 const ATTR_TIMESTAMP_LOG_APPEND: i16 = 1 << 3;
 const ATTR_CODEC_MASK: i16 = 0x07;
@@ -221,18 +223,16 @@ pub fn encode_with_deltas(
     deltas: &[i32],
 ) -> BytesMut {
     assert_eq!(records.len(), deltas.len(), "one offset delta per record");
-    let base_ts = records
-        .iter()
-        .map(|r| r.event_ts.unwrap_or(publish_ts))
-        .min()
-        .unwrap_or(publish_ts);
+    // A record without an event time carries Kafka's NO_TIMESTAMP (-1) and
+    // reads back with its publish time.
+    let base_ts = records.first().and_then(|r| r.event_ts).unwrap_or(NO_TIMESTAMP);
     let mut body: Vec<u8> = Vec::with_capacity(records.iter().map(|r| r.approx_size()).sum::<usize>() + HEADER_LEN);
     body.resize(HEADER_LEN, 0);
     let mut rec = Vec::with_capacity(256);
     for (r, &delta) in records.iter().zip(deltas) {
         rec.clear();
         rec.push(0); // record attributes, unused
-        put_varlong(&mut rec, r.event_ts.unwrap_or(publish_ts) - base_ts);
+        put_varlong(&mut rec, r.event_ts.unwrap_or(NO_TIMESTAMP).wrapping_sub(base_ts));
         put_varint(&mut rec, delta);
         put_bytes(&mut rec, r.key.as_deref());
         put_bytes(&mut rec, r.value.as_deref());
@@ -358,13 +358,15 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
             return Err(CoreError::MalformedRecord("record length disagrees with its fields"));
         }
         pos = end;
-        let event_ts = h.base_timestamp.wrapping_add(ts_delta);
+        let ts = h.base_timestamp.wrapping_add(ts_delta);
+        let publish_ts = if h.is_log_append_time() { h.max_timestamp } else { ts };
+        let event_ts = if ts == NO_TIMESTAMP { publish_ts } else { ts };
         out.push(Record {
             offset: h.base_offset + off_delta as i64,
             key,
             value,
             headers,
-            publish_ts: if h.is_log_append_time() { h.max_timestamp } else { event_ts },
+            publish_ts,
             event_ts,
         });
     }

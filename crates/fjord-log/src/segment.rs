@@ -1,0 +1,378 @@
+//! One segment: `<base offset>.log` plus its `.index` and `.timeindex`.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fjord_core::batch::BatchHeader;
+
+use crate::index::{self, OffsetEntry, TimeEntry, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
+use crate::scan::{scan_segment, ScanResult};
+use crate::{LogError, INDEX_INTERVAL_BYTES};
+
+pub fn log_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.log"))
+}
+fn index_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.index"))
+}
+fn time_path(dir: &Path, base: i64) -> PathBuf {
+    dir.join(format!("{base:020}.timeindex"))
+}
+
+/// The base offset a segment file name encodes, if it is a segment.
+pub fn parse_log_name(name: &str) -> Option<i64> {
+    let stem = name.strip_suffix(".log")?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+pub struct Segment {
+    pub base_offset: i64,
+    /// Offset after the last batch (meaningful for the active segment).
+    pub next_offset: i64,
+    pub size: u64,
+    /// Largest publish time in the segment; `None` when empty.
+    pub max_ts: Option<i64>,
+    /// Publish time of the first batch, for rolling by age.
+    pub first_ts: Option<i64>,
+    last_base: Option<i64>,
+    dir: PathBuf,
+    file: Arc<File>,
+    index: Vec<OffsetEntry>,
+    time_index: Vec<TimeEntry>,
+    index_file: Option<File>,
+    time_file: Option<File>,
+    since_index: u64,
+}
+
+fn open_rw(path: &Path, create: bool) -> Result<File, LogError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| LogError::io("open", path, e))
+}
+
+impl Segment {
+    /// Creates an empty segment (the new active one).
+    pub fn create(dir: &Path, base_offset: i64) -> Result<Self, LogError> {
+        let path = log_path(dir, base_offset);
+        let file = open_rw(&path, true)?;
+        file.set_len(0).map_err(|e| LogError::io("truncate", &path, e))?;
+        let index_file = open_rw(&index_path(dir, base_offset), true)?;
+        index_file.set_len(0).map_err(|e| LogError::io("truncate", index_path(dir, base_offset), e))?;
+        let time_file = open_rw(&time_path(dir, base_offset), true)?;
+        time_file.set_len(0).map_err(|e| LogError::io("truncate", time_path(dir, base_offset), e))?;
+        Ok(Self {
+            base_offset,
+            next_offset: base_offset,
+            size: 0,
+            max_ts: None,
+            first_ts: None,
+            last_base: None,
+            dir: dir.to_path_buf(),
+            file: Arc::new(file),
+            index: Vec::new(),
+            time_index: Vec::new(),
+            index_file: Some(index_file),
+            time_file: Some(time_file),
+            since_index: INDEX_INTERVAL_BYTES,
+        })
+    }
+
+    /// Opens an existing segment. The active (last) segment is always scanned
+    /// and its torn tail truncated; a sealed one is scanned only when its
+    /// indexes are missing or damaged. Returns the bytes truncated, if any,
+    /// and why.
+    pub fn open(dir: &Path, base_offset: i64, active: bool) -> Result<(Self, Option<(u64, String)>), LogError> {
+        let path = log_path(dir, base_offset);
+        let file = open_rw(&path, false)?;
+        let len = file.metadata().map_err(|e| LogError::io("stat", &path, e))?.len();
+        let mut seg = Self {
+            base_offset,
+            next_offset: base_offset,
+            size: len,
+            max_ts: None,
+            first_ts: None,
+            last_base: None,
+            dir: dir.to_path_buf(),
+            file: Arc::new(file),
+            index: Vec::new(),
+            time_index: Vec::new(),
+            index_file: None,
+            time_file: None,
+            since_index: 0,
+        };
+        let mut truncated = None;
+        let loaded = if active { None } else { seg.load_indexes() };
+        match loaded {
+            Some((idx, times)) => {
+                seg.max_ts = times.last().map(|t| t.ts_ms);
+                seg.first_ts = times.first().map(|t| t.ts_ms);
+                seg.index = idx;
+                seg.time_index = times;
+                seg.next_offset = seg.last_batch_next_offset()?;
+            }
+            None => {
+                let scan = scan_segment(&seg.file, len, base_offset).map_err(|e| LogError::io("scan", &path, e))?;
+                if scan.valid_len < len {
+                    let reason = scan.stop_reason.clone().unwrap_or_default();
+                    if !active {
+                        // A sealed segment was fsynced when it was sealed; damage
+                        // here is not a torn write, so it is not silently cut.
+                        return Err(LogError::Corrupt { path, position: scan.valid_len, reason });
+                    }
+                    seg.file
+                        .set_len(scan.valid_len)
+                        .map_err(|e| LogError::io("truncate torn tail of", &path, e))?;
+                    seg.file.sync_all().map_err(|e| LogError::io("fsync", &path, e))?;
+                    truncated = Some((len - scan.valid_len, reason));
+                    seg.size = scan.valid_len;
+                }
+                seg.apply_scan(scan);
+                seg.write_indexes()?;
+            }
+        }
+        if active {
+            seg.index_file = Some(open_rw(&index_path(dir, base_offset), true)?);
+            seg.time_file = Some(open_rw(&time_path(dir, base_offset), true)?);
+            seg.since_index = if seg.size == 0 { INDEX_INTERVAL_BYTES } else { seg.size - seg.index.last().map_or(0, |e| e.position as u64) };
+        }
+        Ok((seg, truncated))
+    }
+
+    fn apply_scan(&mut self, scan: ScanResult) {
+        self.next_offset = scan.next_offset.unwrap_or(self.base_offset);
+        self.max_ts = scan.max_ts;
+        self.first_ts = scan.first_ts;
+        self.last_base = scan.last_base;
+        self.index = scan.index;
+        self.time_index = scan.time_index;
+    }
+
+    fn load_indexes(&self) -> Option<(Vec<OffsetEntry>, Vec<TimeEntry>)> {
+        let idx = fs::read(index_path(&self.dir, self.base_offset)).ok()?;
+        let times = fs::read(time_path(&self.dir, self.base_offset)).ok()?;
+        let idx = index::decode_offsets(&idx, self.size)?;
+        let times = index::decode_times(&times)?;
+        // A non-empty segment always indexes its first batch.
+        if self.size > 0 && (idx.first().map(|e| e.position) != Some(0) || times.is_empty()) {
+            return None;
+        }
+        Some((idx, times))
+    }
+
+    /// Finds the next offset of a sealed segment by walking from its last
+    /// index entry (at most one index interval of headers).
+    fn last_batch_next_offset(&self) -> Result<i64, LogError> {
+        let mut pos = self.index.last().map_or(0, |e| e.position as u64);
+        let mut next = self.base_offset;
+        let mut hdr = [0u8; fjord_core::batch::HEADER_LEN];
+        while pos < self.size {
+            self.file
+                .read_exact_at(&mut hdr, pos)
+                .map_err(|e| LogError::io("read", self.path(), e))?;
+            let h = BatchHeader::parse(&hdr).map_err(|e| self.corrupt(pos, e.to_string()))?;
+            next = h.next_offset();
+            pos += h.total_len() as u64;
+        }
+        Ok(next)
+    }
+
+    /// The sparse time index may miss the newest batches; a final entry for
+    /// the largest publish time lets a reopened segment know its `max_ts`
+    /// without a scan (retention depends on it).
+    fn close_time_index(&mut self) {
+        if let (Some(max), Some(last)) = (self.max_ts, self.last_base) {
+            if self.time_index.last().is_none_or(|t| t.ts_ms < max) {
+                let rel = (last - self.base_offset) as u32;
+                let rel = rel.max(self.time_index.last().map_or(0, |t| t.rel_offset));
+                self.time_index.push(TimeEntry { ts_ms: max, rel_offset: rel });
+            }
+        }
+    }
+
+    fn write_indexes(&mut self) -> Result<(), LogError> {
+        self.close_time_index();
+        let mut idx = Vec::with_capacity(self.index.len() * OFFSET_ENTRY_LEN);
+        for e in &self.index {
+            idx.extend_from_slice(&e.encode());
+        }
+        let mut times = Vec::with_capacity(self.time_index.len() * TIME_ENTRY_LEN);
+        for e in &self.time_index {
+            times.extend_from_slice(&e.encode());
+        }
+        let ip = index_path(&self.dir, self.base_offset);
+        fs::write(&ip, idx).map_err(|e| LogError::io("write", ip, e))?;
+        let tp = time_path(&self.dir, self.base_offset);
+        fs::write(&tp, times).map_err(|e| LogError::io("write", tp, e))?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> PathBuf {
+        log_path(&self.dir, self.base_offset)
+    }
+
+    pub fn file(&self) -> Arc<File> {
+        self.file.clone()
+    }
+
+    pub fn corrupt(&self, position: u64, reason: String) -> LogError {
+        LogError::Corrupt {
+            path: self.path(),
+            position,
+            reason,
+        }
+    }
+
+    /// Appends one whole batch whose offsets are already assigned. On a failed
+    /// write the partial bytes are cut off again, so the segment stays a
+    /// sequence of whole batches.
+    pub fn append(&mut self, batch: &[u8], h: &BatchHeader) -> Result<(), LogError> {
+        debug_assert_eq!(h.total_len(), batch.len());
+        debug_assert!(h.base_offset >= self.next_offset);
+        let pos = self.size;
+        if let Err(e) = self.file.write_all_at(batch, pos) {
+            let err = LogError::io("write", self.path(), e);
+            if let Err(e2) = self.file.set_len(pos) {
+                return Err(LogError::Corrupt {
+                    path: self.path(),
+                    position: pos,
+                    reason: format!("write failed ({err}) and the partial write could not be cut off: {e2}"),
+                });
+            }
+            return Err(err);
+        }
+        self.size += batch.len() as u64;
+        self.next_offset = h.next_offset();
+        self.last_base = Some(h.base_offset);
+        let ts = h.publish_ts();
+        self.first_ts.get_or_insert(ts);
+        self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
+        if self.since_index >= INDEX_INTERVAL_BYTES {
+            let rel = (h.base_offset - self.base_offset) as u32;
+            let oe = OffsetEntry { rel_offset: rel, position: pos as u32 };
+            let te = TimeEntry { ts_ms: self.max_ts.unwrap_or(ts), rel_offset: rel };
+            // Index files are hints rebuilt at recovery, so a failed index
+            // write does not fail the append.
+            if let Some(f) = &self.index_file {
+                let _ = f.write_all_at(&oe.encode(), (self.index.len() * OFFSET_ENTRY_LEN) as u64);
+            }
+            if let Some(f) = &self.time_file {
+                let _ = f.write_all_at(&te.encode(), (self.time_index.len() * TIME_ENTRY_LEN) as u64);
+            }
+            self.index.push(oe);
+            self.time_index.push(te);
+            self.since_index = 0;
+        }
+        self.since_index += batch.len() as u64;
+        Ok(())
+    }
+
+    /// Whether one more batch of `len` bytes still fits the u32 positions of
+    /// the index and the configured size.
+    pub fn has_room(&self, len: usize, segment_bytes: u64) -> bool {
+        self.size == 0 || (self.size + len as u64 <= segment_bytes && self.size + (len as u64) < u32::MAX as u64)
+    }
+
+    pub fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>, LogError> {
+        let mut buf = vec![0u8; len];
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .map_err(|e| LogError::io("read", self.path(), e))?;
+        Ok(buf)
+    }
+
+    /// Byte position to start scanning at for `offset`.
+    pub fn position_for(&self, offset: i64) -> u64 {
+        if offset <= self.base_offset {
+            return 0;
+        }
+        let rel = (offset - self.base_offset).min(u32::MAX as i64) as u32;
+        index::floor_position(&self.index, rel)
+    }
+
+    /// Offset to start scanning at for the first batch published at or
+    /// after `ts_ms`.
+    pub fn offset_floor_for_time(&self, ts_ms: i64) -> i64 {
+        index::floor_time(&self.time_index, ts_ms).map_or(self.base_offset, |rel| self.base_offset + rel as i64)
+    }
+
+    /// Makes the segment immutable: index files rewritten whole and
+    /// everything fsynced.
+    pub fn seal(&mut self) -> Result<(), LogError> {
+        self.sync()?;
+        self.write_indexes()?;
+        for p in [index_path(&self.dir, self.base_offset), time_path(&self.dir, self.base_offset)] {
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| LogError::io("fsync", p, e))?;
+        }
+        self.index_file = None;
+        self.time_file = None;
+        Ok(())
+    }
+
+    pub fn sync(&self) -> Result<(), LogError> {
+        self.file.sync_data().map_err(|e| LogError::io("fsync", self.path(), e))
+    }
+
+    pub fn delete(self) -> Result<(), LogError> {
+        for p in [self.path(), index_path(&self.dir, self.base_offset), time_path(&self.dir, self.base_offset)] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io("delete", p, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces this sealed segment's contents by `batches` (compaction). The
+    /// new file is written and fsynced beside the old one, then renamed over
+    /// it, so a crash leaves either the old or the new segment, whole.
+    pub fn rewrite(&mut self, batches: &[Vec<u8>]) -> Result<(), LogError> {
+        let tmp = self.dir.join(format!("{:020}.log.cleaned", self.base_offset));
+        {
+            let f = File::create(&tmp).map_err(|e| LogError::io("create", &tmp, e))?;
+            let mut pos = 0u64;
+            for b in batches {
+                f.write_all_at(b, pos).map_err(|e| LogError::io("write", &tmp, e))?;
+                pos += b.len() as u64;
+            }
+            f.sync_all().map_err(|e| LogError::io("fsync", &tmp, e))?;
+        }
+        let path = self.path();
+        fs::rename(&tmp, &path).map_err(|e| LogError::io("rename", &tmp, e))?;
+        let file = open_rw(&path, false)?;
+        let len = file.metadata().map_err(|e| LogError::io("stat", &path, e))?.len();
+        let scan = scan_segment(&file, len, self.base_offset).map_err(|e| LogError::io("scan", &path, e))?;
+        if scan.valid_len != len {
+            return Err(LogError::Corrupt { path, position: scan.valid_len, reason: "compacted segment failed its own check".into() });
+        }
+        let next = self.next_offset;
+        self.file = Arc::new(file);
+        self.size = len;
+        self.apply_scan(scan);
+        // Keep the original end: offsets of removed records are not reused.
+        self.next_offset = next;
+        self.write_indexes()?;
+        for p in [index_path(&self.dir, self.base_offset), time_path(&self.dir, self.base_offset)] {
+            File::open(&p).and_then(|f| f.sync_all()).map_err(|e| LogError::io("fsync", p, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// fsync a directory so created, renamed or deleted entries survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| LogError::io("fsync directory", dir, e))
+}
