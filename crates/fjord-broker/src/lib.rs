@@ -1,1 +1,719 @@
+//! The broker core: streams made of partitions, produce with Kafka-compatible
+//! partitioning, fetch by offset or time with long polling, named consumers
+//! with committed positions, policies applied live, background retention and
+//! compaction, and the node's metrics.
+//!
+//! Front-ends (HTTP today; MQTT, Kafka, AMQP later) call this narrow API and
+//! never touch the log or the metadata store directly.
 
+mod error;
+mod metrics;
+mod rate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fjord_core::batch::{self, ProducerInfo};
+use fjord_core::partitioner::partition_for_key;
+use fjord_core::policy::{ResolvedPolicy, PARTITIONS_MAX};
+use fjord_core::time::now_ms;
+use fjord_core::{NamespaceName, Policy, Record, RecordInput, StreamRef, TenantName};
+use fjord_log::{Partition, PartitionOptions};
+use fjord_meta::{EmbeddedStore, MetaStore, NamespaceInfo, StreamInfo, TenantInfo};
+use parking_lot::RwLock;
+use serde::Serialize;
+
+pub use error::BrokerError;
+pub use metrics::Metrics;
+use rate::RateMeter;
+
+/// Settings of the broker core.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub data_dir: PathBuf,
+    /// Policy values for every setting no namespace or stream overrides.
+    pub defaults: ResolvedPolicy,
+    /// Appends queued per partition before producers wait.
+    pub append_queue_depth: usize,
+    /// How often retention, age rolls and compaction run.
+    pub maintenance_interval: Duration,
+}
+
+impl BrokerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            defaults: ResolvedPolicy::default(),
+            append_queue_depth: 1024,
+            maintenance_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    Earliest,
+    Latest,
+    Offset(i64),
+    /// The first record published at or after this time (ms).
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Produced {
+    pub partition: u32,
+    pub offset: i64,
+    pub publish_ts: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub records: Vec<Record>,
+    /// The offset to read from next.
+    pub next_offset: i64,
+    pub start_offset: i64,
+    pub high_watermark: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionDescription {
+    pub partition: u32,
+    pub start_offset: i64,
+    pub end_offset: i64,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamDescription {
+    #[serde(flatten)]
+    pub info: StreamInfo,
+    pub effective_policy: ResolvedPolicy,
+    pub partition_details: Vec<PartitionDescription>,
+    pub size_bytes: u64,
+    /// Averages over the last minute.
+    pub records_per_sec: f64,
+    pub bytes_per_sec: f64,
+}
+
+struct StreamState {
+    info: StreamInfo,
+    policy: ResolvedPolicy,
+    partitions: Vec<Partition>,
+    round_robin: AtomicU32,
+    rate: RateMeter,
+}
+
+pub struct Broker {
+    meta: Arc<dyn MetaStore>,
+    config: BrokerConfig,
+    streams: RwLock<HashMap<StreamRef, Arc<StreamState>>>,
+    metrics: Arc<Metrics>,
+    shutting_down: AtomicBool,
+}
+
+impl Broker {
+    /// Opens the node's data: metadata, then every stream's partitions, each
+    /// recovered (torn tails cut, indexes rebuilt) before it serves.
+    pub async fn open(config: BrokerConfig) -> Result<Arc<Self>, BrokerError> {
+        let meta: Arc<dyn MetaStore> = Arc::new(EmbeddedStore::open(&config.data_dir.join("meta"))?);
+        fjord_meta::ensure_defaults(meta.as_ref(), now_ms())?;
+        let broker = Arc::new(Self {
+            meta,
+            config,
+            streams: RwLock::new(HashMap::new()),
+            metrics: Arc::new(Metrics::new()),
+            shutting_down: AtomicBool::new(false),
+        });
+        for info in broker.meta.list_all_streams()? {
+            let state = broker.open_stream(info)?;
+            broker.streams.write().insert(state.info.stream_ref(), state);
+        }
+        Ok(broker)
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn meta(&self) -> &Arc<dyn MetaStore> {
+        &self.meta
+    }
+
+    pub fn defaults(&self) -> &ResolvedPolicy {
+        &self.config.defaults
+    }
+
+    fn stream_dir(&self, s: &StreamRef) -> PathBuf {
+        self.config
+            .data_dir
+            .join("streams")
+            .join(s.tenant.as_str())
+            .join(s.namespace.as_str())
+            .join(s.stream.as_str())
+    }
+
+    fn resolve_policy(&self, info: &StreamInfo) -> Result<ResolvedPolicy, BrokerError> {
+        let ns = self.meta.get_namespace(&info.tenant, &info.namespace)?;
+        Ok(info.policy.merged_over(&ns.policy).resolve(&self.config.defaults))
+    }
+
+    fn partition_options(&self) -> PartitionOptions {
+        let hist = self.metrics.fsync_seconds.clone();
+        PartitionOptions {
+            queue_depth: self.config.append_queue_depth,
+            fsync_observer: Some(Arc::new(move |d: Duration| hist.observe(d.as_secs_f64()))),
+        }
+    }
+
+    fn open_stream(&self, info: StreamInfo) -> Result<Arc<StreamState>, BrokerError> {
+        let policy = self.resolve_policy(&info)?;
+        let dir = self.stream_dir(&info.stream_ref());
+        let mut partitions = Vec::with_capacity(info.partitions as usize);
+        for p in 0..info.partitions {
+            partitions.push(self.open_partition(&info, &dir, p, &policy)?);
+        }
+        Ok(Arc::new(StreamState {
+            info,
+            policy,
+            partitions,
+            round_robin: AtomicU32::new(0),
+            rate: RateMeter::new(),
+        }))
+    }
+
+    fn open_partition(&self, info: &StreamInfo, dir: &Path, p: u32, policy: &ResolvedPolicy) -> Result<Partition, BrokerError> {
+        if policy.ephemeral {
+            return Ok(Partition::open_memory(policy.clone(), self.partition_options()));
+        }
+        let (part, report) = Partition::open_disk(&dir.join(p.to_string()), policy.clone(), self.partition_options())?;
+        if report.truncated_bytes > 0 {
+            tracing::warn!(
+                stream = %info.stream_ref(),
+                partition = p,
+                truncated_bytes = report.truncated_bytes,
+                reason = report.truncate_reason.as_deref().unwrap_or(""),
+                "recovery cut a torn write off the end of the log"
+            );
+        }
+        Ok(part)
+    }
+
+    fn state(&self, s: &StreamRef) -> Result<Arc<StreamState>, BrokerError> {
+        self.streams
+            .read()
+            .get(s)
+            .cloned()
+            .ok_or_else(|| BrokerError::NotFound { kind: "stream", name: s.to_string() })
+    }
+
+    fn check_running(&self) -> Result<(), BrokerError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(BrokerError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    // ---- tenants and namespaces -------------------------------------------------
+
+    pub fn create_tenant(&self, name: &TenantName) -> Result<TenantInfo, BrokerError> {
+        let t = TenantInfo { name: name.clone(), created_ms: now_ms() };
+        self.meta.create_tenant(&t)?;
+        Ok(t)
+    }
+
+    pub fn list_tenants(&self) -> Result<Vec<TenantInfo>, BrokerError> {
+        Ok(self.meta.list_tenants()?)
+    }
+
+    pub fn get_tenant(&self, name: &TenantName) -> Result<TenantInfo, BrokerError> {
+        Ok(self.meta.get_tenant(name)?)
+    }
+
+    pub fn delete_tenant(&self, name: &TenantName) -> Result<(), BrokerError> {
+        Ok(self.meta.delete_tenant(name)?)
+    }
+
+    pub fn create_namespace(&self, tenant: &TenantName, name: &NamespaceName, policy: Policy) -> Result<NamespaceInfo, BrokerError> {
+        policy.validate().map_err(BrokerError::Invalid)?;
+        let ns = NamespaceInfo { tenant: tenant.clone(), name: name.clone(), policy, created_ms: now_ms() };
+        self.meta.create_namespace(&ns)?;
+        Ok(ns)
+    }
+
+    pub fn get_namespace(&self, tenant: &TenantName, name: &NamespaceName) -> Result<NamespaceInfo, BrokerError> {
+        Ok(self.meta.get_namespace(tenant, name)?)
+    }
+
+    pub fn list_namespaces(&self, tenant: &TenantName) -> Result<Vec<NamespaceInfo>, BrokerError> {
+        Ok(self.meta.list_namespaces(tenant)?)
+    }
+
+    pub fn delete_namespace(&self, tenant: &TenantName, name: &NamespaceName) -> Result<(), BrokerError> {
+        Ok(self.meta.delete_namespace(tenant, name)?)
+    }
+
+    /// Replaces a namespace's policy and applies it to its streams at once.
+    pub fn set_namespace_policy(&self, tenant: &TenantName, name: &NamespaceName, policy: Policy) -> Result<NamespaceInfo, BrokerError> {
+        policy.validate().map_err(BrokerError::Invalid)?;
+        let old = self.meta.get_namespace(tenant, name)?;
+        let streams = self.meta.list_streams(tenant, name)?;
+        for s in &streams {
+            let before = s.policy.merged_over(&old.policy).resolve(&self.config.defaults);
+            let after = s.policy.merged_over(&policy).resolve(&self.config.defaults);
+            if before.ephemeral != after.ephemeral {
+                return Err(BrokerError::Invalid(format!(
+                    "changing `ephemeral` would change how stream {} is stored; create a new stream instead",
+                    s.stream_ref()
+                )));
+            }
+        }
+        let ns = self.meta.set_namespace_policy(tenant, name, &policy)?;
+        for s in streams {
+            self.reapply_policy(&s.stream_ref())?;
+        }
+        Ok(ns)
+    }
+
+    fn reapply_policy(&self, s: &StreamRef) -> Result<(), BrokerError> {
+        let info = self.meta.get_stream(s)?;
+        let policy = self.resolve_policy(&info)?;
+        let mut streams = self.streams.write();
+        if let Some(old) = streams.get(s) {
+            for p in &old.partitions {
+                p.set_policy(policy.clone());
+            }
+            let state = Arc::new(StreamState {
+                info,
+                policy,
+                partitions: old.partitions.clone(),
+                round_robin: AtomicU32::new(old.round_robin.load(Ordering::Relaxed)),
+                rate: old.rate.clone(),
+            });
+            streams.insert(s.clone(), state);
+        }
+        Ok(())
+    }
+
+    // ---- streams -----------------------------------------------------------------
+
+    /// Creates a stream; `partitions` defaults to the policy's
+    /// `partitions_default`.
+    pub fn create_stream(&self, s: &StreamRef, partitions: Option<u32>, policy: Policy) -> Result<StreamDescription, BrokerError> {
+        self.check_running()?;
+        policy.validate().map_err(BrokerError::Invalid)?;
+        let ns = self.meta.get_namespace(&s.tenant, &s.namespace)?;
+        let resolved = policy.merged_over(&ns.policy).resolve(&self.config.defaults);
+        let partitions = partitions.unwrap_or(resolved.partitions_default);
+        if partitions == 0 || partitions > PARTITIONS_MAX {
+            return Err(BrokerError::Invalid(format!("partitions = {partitions} is outside 1..={PARTITIONS_MAX}")));
+        }
+        let info = StreamInfo {
+            tenant: s.tenant.clone(),
+            namespace: s.namespace.clone(),
+            name: s.stream.clone(),
+            partitions,
+            policy,
+            created_ms: now_ms(),
+        };
+        // Leftovers of an earlier stream of the same name must not reappear.
+        let dir = self.stream_dir(s);
+        if dir.exists() && self.meta.get_stream(s).is_err() {
+            std::fs::remove_dir_all(&dir).map_err(|e| BrokerError::Storage(format!("clear {}: {e}", dir.display())))?;
+        }
+        self.meta.create_stream(&info)?;
+        let state = match self.open_stream(info) {
+            Ok(st) => st,
+            Err(e) => {
+                let _ = self.meta.delete_stream(s);
+                return Err(e);
+            }
+        };
+        self.streams.write().insert(s.clone(), state);
+        self.describe_stream(s)
+    }
+
+    /// Changes a stream's policy overrides and/or grows its partitions.
+    pub fn update_stream(&self, s: &StreamRef, partitions: Option<u32>, policy: Option<Policy>) -> Result<StreamDescription, BrokerError> {
+        let mut info = self.meta.get_stream(s)?;
+        let ns = self.meta.get_namespace(&s.tenant, &s.namespace)?;
+        if let Some(policy) = policy {
+            policy.validate().map_err(BrokerError::Invalid)?;
+            let before = info.policy.merged_over(&ns.policy).resolve(&self.config.defaults);
+            let after = policy.merged_over(&ns.policy).resolve(&self.config.defaults);
+            if before.ephemeral != after.ephemeral {
+                return Err(BrokerError::Invalid(
+                    "`ephemeral` cannot change on an existing stream; create a new stream instead".into(),
+                ));
+            }
+            info.policy = policy;
+        }
+        let mut new_partitions = Vec::new();
+        if let Some(n) = partitions {
+            if n < info.partitions {
+                return Err(BrokerError::Invalid(format!(
+                    "partitions can only grow: stream {s} has {}, asked for {n}",
+                    info.partitions
+                )));
+            }
+            if n > PARTITIONS_MAX {
+                return Err(BrokerError::Invalid(format!("partitions = {n} is outside 1..={PARTITIONS_MAX}")));
+            }
+            let resolved = info.policy.merged_over(&ns.policy).resolve(&self.config.defaults);
+            for p in info.partitions..n {
+                new_partitions.push(self.open_partition(&info, &self.stream_dir(s), p, &resolved)?);
+            }
+            info.partitions = n;
+        }
+        self.meta.update_stream(&info)?;
+        {
+            let mut streams = self.streams.write();
+            let old = streams.get(s).cloned().ok_or_else(|| BrokerError::NotFound { kind: "stream", name: s.to_string() })?;
+            let mut parts = old.partitions.clone();
+            parts.extend(new_partitions);
+            streams.insert(
+                s.clone(),
+                Arc::new(StreamState {
+                    info: info.clone(),
+                    policy: old.policy.clone(),
+                    partitions: parts,
+                    round_robin: AtomicU32::new(0),
+                    rate: old.rate.clone(),
+                }),
+            );
+        }
+        self.reapply_policy(s)?;
+        self.describe_stream(s)
+    }
+
+    pub fn list_streams(&self, tenant: &TenantName, ns: &NamespaceName) -> Result<Vec<StreamInfo>, BrokerError> {
+        Ok(self.meta.list_streams(tenant, ns)?)
+    }
+
+    pub fn describe_stream(&self, s: &StreamRef) -> Result<StreamDescription, BrokerError> {
+        let st = self.state(s)?;
+        let partition_details: Vec<PartitionDescription> = st
+            .partitions
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PartitionDescription {
+                partition: i as u32,
+                start_offset: p.start_offset(),
+                end_offset: p.high_watermark(),
+                size_bytes: p.size_bytes(),
+            })
+            .collect();
+        let (records_per_sec, bytes_per_sec) = st.rate.rates();
+        Ok(StreamDescription {
+            info: st.info.clone(),
+            effective_policy: st.policy.clone(),
+            size_bytes: partition_details.iter().map(|p| p.size_bytes).sum(),
+            partition_details,
+            records_per_sec,
+            bytes_per_sec,
+        })
+    }
+
+    /// Deletes a stream, its data and its consumers' positions.
+    pub async fn delete_stream(&self, s: &StreamRef) -> Result<(), BrokerError> {
+        self.meta.delete_stream(s)?;
+        let state = self.streams.write().remove(s);
+        if let Some(st) = state {
+            for p in &st.partitions {
+                let _ = p.flush().await;
+            }
+        }
+        let dir = self.stream_dir(s);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BrokerError::Storage(format!("remove {}: {e}", dir.display()))),
+        }
+    }
+
+    // ---- produce and fetch -------------------------------------------------------
+
+    /// Appends `records` to `s`. Keyed records go to Kafka's murmur2
+    /// partition of their key; keyless ones of one call go together to the
+    /// next partition in round robin; `partition` forces one. Resolves when
+    /// every record is as durable as the stream's policy says; the results
+    /// are in the order of `records`.
+    pub async fn produce(&self, s: &StreamRef, records: Vec<RecordInput>, partition: Option<u32>) -> Result<Vec<Produced>, BrokerError> {
+        let r = self.produce_inner(s, records, partition).await;
+        if let Err(e) = &r {
+            self.metrics.produce_errors.with_label_values(&[e.code()]).inc();
+        }
+        r
+    }
+
+    async fn produce_inner(&self, s: &StreamRef, records: Vec<RecordInput>, partition: Option<u32>) -> Result<Vec<Produced>, BrokerError> {
+        self.check_running()?;
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let st = self.state(s)?;
+        let n = st.partitions.len() as u32;
+        for r in &records {
+            let size = batch::record_size_estimate(r);
+            if size as u64 > st.policy.max_message_bytes {
+                return Err(BrokerError::MessageTooLarge { size, max: st.policy.max_message_bytes });
+            }
+        }
+        if let Some(p) = partition {
+            if p >= n {
+                return Err(BrokerError::NotFound { kind: "partition", name: format!("{s}#{p} (the stream has {n})") });
+            }
+        }
+        let sticky = st.round_robin.fetch_add(1, Ordering::Relaxed) % n;
+        let mut groups: BTreeMap<u32, Vec<(usize, RecordInput)>> = BTreeMap::new();
+        for (i, r) in records.into_iter().enumerate() {
+            let p = match (partition, &r.key) {
+                (Some(p), _) => p,
+                (None, Some(k)) => partition_for_key(k, n),
+                (None, None) => sticky,
+            };
+            groups.entry(p).or_default().push((i, r));
+        }
+        let total: usize = groups.values().map(|g| g.len()).sum();
+        let appends = groups.into_iter().map(|(p, group)| {
+            let part = st.partitions[p as usize].clone();
+            async move {
+                let (idx, inputs): (Vec<usize>, Vec<RecordInput>) = group.into_iter().unzip();
+                let b = batch::encode(0, now_ms(), ProducerInfo::default(), &inputs);
+                let info = part.append(b.to_vec()).await?;
+                Ok::<_, BrokerError>((p, idx, info))
+            }
+        });
+        let results = futures_util::future::join_all(appends).await;
+        let mut out = vec![Produced { partition: 0, offset: -1, publish_ts: 0 }; total];
+        let labels = [s.tenant.as_str(), s.namespace.as_str(), s.stream.as_str()];
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok((p, idx, info)) => {
+                    self.metrics.appended_records.with_label_values(&labels).inc_by(idx.len() as u64);
+                    self.metrics.appended_bytes.with_label_values(&labels).inc_by(info.bytes as u64);
+                    st.rate.record(idx.len() as u64, info.bytes as u64);
+                    for (k, i) in idx.into_iter().enumerate() {
+                        out[i] = Produced { partition: p, offset: info.base_offset + k as i64, publish_ts: info.publish_ts };
+                    }
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        // A call spanning partitions is not atomic: if one partition failed,
+        // the caller sees the error and retries the whole call.
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Reads records of one partition from `from`, waiting up to `wait` for
+    /// new ones when there are none. Records past the stream's message TTL
+    /// are skipped.
+    pub async fn fetch(
+        &self,
+        s: &StreamRef,
+        partition: u32,
+        from: Position,
+        max_records: usize,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<Fetched, BrokerError> {
+        let st = self.state(s)?;
+        let part = st
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| BrokerError::NotFound { kind: "partition", name: format!("{s}#{partition} (the stream has {})", st.partitions.len()) })?
+            .clone();
+        let offset = self.resolve_position(&part, from).await?;
+        let read = part.read(offset, max_bytes.max(1), wait).await?;
+        let ttl = st.policy.message_ttl_ms;
+        let now = now_ms();
+        let mut records = Vec::new();
+        let mut next = read.next_offset.max(offset);
+        'outer: for b in &read.batches {
+            for rec in batch::decode_records(b).map_err(|e| BrokerError::Storage(format!("stored batch: {e}")))? {
+                if rec.offset < offset {
+                    continue;
+                }
+                if records.len() >= max_records.max(1) {
+                    next = rec.offset;
+                    break 'outer;
+                }
+                if ttl >= 0 && now.saturating_sub(rec.publish_ts) > ttl {
+                    continue;
+                }
+                records.push(rec);
+            }
+        }
+        Ok(Fetched { records, next_offset: next, start_offset: read.start_offset, high_watermark: read.high_watermark })
+    }
+
+    async fn resolve_position(&self, part: &Partition, from: Position) -> Result<i64, BrokerError> {
+        Ok(match from {
+            Position::Earliest => part.start_offset(),
+            Position::Latest => part.high_watermark(),
+            Position::Offset(o) => o,
+            Position::Timestamp(ts) => part.offset_for_time(ts).await?.unwrap_or_else(|| part.high_watermark()),
+        })
+    }
+
+    /// The offset a position names right now (for clients that resolve once
+    /// and then follow).
+    pub async fn resolve(&self, s: &StreamRef, partition: u32, from: Position) -> Result<i64, BrokerError> {
+        let st = self.state(s)?;
+        let part = st
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| BrokerError::NotFound { kind: "partition", name: format!("{s}#{partition}") })?;
+        self.resolve_position(part, from).await
+    }
+
+    pub fn partition_count(&self, s: &StreamRef) -> Result<u32, BrokerError> {
+        Ok(self.state(s)?.partitions.len() as u32)
+    }
+
+    /// A receiver that changes when `partition`'s high watermark moves.
+    pub fn watch(&self, s: &StreamRef, partition: u32) -> Result<tokio::sync::watch::Receiver<i64>, BrokerError> {
+        let st = self.state(s)?;
+        st.partitions
+            .get(partition as usize)
+            .map(|p| p.watch())
+            .ok_or_else(|| BrokerError::NotFound { kind: "partition", name: format!("{s}#{partition}") })
+    }
+
+    // ---- named consumers ----------------------------------------------------------
+
+    pub fn commit(&self, s: &StreamRef, consumer: &str, offsets: &[(u32, i64)]) -> Result<(), BrokerError> {
+        let st = self.state(s)?;
+        for &(p, off) in offsets {
+            if let Some(part) = st.partitions.get(p as usize) {
+                let hwm = part.high_watermark();
+                if off > hwm {
+                    return Err(BrokerError::Invalid(format!(
+                        "cannot commit offset {off} on partition {p}: it ends at {hwm}"
+                    )));
+                }
+            }
+        }
+        Ok(self.meta.commit_offsets(s, consumer, offsets)?)
+    }
+
+    pub fn committed(&self, s: &StreamRef, consumer: &str) -> Result<Vec<(u32, i64)>, BrokerError> {
+        self.state(s)?;
+        Ok(self.meta.committed_offsets(s, consumer)?)
+    }
+
+    pub fn consumers(&self, s: &StreamRef) -> Result<Vec<(String, Vec<(u32, i64)>)>, BrokerError> {
+        self.state(s)?;
+        Ok(self.meta.list_consumers(s)?)
+    }
+
+    // ---- operations ---------------------------------------------------------------
+
+    /// Refreshes state gauges and returns the Prometheus exposition.
+    pub fn render_metrics(&self) -> String {
+        let streams: Vec<Arc<StreamState>> = self.streams.read().values().cloned().collect();
+        let m = &self.metrics;
+        m.end_offset.reset();
+        m.start_offset.reset();
+        m.partition_bytes.reset();
+        m.append_queue.reset();
+        m.consumer_lag.reset();
+        for st in streams {
+            let s = st.info.stream_ref();
+            let mut ends = Vec::with_capacity(st.partitions.len());
+            for (i, p) in st.partitions.iter().enumerate() {
+                let pi = i.to_string();
+                let l = [s.tenant.as_str(), s.namespace.as_str(), s.stream.as_str(), pi.as_str()];
+                let end = p.high_watermark();
+                ends.push(end);
+                m.end_offset.with_label_values(&l).set(end);
+                m.start_offset.with_label_values(&l).set(p.start_offset());
+                m.partition_bytes.with_label_values(&l).set(p.size_bytes() as i64);
+                m.append_queue.with_label_values(&l).set(p.queued() as i64);
+            }
+            if let Ok(consumers) = self.meta.list_consumers(&s) {
+                for (c, offsets) in consumers {
+                    for (p, off) in offsets {
+                        if let Some(end) = ends.get(p as usize) {
+                            let ps = p.to_string();
+                            m.consumer_lag
+                                .with_label_values(&[s.tenant.as_str(), s.namespace.as_str(), s.stream.as_str(), c.as_str(), ps.as_str()])
+                                .set((end - off).max(0));
+                        }
+                    }
+                }
+            }
+        }
+        m.encode()
+    }
+
+    /// Runs retention, age rolls and compaction on every partition, and
+    /// samples rates, until the broker shuts down.
+    pub fn spawn_maintenance(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let broker = Arc::downgrade(self);
+        let every = self.config.maintenance_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(rate::SAMPLE_INTERVAL);
+            let mut since_maintenance = Duration::ZERO;
+            loop {
+                tick.tick().await;
+                let Some(b) = broker.upgrade() else { return };
+                if b.shutting_down.load(Ordering::Acquire) {
+                    return;
+                }
+                let streams: Vec<Arc<StreamState>> = b.streams.read().values().cloned().collect();
+                for st in &streams {
+                    st.rate.sample();
+                }
+                since_maintenance += rate::SAMPLE_INTERVAL;
+                if since_maintenance < every {
+                    continue;
+                }
+                since_maintenance = Duration::ZERO;
+                for st in streams {
+                    for (i, p) in st.partitions.iter().enumerate() {
+                        match p.maintain().await {
+                            Ok(r) if r.segments_deleted + r.segments_compacted > 0 => tracing::info!(
+                                stream = %st.info.stream_ref(), partition = i,
+                                segments_deleted = r.segments_deleted, bytes_deleted = r.bytes_deleted,
+                                segments_compacted = r.segments_compacted, records_compacted = r.records_compacted,
+                                "maintenance"
+                            ),
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(stream = %st.info.stream_ref(), partition = i, error = %e, "maintenance failed"),
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Stops accepting produces, waits for queued appends to become durable
+    /// and fsyncs every partition.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        let streams: Vec<Arc<StreamState>> = self.streams.read().values().cloned().collect();
+        for st in streams {
+            for (i, p) in st.partitions.iter().enumerate() {
+                if let Err(e) = p.flush().await {
+                    tracing::error!(stream = %st.info.stream_ref(), partition = i, error = %e, "flush at shutdown failed");
+                }
+            }
+        }
+    }
+}
+
+/// Convenience for tests and tools: a record with just a value.
+pub fn value_record(v: impl Into<Bytes>) -> RecordInput {
+    RecordInput { value: Some(v.into()), ..Default::default() }
+}
