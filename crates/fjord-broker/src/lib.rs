@@ -211,6 +211,10 @@ impl Broker {
             .ok_or_else(|| BrokerError::NotFound { kind: "stream", name: s.to_string() })
     }
 
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     fn check_running(&self) -> Result<(), BrokerError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(BrokerError::ShuttingDown);

@@ -1,1 +1,66 @@
+//! Fjord's HTTP front-end (axum): admin CRUD for tenants, namespaces and
+//! streams; produce and consume; WebSocket publish and subscribe; Prometheus
+//! metrics, health and readiness probes; and the OpenAPI document.
+//!
+//! Handlers only parse, call the broker and shape the answer: every rule
+//! (names, sizes, durability) lives in the broker and below.
 
+mod admin;
+mod codec;
+mod error;
+mod ops;
+mod records;
+mod ws;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use fjord_broker::Broker;
+
+pub use error::ApiError;
+
+/// The OpenAPI 3 document of this API.
+pub const OPENAPI_JSON: &str = include_str!("openapi.json");
+
+/// Bodies larger than this are refused before they are read whole.
+pub const BODY_BYTES_MAX: usize = 64 * 1024 * 1024 + 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Arc<Broker>,
+}
+
+/// The whole HTTP API.
+pub fn router(broker: Arc<Broker>) -> Router {
+    let state = AppState { broker };
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(ops::openapi))
+        .route("/v1/tenants", get(admin::list_tenants).post(admin::create_tenant))
+        .route("/v1/tenants/{tenant}", get(admin::get_tenant).delete(admin::delete_tenant))
+        .route("/v1/tenants/{tenant}/namespaces", get(admin::list_namespaces).post(admin::create_namespace))
+        .route(
+            "/v1/tenants/{tenant}/namespaces/{namespace}",
+            get(admin::get_namespace).put(admin::put_namespace).delete(admin::delete_namespace),
+        )
+        .route("/v1/streams/{tenant}/{namespace}", get(admin::list_streams).post(admin::create_stream))
+        .route(
+            "/v1/streams/{tenant}/{namespace}/{stream}",
+            get(admin::describe_stream).patch(admin::update_stream).delete(admin::delete_stream),
+        )
+        .route("/v1/streams/{tenant}/{namespace}/{stream}/records", get(records::consume).post(records::produce))
+        .route("/v1/streams/{tenant}/{namespace}/{stream}/consumers", get(records::list_consumers))
+        .route(
+            "/v1/streams/{tenant}/{namespace}/{stream}/consumers/{consumer}",
+            get(records::get_consumer).put(records::commit_consumer),
+        )
+        .route("/v1/streams/{tenant}/{namespace}/{stream}/ws", get(ws::upgrade))
+        .fallback(ops::not_found)
+        .method_not_allowed_fallback(ops::method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(state)
+}

@@ -1,1 +1,98 @@
-fn main() {}
+//! `fjord`: the server and its command-line client in one binary.
+//!
+//! `fjord` or `fjord serve` runs a node; every other subcommand talks to a
+//! running node over its HTTP API (`--url`, default `http://127.0.0.1:8080`).
+
+mod client;
+mod config;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "fjord", version, about = "Fjord: the IoT messaging and data platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, global = false)]
+    config: Option<PathBuf>,
+    /// Data directory (default ./fjord-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP listener address (default 0.0.0.0:8080).
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Log format: text or json.
+    #[arg(long)]
+    log_format: Option<String>,
+    /// Log filter, e.g. info or fjord_log=debug,info.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Create, list, describe and delete streams.
+    Stream {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        cmd: client::StreamCmd,
+    },
+    /// Produce records: one per line of stdin (or --file).
+    Produce(client::ProduceArgs),
+    /// Consume records, optionally following the tail.
+    Consume(client::ConsumeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            None => serve_cmd(cli.serve).await,
+            Some(Command::Serve(a)) => serve_cmd(a).await,
+            Some(Command::Stream { conn, cmd }) => client::stream(conn, cmd).await,
+            Some(Command::Produce(a)) => client::produce(a).await,
+            Some(Command::Consume(a)) => client::consume(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve_cmd(a: ServeArgs) -> anyhow::Result<()> {
+    let flags = config::FlagOverrides {
+        data_dir: a.data_dir,
+        http_addr: a.http_addr,
+        log_format: a.log_format,
+        log_level: a.log_level,
+    };
+    let c = config::Config::load(a.config.as_ref(), flags)?;
+    serve::init_logging(&c);
+    serve::run(c).await
+}

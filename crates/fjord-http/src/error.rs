@@ -1,0 +1,57 @@
+//! JSON errors with a stable code and a human message:
+//! `{"error": {"code": "not_found", "message": "stream public/default/x does not exist"}}`.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fjord_broker::BrokerError;
+use fjord_core::NameError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code, "message": self.message}})
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        let status = match &e {
+            BrokerError::Name(_) | BrokerError::Invalid(_) => StatusCode::BAD_REQUEST,
+            BrokerError::NotFound { .. } => StatusCode::NOT_FOUND,
+            BrokerError::AlreadyExists { .. } | BrokerError::NotEmpty { .. } => StatusCode::CONFLICT,
+            BrokerError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BrokerError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            BrokerError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            BrokerError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> Self {
+        ApiError::bad_request("invalid_name", e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,256 @@
+//! WebSocket at `/v1/streams/{tenant}/{namespace}/{stream}/ws`.
+//!
+//! * `?mode=publish`: every text frame is a record in the JSON of the produce
+//!   API (an `id` field is echoed back), every binary frame a raw value. Each
+//!   gets, in order, `{"ack": {"seq", "id", "partition", "offset"}}` once it
+//!   is durable per the stream's policy, or `{"error": {...}, "seq", "id"}`.
+//!   Frames that arrive together are appended together (one group commit).
+//! * `?mode=subscribe` (default): from `from=earliest|latest`, `offset` or
+//!   `timestamp`, on one `partition` or all, records are sent as text frames
+//!   in the JSON of the consume API and the tail is followed live. A slow
+//!   client falls behind in the log, never in server memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use fjord_broker::{Broker, BrokerError, Position};
+use fjord_core::{RecordInput, StreamRef};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::admin::stream_ref;
+use crate::codec::{record_out, RecordIn, ValueFormat};
+use crate::error::{ApiError, ApiResult};
+use crate::records::position_of;
+use crate::{AppState, BODY_BYTES_MAX};
+
+/// Frames appended as one group at most.
+const PUBLISH_GROUP_MAX: usize = 500;
+/// Records encoded and waiting for the socket at most, per connection.
+const SUBSCRIBE_QUEUE: usize = 256;
+const FOLLOW_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WsQuery {
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    partition: Option<u32>,
+    #[serde(default)]
+    offset: Option<i64>,
+    #[serde(default)]
+    timestamp: Option<i64>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    format: Option<ValueFormat>,
+}
+
+enum Mode {
+    Publish,
+    Subscribe { partitions: Vec<u32>, from: Position, format: ValueFormat },
+}
+
+pub async fn upgrade(
+    State(s): State<AppState>,
+    Path((t, ns, st)): Path<(String, String, String)>,
+    query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_argument", e.body_text()))?;
+    let r = stream_ref(&t, &ns, &st)?;
+    // Refuse before upgrading, so the client gets a clear HTTP error.
+    let n = s.broker.partition_count(&r)?;
+    let mode = match q.mode.as_deref().unwrap_or("subscribe") {
+        "publish" => Mode::Publish,
+        "subscribe" => {
+            let from = position_of(q.offset, q.timestamp, q.from.as_deref())?.unwrap_or(Position::Latest);
+            let partitions = match q.partition {
+                Some(p) if p >= n => {
+                    return Err(BrokerError::NotFound { kind: "partition", name: format!("{r}#{p} (the stream has {n})") }.into())
+                }
+                Some(p) => vec![p],
+                None => (0..n).collect(),
+            };
+            if partitions.len() > 1 && matches!(from, Position::Offset(_)) {
+                return Err(ApiError::bad_request("invalid_argument", "`offset` needs `partition`"));
+            }
+            Mode::Subscribe { partitions, from, format: q.format.unwrap_or_default() }
+        }
+        other => return Err(ApiError::bad_request("invalid_argument", format!("`mode` must be `publish` or `subscribe`, not {other:?}"))),
+    };
+    let broker = s.broker.clone();
+    Ok(ws.max_message_size(BODY_BYTES_MAX).on_upgrade(move |socket| async move {
+        let gauge = broker.metrics().connections.with_label_values(&["websocket"]);
+        broker.metrics().connections_total.with_label_values(&["websocket"]).inc();
+        gauge.inc();
+        match mode {
+            Mode::Publish => publish(socket, broker, r).await,
+            Mode::Subscribe { partitions, from, format } => subscribe(socket, broker, r, partitions, from, format).await,
+        }
+        gauge.dec();
+    }))
+}
+
+fn text(v: Value) -> Message {
+    Message::Text(Utf8Bytes::from(v.to_string()))
+}
+
+async fn publish(socket: WebSocket, broker: Arc<Broker>, r: StreamRef) {
+    let (mut tx, mut rx) = socket.split();
+    let mut seq: u64 = 0;
+    while let Some(Ok(first)) = rx.next().await {
+        let mut frames = vec![first];
+        while frames.len() < PUBLISH_GROUP_MAX {
+            match rx.next().now_or_never() {
+                Some(Some(Ok(m))) => frames.push(m),
+                _ => break,
+            }
+        }
+        // (seq, id, parsed record or the error for it)
+        let mut items: Vec<(u64, Value, Result<RecordInput, ApiError>)> = Vec::new();
+        let mut closing = false;
+        for m in frames {
+            let parsed = match m {
+                Message::Text(t) => match serde_json::from_str::<RecordIn>(t.as_str()) {
+                    Ok(rec) => {
+                        let id = rec.id.clone().unwrap_or(Value::Null);
+                        (id, rec.into_input())
+                    }
+                    Err(e) => (Value::Null, Err(ApiError::bad_request("invalid_json", format!("frame {seq}: {e}")))),
+                },
+                Message::Binary(b) => (Value::Null, Ok(RecordInput { value: Some(b), ..Default::default() })),
+                Message::Close(_) => {
+                    closing = true;
+                    break;
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+            };
+            items.push((seq, parsed.0, parsed.1));
+            seq += 1;
+        }
+        let acks = produce_group(&broker, &r, items).await;
+        for ack in acks {
+            if tx.send(text(ack)).await.is_err() {
+                return;
+            }
+        }
+        if closing {
+            break;
+        }
+    }
+    let _ = tx.close().await;
+}
+
+/// Appends the valid records of a group as one produce call (one group
+/// commit). If that call is refused before anything was stored (a record
+/// too large, say), the records are retried one by one so each gets its own
+/// answer.
+async fn produce_group(broker: &Broker, r: &StreamRef, items: Vec<(u64, Value, Result<RecordInput, ApiError>)>) -> Vec<Value> {
+    let mut acks: Vec<Option<Value>> = vec![None; items.len()];
+    let mut valid = Vec::new();
+    let mut valid_idx = Vec::new();
+    for (i, (seq, id, rec)) in items.iter().enumerate() {
+        match rec {
+            Ok(rec) => {
+                valid.push(rec.clone());
+                valid_idx.push(i);
+            }
+            Err(e) => acks[i] = Some(json!({"seq": seq, "id": id, "error": e.body()["error"]})),
+        }
+    }
+    if !valid.is_empty() {
+        match broker.produce(r, valid.clone(), None).await {
+            Ok(produced) => {
+                for (k, p) in valid_idx.iter().zip(produced) {
+                    let (seq, id, _) = &items[*k];
+                    acks[*k] = Some(json!({"ack": {"seq": seq, "id": id, "partition": p.partition, "offset": p.offset}}));
+                }
+            }
+            Err(e @ (BrokerError::MessageTooLarge { .. } | BrokerError::Invalid(_))) if valid.len() > 1 => {
+                drop(e);
+                for (k, rec) in valid_idx.iter().zip(valid) {
+                    let (seq, id, _) = &items[*k];
+                    acks[*k] = Some(match broker.produce(r, vec![rec], None).await {
+                        Ok(p) => json!({"ack": {"seq": seq, "id": id, "partition": p[0].partition, "offset": p[0].offset}}),
+                        Err(e) => json!({"seq": seq, "id": id, "error": ApiError::from(e).body()["error"]}),
+                    });
+                }
+            }
+            Err(e) => {
+                let body = ApiError::from(e).body();
+                for k in valid_idx {
+                    let (seq, id, _) = &items[k];
+                    acks[k] = Some(json!({"seq": seq, "id": id, "error": body["error"]}));
+                }
+            }
+        }
+    }
+    acks.into_iter().flatten().collect()
+}
+
+async fn subscribe(socket: WebSocket, broker: Arc<Broker>, r: StreamRef, partitions: Vec<u32>, from: Position, format: ValueFormat) {
+    let (mut tx, mut rx) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Value>(SUBSCRIBE_QUEUE);
+    let mut followers = JoinSet::new();
+    for p in partitions {
+        followers.spawn(follow(broker.clone(), r.clone(), p, from, format, out_tx.clone()));
+    }
+    drop(out_tx);
+    loop {
+        tokio::select! {
+            out = out_rx.recv() => match out {
+                Some(v) => if tx.send(text(v)).await.is_err() { break },
+                None => break,
+            },
+            incoming = rx.next() => match incoming {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    followers.abort_all();
+}
+
+/// Follows one partition from `from`, forever, into `out`.
+async fn follow(broker: Arc<Broker>, r: StreamRef, partition: u32, from: Position, format: ValueFormat, out: mpsc::Sender<Value>) {
+    let mut next = match broker.resolve(&r, partition, from).await {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = out.send(json!({"error": ApiError::from(e).body()["error"]})).await;
+            return;
+        }
+    };
+    loop {
+        match broker.fetch(&r, partition, Position::Offset(next), 500, 1 << 20, FOLLOW_WAIT).await {
+            Ok(f) => {
+                for rec in f.records {
+                    let v = serde_json::to_value(record_out(partition, rec, format)).unwrap_or_default();
+                    if out.send(v).await.is_err() {
+                        return;
+                    }
+                }
+                next = f.next_offset;
+            }
+            Err(BrokerError::OffsetOutOfRange { requested, start, .. }) if requested < start => {
+                // Retention (or an ephemeral ring) dropped what we had not read yet.
+                let notice = json!({"skipped": {"partition": partition, "from": requested, "to": start}});
+                if out.send(notice).await.is_err() {
+                    return;
+                }
+                next = start;
+            }
+            Err(e) => {
+                let _ = out.send(json!({"error": ApiError::from(e).body()["error"]})).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The CLI client: stream admin, produce and consume over a node's HTTP API.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Args, Clone)]
+pub struct Conn {
+    /// The node's HTTP address.
+    #[arg(long, env = "FJORD_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    url: String,
+}
+
+#[derive(Subcommand)]
+pub enum StreamCmd {
+    /// Create a stream. NAME is `stream`, `namespace/stream` or `tenant/namespace/stream`.
+    Create {
+        name: String,
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// always | os | interval(<ms>)
+        #[arg(long)]
+        durability: Option<String>,
+        /// Memory only; drops the oldest records under pressure.
+        #[arg(long)]
+        ephemeral: bool,
+        #[arg(long)]
+        retention_ms: Option<i64>,
+        #[arg(long)]
+        retention_bytes: Option<i64>,
+        /// none | latest-per-key
+        #[arg(long)]
+        compaction: Option<String>,
+        #[arg(long)]
+        max_message_bytes: Option<u64>,
+    },
+    /// List the streams of a namespace (`namespace` or `tenant/namespace`).
+    List {
+        #[arg(default_value = "default")]
+        namespace: String,
+    },
+    Describe { name: String },
+    Delete { name: String },
+}
+
+#[derive(Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    conn: Conn,
+    stream: String,
+    /// Read lines from this file instead of stdin.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// Key for every record.
+    #[arg(long)]
+    key: Option<String>,
+    /// A header `name=value`; repeatable.
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    #[arg(long)]
+    partition: Option<u32>,
+    /// Lines sent per request.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    conn: Conn,
+    stream: String,
+    /// One partition; all partitions when absent.
+    #[arg(long)]
+    partition: Option<u32>,
+    /// earliest | latest
+    #[arg(long, default_value = "earliest", conflicts_with_all = ["offset", "timestamp"])]
+    from: String,
+    #[arg(long, requires = "partition")]
+    offset: Option<i64>,
+    /// Start at the first record published at or after this time (ms since the epoch).
+    #[arg(long)]
+    timestamp: Option<i64>,
+    /// Keep waiting for new records.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// json (one object per line) or raw (the value bytes, one per line).
+    #[arg(long, default_value = "json")]
+    format: String,
+    /// Stop after this many records.
+    #[arg(long)]
+    max: Option<u64>,
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("header {s:?} is not name=value"))
+}
+
+/// `stream` → public/default/stream; `ns/stream` → public/ns/stream.
+fn full_name(name: &str) -> Result<(String, String, String)> {
+    let parts: Vec<&str> = name.split('/').collect();
+    Ok(match parts.as_slice() {
+        [s] => ("public".into(), "default".into(), s.to_string()),
+        [ns, s] => ("public".into(), ns.to_string(), s.to_string()),
+        [t, ns, s] => (t.to_string(), ns.to_string(), s.to_string()),
+        _ => bail!("stream name {name:?} must be stream, namespace/stream or tenant/namespace/stream"),
+    })
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    fn new(conn: &Conn) -> Result<Self> {
+        Ok(Self { http: reqwest::Client::builder().build()?, base: conn.url.trim_end_matches('/').to_string() })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow::anyhow!("no Fjord node answers at {} ({e}); start one with `fjord serve` or pass --url", self.base)
+            } else {
+                anyhow::anyhow!("request to {url} failed: {e}")
+            }
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the response")?;
+        let v: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if !status.is_success() {
+            let msg = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let code = v["error"]["code"].as_str().unwrap_or("error");
+            bail!("{msg} ({code}, HTTP {})", status.as_u16());
+        }
+        Ok(v)
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn stream(conn: Conn, cmd: StreamCmd) -> Result<()> {
+    let c = Client::new(&conn)?;
+    match cmd {
+        StreamCmd::Create { name, partitions, durability, ephemeral, retention_ms, retention_bytes, compaction, max_message_bytes } => {
+            let (t, ns, s) = full_name(&name)?;
+            let mut policy = serde_json::Map::new();
+            if let Some(d) = durability {
+                policy.insert("durability".into(), json!(d));
+            }
+            if ephemeral {
+                policy.insert("ephemeral".into(), json!(true));
+            }
+            if let Some(v) = retention_ms {
+                policy.insert("retention_ms".into(), json!(v));
+            }
+            if let Some(v) = retention_bytes {
+                policy.insert("retention_bytes".into(), json!(v));
+            }
+            if let Some(v) = compaction {
+                policy.insert("compaction".into(), json!(v));
+            }
+            if let Some(v) = max_message_bytes {
+                policy.insert("max_message_bytes".into(), json!(v));
+            }
+            let mut body = json!({"name": s, "policy": policy});
+            if let Some(p) = partitions {
+                body["partitions"] = json!(p);
+            }
+            let v = c.call(reqwest::Method::POST, &format!("/v1/streams/{t}/{ns}"), Some(body)).await?;
+            println!("created stream {t}/{ns}/{s} with {} partition(s)", v["partitions"]);
+        }
+        StreamCmd::List { namespace } => {
+            let (t, ns) = match namespace.split_once('/') {
+                Some((t, ns)) => (t.to_string(), ns.to_string()),
+                None => ("public".to_string(), namespace),
+            };
+            let v = c.call(reqwest::Method::GET, &format!("/v1/streams/{t}/{ns}"), None).await?;
+            for s in v["streams"].as_array().into_iter().flatten() {
+                println!("{}\t{} partition(s)", s["name"].as_str().unwrap_or(""), s["partitions"]);
+            }
+        }
+        StreamCmd::Describe { name } => {
+            let (t, ns, s) = full_name(&name)?;
+            print_json(&c.call(reqwest::Method::GET, &format!("/v1/streams/{t}/{ns}/{s}"), None).await?);
+        }
+        StreamCmd::Delete { name } => {
+            let (t, ns, s) = full_name(&name)?;
+            c.call(reqwest::Method::DELETE, &format!("/v1/streams/{t}/{ns}/{s}"), None).await?;
+            println!("deleted stream {t}/{ns}/{s}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn produce(a: ProduceArgs) -> Result<()> {
+    let c = Client::new(&a.conn)?;
+    let (t, ns, s) = full_name(&a.stream)?;
+    let path = format!("/v1/streams/{t}/{ns}/{s}/records");
+    let reader: Box<dyn BufRead> = match &a.file {
+        Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("open {}", f.display()))?)),
+        None => Box::new(std::io::BufReader::new(std::io::stdin())),
+    };
+    let headers: serde_json::Map<String, Value> = a.headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let mut pending = Vec::new();
+    let mut sent = 0u64;
+    let flush = |records: Vec<Value>| {
+        let c = &c;
+        let path = &path;
+        let partition = a.partition;
+        async move {
+            let mut body = json!({"records": records});
+            if let Some(p) = partition {
+                body["partition"] = json!(p);
+            }
+            c.call(reqwest::Method::POST, path, Some(body)).await
+        }
+    };
+    for line in reader.lines() {
+        let line = line.context("reading input")?;
+        let mut rec = json!({"value": line});
+        if let Some(k) = &a.key {
+            rec["key"] = json!(k);
+        }
+        if !headers.is_empty() {
+            rec["headers"] = Value::Object(headers.clone());
+        }
+        pending.push(rec);
+        if pending.len() >= a.batch.max(1) {
+            sent += pending.len() as u64;
+            flush(std::mem::take(&mut pending)).await?;
+        }
+    }
+    if !pending.is_empty() {
+        sent += pending.len() as u64;
+        flush(pending).await?;
+    }
+    eprintln!("produced {sent} record(s) to {t}/{ns}/{s}");
+    Ok(())
+}
+
+pub async fn consume(a: ConsumeArgs) -> Result<()> {
+    if a.format != "json" && a.format != "raw" {
+        bail!("--format must be json or raw");
+    }
+    let c = Arc::new(Client::new(&a.conn)?);
+    let (t, ns, s) = full_name(&a.stream)?;
+    let partitions: Vec<u32> = match a.partition {
+        Some(p) => vec![p],
+        None => {
+            let d = c.call(reqwest::Method::GET, &format!("/v1/streams/{t}/{ns}/{s}"), None).await?;
+            (0..d["partitions"].as_u64().unwrap_or(1) as u32).collect()
+        }
+    };
+    let remaining = Arc::new(std::sync::atomic::AtomicI64::new(a.max.map_or(i64::MAX, |m| m as i64)));
+    let out = Arc::new(parking_lot_free::StdoutLock::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for p in partitions {
+        let c = c.clone();
+        let path = format!("/v1/streams/{t}/{ns}/{s}/records");
+        let start = match (a.offset, a.timestamp) {
+            (Some(o), _) => format!("offset={o}"),
+            (_, Some(ts)) => format!("timestamp={ts}"),
+            _ => format!("from={}", a.from),
+        };
+        let (follow, raw, remaining, out) = (a.follow, a.format == "raw", remaining.clone(), out.clone());
+        tasks.spawn(async move {
+            let mut query = start;
+            loop {
+                let wait = if follow { 10_000 } else { 0 };
+                let fmt = if raw { "base64" } else { "json" };
+                let v = c.call(reqwest::Method::GET, &format!("{path}?partition={p}&{query}&wait_ms={wait}&format={fmt}"), None).await?;
+                let records = v["records"].as_array().cloned().unwrap_or_default();
+                for r in &records {
+                    if remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) <= 0 {
+                        return Ok(());
+                    }
+                    if raw {
+                        let bytes = base64::engine::general_purpose::STANDARD.decode(r["value_base64"].as_str().unwrap_or("")).unwrap_or_default();
+                        out.write_line(&bytes)?;
+                    } else {
+                        out.write_line(r.to_string().as_bytes())?;
+                    }
+                }
+                let next = v["next_offset"].as_i64().unwrap_or(0);
+                query = format!("offset={next}");
+                if !follow && next >= v["high_watermark"].as_i64().unwrap_or(0) {
+                    return Ok::<(), anyhow::Error>(());
+                }
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.context("consumer task")??;
+    }
+    Ok(())
+}
+
+mod parking_lot_free {
+    //! One writer for stdout shared by the partition tasks, so lines never
+    //! interleave.
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct StdoutLock(Mutex<()>);
+
+    impl StdoutLock {
+        pub fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+            let _g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut out = std::io::stdout().lock();
+            out.write_all(line)?;
+            out.write_all(b"\n")?;
+            out.flush()
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_write(_: &mut dyn Write) {}

@@ -1,0 +1,136 @@
+//! Node configuration: the embedded defaults of ARCHITECTURE §1, overridden
+//! by a TOML file (`--config`), then `FJORD_*` environment variables (nested
+//! keys joined by `__`, e.g. `FJORD_HTTP__ADDR`), then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use fjord_core::policy::ResolvedPolicy;
+use fjord_core::Policy;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where streams and metadata live.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub storage: StorageConfig,
+    /// Node-wide policy defaults; namespaces and streams override them.
+    pub defaults: Policy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// REST, WebSocket, admin, metrics and probes.
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A `tracing` filter, e.g. `info` or `fjord=debug,info`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Appends queued per partition before producers wait (back pressure).
+    pub append_queue_depth: usize,
+    /// How often retention, age rolls and compaction run.
+    pub maintenance_interval_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./fjord-data"),
+            http: HttpConfig { addr: "0.0.0.0:8080".parse().expect("valid address") },
+            log: LogConfig { format: "text".into(), level: "info".into() },
+            storage: StorageConfig { append_queue_depth: 1024, maintenance_interval_ms: 30_000 },
+            defaults: Policy::default(),
+        }
+    }
+}
+
+/// Values given on the command line; `None` leaves the layer below.
+#[derive(Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    pub fn load(file: Option<&PathBuf>, flags: FlagOverrides) -> Result<Self, figment::Error> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(figment::Error::from(format!("config file {} does not exist", f.display())));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("FJORD_").split("__").ignore(&["url"]));
+        if let Some(d) = flags.data_dir {
+            fig = fig.merge(("data_dir", d));
+        }
+        if let Some(a) = flags.http_addr {
+            fig = fig.merge(("http.addr", a));
+        }
+        if let Some(f) = flags.log_format {
+            fig = fig.merge(("log.format", f));
+        }
+        if let Some(l) = flags.log_level {
+            fig = fig.merge(("log.level", l));
+        }
+        let c: Config = fig.extract()?;
+        c.defaults.validate().map_err(figment::Error::from)?;
+        if c.log.format != "text" && c.log.format != "json" {
+            return Err(figment::Error::from(format!("log.format must be `text` or `json`, not {:?}", c.log.format)));
+        }
+        Ok(c)
+    }
+
+    pub fn resolved_defaults(&self) -> ResolvedPolicy {
+        self.defaults.resolve(&ResolvedPolicy::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("fjord.toml");
+        std::fs::write(&f, "data_dir = \"/from/file\"\n[http]\naddr = \"127.0.0.1:1\"\n[defaults]\ndurability = \"always\"\n").unwrap();
+        let c = Config::load(Some(&f), FlagOverrides { http_addr: Some("127.0.0.1:2".parse().unwrap()), ..Default::default() }).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/from/file"));
+        assert_eq!(c.http.addr.port(), 2);
+        assert_eq!(c.resolved_defaults().durability, fjord_core::Durability::Always);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("fjord.toml");
+        std::fs::write(&f, "data_dri = \"x\"\n").unwrap();
+        assert!(Config::load(Some(&f), FlagOverrides::default()).is_err());
+        std::fs::write(&f, "[defaults]\ndurability = \"sometimes\"\n").unwrap();
+        let e = Config::load(Some(&f), FlagOverrides::default()).unwrap_err();
+        assert!(e.to_string().contains("durability"), "{e}");
+    }
+}

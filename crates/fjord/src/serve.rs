@@ -1,0 +1,94 @@
+//! `fjord serve`: opens the broker (recovering every partition), binds the
+//! listeners, serves until SIGTERM or SIGINT, then drains and fsyncs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use fjord_broker::{Broker, BrokerConfig};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+/// How long in-flight requests (long polls, WebSockets) get after a signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn init_logging(c: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if c.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Binds `addr`, turning "address in use" into a message that names the
+/// port and the setting that moves it.
+async fn bind(what: &str, addr: std::net::SocketAddr, flag: &str, env: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let hint = format!("change it with {flag}, {env}, or in the config file");
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("cannot listen for {what} on {addr}: port {} is already in use; {hint}", addr.port())
+        } else {
+            anyhow::anyhow!("cannot listen for {what} on {addr}: {e}; {hint}")
+        }
+    })
+}
+
+pub async fn run(config: Config) -> Result<()> {
+    let http = bind("HTTP", config.http.addr, "--http-addr", "FJORD_HTTP__ADDR").await?;
+    let mut bc = BrokerConfig::new(&config.data_dir);
+    bc.defaults = config.resolved_defaults();
+    bc.append_queue_depth = config.storage.append_queue_depth.max(1);
+    bc.maintenance_interval = Duration::from_millis(config.storage.maintenance_interval_ms.max(100));
+    let broker: Arc<Broker> = Broker::open(bc)
+        .await
+        .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
+    let maintenance = broker.spawn_maintenance();
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        version = env!("CARGO_PKG_VERSION"),
+        "fjord is ready"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics = broker.metrics().clone();
+    let app = fjord_http::router(broker.clone());
+    let listener = axum::serve::ListenerExt::tap_io(http, move |_| {
+        metrics.connections_total.with_label_values(&["http"]).inc();
+    });
+    let mut server = tokio::spawn(async move {
+        let mut stop = stop_rx;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    tokio::select! {
+        sig = shutdown_signal() => tracing::info!(signal = sig, "shutting down"),
+        r = &mut server => {
+            r.context("HTTP server task")?.context("HTTP server")?;
+        }
+    }
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await.is_err() {
+        tracing::warn!("open connections did not finish within {DRAIN_TIMEOUT:?}; closing them");
+        server.abort();
+    }
+    broker.shutdown().await;
+    maintenance.abort();
+    tracing::info!("all partitions flushed and fsynced; bye");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
