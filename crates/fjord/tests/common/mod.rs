@@ -1,0 +1,106 @@
+//! Runs the real `fjord` binary for end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Node {
+    pub child: Child,
+    pub url: String,
+    pub addr: String,
+    pub data_dir: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_fjord")
+}
+
+impl Node {
+    /// Starts a node on a free port over `data_dir` and waits until ready.
+    pub fn start(data_dir: &Path) -> Node {
+        Self::start_with(data_dir, &[], |_| {})
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str], tweak: impl FnOnce(&mut Command)) -> Node {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--http-addr", &addr, "--log-level", "warn"])
+            .args(extra)
+            .env_remove("FJORD_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        tweak(&mut cmd);
+        let child = cmd.spawn().expect("spawn fjord");
+        let node = Node { child, url: format!("http://{addr}"), addr, data_dir: data_dir.to_path_buf() };
+        node.wait_ready();
+        node
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if probe_ok(&format!("{}/readyz", self.url)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("fjord at {} did not become ready", self.url);
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "fjord did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking readiness probe over a raw socket, so the helpers need no
+/// blocking HTTP client.
+pub fn probe_ok(url: &str) -> bool {
+    use std::io::{Read, Write};
+    let rest = url.trim_start_matches("http://");
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Ok(mut s) = std::net::TcpStream::connect(host) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(format!("GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.1 200")
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
