@@ -6,8 +6,10 @@
 //!   is durable per the stream's policy, or `{"error": {...}, "seq", "id"}`.
 //!   Frames that arrive together are appended together (one group commit).
 //! * `?mode=subscribe` (default): from `from=earliest|latest`, `offset` or
-//!   `timestamp`, on one `partition` or all, records are sent as text frames
-//!   in the JSON of the consume API and the tail is followed live. A slow
+//!   `timestamp`, on one `partition` or all: first a
+//!   `{"subscribed": [{"partition", "offset"}]}` frame saying where reading
+//!   starts, then records as text frames in the JSON of the consume API,
+//!   following the tail live. A slow
 //!   client falls behind in the log, never in server memory.
 
 use std::sync::Arc;
@@ -198,10 +200,26 @@ async fn produce_group(broker: &Broker, r: &StreamRef, items: Vec<(u64, Value, R
 
 async fn subscribe(socket: WebSocket, broker: Arc<Broker>, r: StreamRef, partitions: Vec<u32>, from: Position, format: ValueFormat) {
     let (mut tx, mut rx) = socket.split();
+    // Resolve every start position first and say where reading starts, so
+    // a client knows from which point on it sees everything.
+    let mut starts = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        match broker.resolve(&r, p, from).await {
+            Ok(o) => starts.push((p, o)),
+            Err(e) => {
+                let _ = tx.send(text(json!({"error": ApiError::from(e).body()["error"]}))).await;
+                return;
+            }
+        }
+    }
+    let hello = json!({"subscribed": starts.iter().map(|(p, o)| json!({"partition": p, "offset": o})).collect::<Vec<_>>()});
+    if tx.send(text(hello)).await.is_err() {
+        return;
+    }
     let (out_tx, mut out_rx) = mpsc::channel::<Value>(SUBSCRIBE_QUEUE);
     let mut followers = JoinSet::new();
-    for p in partitions {
-        followers.spawn(follow(broker.clone(), r.clone(), p, from, format, out_tx.clone()));
+    for (p, offset) in starts {
+        followers.spawn(follow(broker.clone(), r.clone(), p, offset, format, out_tx.clone()));
     }
     drop(out_tx);
     loop {
@@ -219,15 +237,9 @@ async fn subscribe(socket: WebSocket, broker: Arc<Broker>, r: StreamRef, partiti
     followers.abort_all();
 }
 
-/// Follows one partition from `from`, forever, into `out`.
-async fn follow(broker: Arc<Broker>, r: StreamRef, partition: u32, from: Position, format: ValueFormat, out: mpsc::Sender<Value>) {
-    let mut next = match broker.resolve(&r, partition, from).await {
-        Ok(o) => o,
-        Err(e) => {
-            let _ = out.send(json!({"error": ApiError::from(e).body()["error"]})).await;
-            return;
-        }
-    };
+/// Follows one partition from `offset`, forever, into `out`.
+async fn follow(broker: Arc<Broker>, r: StreamRef, partition: u32, offset: i64, format: ValueFormat, out: mpsc::Sender<Value>) {
+    let mut next = offset;
     loop {
         match broker.fetch(&r, partition, Position::Offset(next), 500, 1 << 20, FOLLOW_WAIT).await {
             Ok(f) => {
