@@ -212,7 +212,8 @@ pub async fn produce(a: ProduceArgs) -> Result<()> {
         Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("open {}", f.display()))?)),
         None => Box::new(std::io::BufReader::new(std::io::stdin())),
     };
-    let headers: serde_json::Map<String, Value> = a.headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    // The list form keeps header order (a JSON object would not).
+    let headers: Vec<Value> = a.headers.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
     let mut pending = Vec::new();
     let mut sent = 0u64;
     let flush = |records: Vec<Value>| {
@@ -234,7 +235,7 @@ pub async fn produce(a: ProduceArgs) -> Result<()> {
             rec["key"] = json!(k);
         }
         if !headers.is_empty() {
-            rec["headers"] = Value::Object(headers.clone());
+            rec["headers"] = Value::Array(headers.clone());
         }
         pending.push(rec);
         if pending.len() >= a.batch.max(1) {
@@ -264,7 +265,7 @@ pub async fn consume(a: ConsumeArgs) -> Result<()> {
         }
     };
     let remaining = Arc::new(std::sync::atomic::AtomicI64::new(a.max.map_or(i64::MAX, |m| m as i64)));
-    let out = Arc::new(parking_lot_free::StdoutLock::default());
+    let out = Arc::new(LineWriter::default());
     let mut tasks = tokio::task::JoinSet::new();
     for p in partitions {
         let c = c.clone();
@@ -307,25 +308,17 @@ pub async fn consume(a: ConsumeArgs) -> Result<()> {
     Ok(())
 }
 
-mod parking_lot_free {
-    //! One writer for stdout shared by the partition tasks, so lines never
-    //! interleave.
-    use std::io::Write;
-    use std::sync::Mutex;
+/// One writer for stdout shared by the partition tasks, so lines never
+/// interleave.
+#[derive(Default)]
+struct LineWriter(std::sync::Mutex<()>);
 
-    #[derive(Default)]
-    pub struct StdoutLock(Mutex<()>);
-
-    impl StdoutLock {
-        pub fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
-            let _g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            let mut out = std::io::stdout().lock();
-            out.write_all(line)?;
-            out.write_all(b"\n")?;
-            out.flush()
-        }
+impl LineWriter {
+    fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        let _g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = std::io::stdout().lock();
+        out.write_all(line)?;
+        out.write_all(b"\n")?;
+        out.flush()
     }
 }
-
-#[allow(dead_code)]
-fn _assert_write(_: &mut dyn Write) {}
