@@ -64,3 +64,40 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Every route the router serves is in the OpenAPI document and every
+    /// documented operation is routed (the live side of this check, that
+    /// each documented operation answers with a documented status, is in the
+    /// binary's `openapi` test).
+    #[test]
+    fn openapi_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(super::OPENAPI_JSON).expect("valid JSON");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for m in ["get", "post", "put", "patch", "delete"] {
+                if item.get(m).is_some() {
+                    documented.insert((path.clone(), m.to_string()));
+                }
+            }
+        }
+        let src = include_str!("lib.rs");
+        let router_src = &src[src.find("pub fn router").expect("router")..src.find("#[cfg(test)]").expect("tests")];
+        let mut routed = BTreeSet::new();
+        for chunk in router_src.split(".route(").skip(1) {
+            let chunk = &chunk[..chunk.find(".fallback").unwrap_or(chunk.len())];
+            let path = chunk.split('"').nth(1).expect("a path literal").to_string();
+            for m in ["get", "post", "put", "patch", "delete"] {
+                let call = format!("{m}(");
+                let called = chunk.match_indices(&call).any(|(i, _)| i > 0 && matches!(chunk.as_bytes()[i - 1], b' ' | b'.' | b'\n' | b'('));
+                if called {
+                    routed.insert((path.clone(), m.to_string()));
+                }
+            }
+        }
+        assert_eq!(routed, documented);
+    }
+}

@@ -64,8 +64,9 @@ pub async fn upgrade(
     State(s): State<AppState>,
     Path((t, ns, st)): Path<(String, String, String)>,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
+    let ws = ws.map_err(|e| ApiError::bad_request("invalid_argument", format!("this route needs a WebSocket upgrade: {e}")))?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_argument", e.body_text()))?;
     let r = stream_ref(&t, &ns, &st)?;
     // Refuse before upgrading, so the client gets a clear HTTP error.
