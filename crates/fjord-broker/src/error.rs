@@ -15,13 +15,21 @@ pub enum BrokerError {
     #[error("{kind} {name} already exists")]
     AlreadyExists { kind: &'static str, name: String },
     #[error("{kind} {name} is not empty: {detail}")]
-    NotEmpty { kind: &'static str, name: String, detail: String },
+    NotEmpty {
+        kind: &'static str,
+        name: String,
+        detail: String,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("message of {size} bytes exceeds the stream's max_message_bytes of {max}")]
     MessageTooLarge { size: usize, max: u64 },
     #[error("offset {requested} is out of range: partition holds offsets {start}..{end}")]
-    OffsetOutOfRange { requested: i64, start: i64, end: i64 },
+    OffsetOutOfRange {
+        requested: i64,
+        start: i64,
+        end: i64,
+    },
     #[error("the disk is full; the write was not stored: {0}")]
     StorageFull(String),
     #[error("storage error: {0}")]
@@ -53,7 +61,9 @@ impl From<MetaError> for BrokerError {
         match e {
             MetaError::NotFound { kind, name } => BrokerError::NotFound { kind, name },
             MetaError::AlreadyExists { kind, name } => BrokerError::AlreadyExists { kind, name },
-            MetaError::NotEmpty { kind, name, detail } => BrokerError::NotEmpty { kind, name, detail },
+            MetaError::NotEmpty { kind, name, detail } => {
+                BrokerError::NotEmpty { kind, name, detail }
+            }
             MetaError::Invalid(m) => BrokerError::Invalid(m),
             MetaError::Storage(m) => BrokerError::Storage(m),
         }
@@ -66,7 +76,15 @@ impl From<LogError> for BrokerError {
             return BrokerError::StorageFull(e.to_string());
         }
         match e {
-            LogError::OffsetOutOfRange { requested, start, end } => BrokerError::OffsetOutOfRange { requested, start, end },
+            LogError::OffsetOutOfRange {
+                requested,
+                start,
+                end,
+            } => BrokerError::OffsetOutOfRange {
+                requested,
+                start,
+                end,
+            },
             LogError::InvalidBatch(c) => BrokerError::Invalid(format!("invalid batch: {c}")),
             LogError::Closed => BrokerError::ShuttingDown,
             other => BrokerError::Storage(other.to_string()),

@@ -120,7 +120,8 @@ impl Broker {
     /// Opens the node's data: metadata, then every stream's partitions, each
     /// recovered (torn tails cut, indexes rebuilt) before it serves.
     pub async fn open(config: BrokerConfig) -> Result<Arc<Self>, BrokerError> {
-        let meta: Arc<dyn MetaStore> = Arc::new(EmbeddedStore::open(&config.data_dir.join("meta"))?);
+        let meta: Arc<dyn MetaStore> =
+            Arc::new(EmbeddedStore::open(&config.data_dir.join("meta"))?);
         fjord_meta::ensure_defaults(meta.as_ref(), now_ms())?;
         let broker = Arc::new(Self {
             meta,
@@ -131,7 +132,10 @@ impl Broker {
         });
         for info in broker.meta.list_all_streams()? {
             let state = broker.open_stream(info)?;
-            broker.streams.write().insert(state.info.stream_ref(), state);
+            broker
+                .streams
+                .write()
+                .insert(state.info.stream_ref(), state);
         }
         Ok(broker)
     }
@@ -159,7 +163,10 @@ impl Broker {
 
     fn resolve_policy(&self, info: &StreamInfo) -> Result<ResolvedPolicy, BrokerError> {
         let ns = self.meta.get_namespace(&info.tenant, &info.namespace)?;
-        Ok(info.policy.merged_over(&ns.policy).resolve(&self.config.defaults))
+        Ok(info
+            .policy
+            .merged_over(&ns.policy)
+            .resolve(&self.config.defaults))
     }
 
     fn partition_options(&self) -> PartitionOptions {
@@ -186,11 +193,24 @@ impl Broker {
         }))
     }
 
-    fn open_partition(&self, info: &StreamInfo, dir: &Path, p: u32, policy: &ResolvedPolicy) -> Result<Partition, BrokerError> {
+    fn open_partition(
+        &self,
+        info: &StreamInfo,
+        dir: &Path,
+        p: u32,
+        policy: &ResolvedPolicy,
+    ) -> Result<Partition, BrokerError> {
         if policy.ephemeral {
-            return Ok(Partition::open_memory(policy.clone(), self.partition_options()));
+            return Ok(Partition::open_memory(
+                policy.clone(),
+                self.partition_options(),
+            ));
         }
-        let (part, report) = Partition::open_disk(&dir.join(p.to_string()), policy.clone(), self.partition_options())?;
+        let (part, report) = Partition::open_disk(
+            &dir.join(p.to_string()),
+            policy.clone(),
+            self.partition_options(),
+        )?;
         if report.truncated_bytes > 0 {
             tracing::warn!(
                 stream = %info.stream_ref(),
@@ -208,7 +228,10 @@ impl Broker {
             .read()
             .get(s)
             .cloned()
-            .ok_or_else(|| BrokerError::NotFound { kind: "stream", name: s.to_string() })
+            .ok_or_else(|| BrokerError::NotFound {
+                kind: "stream",
+                name: s.to_string(),
+            })
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -225,7 +248,10 @@ impl Broker {
     // ---- tenants and namespaces -------------------------------------------------
 
     pub fn create_tenant(&self, name: &TenantName) -> Result<TenantInfo, BrokerError> {
-        let t = TenantInfo { name: name.clone(), created_ms: now_ms() };
+        let t = TenantInfo {
+            name: name.clone(),
+            created_ms: now_ms(),
+        };
         self.meta.create_tenant(&t)?;
         Ok(t)
     }
@@ -242,14 +268,28 @@ impl Broker {
         Ok(self.meta.delete_tenant(name)?)
     }
 
-    pub fn create_namespace(&self, tenant: &TenantName, name: &NamespaceName, policy: Policy) -> Result<NamespaceInfo, BrokerError> {
+    pub fn create_namespace(
+        &self,
+        tenant: &TenantName,
+        name: &NamespaceName,
+        policy: Policy,
+    ) -> Result<NamespaceInfo, BrokerError> {
         policy.validate().map_err(BrokerError::Invalid)?;
-        let ns = NamespaceInfo { tenant: tenant.clone(), name: name.clone(), policy, created_ms: now_ms() };
+        let ns = NamespaceInfo {
+            tenant: tenant.clone(),
+            name: name.clone(),
+            policy,
+            created_ms: now_ms(),
+        };
         self.meta.create_namespace(&ns)?;
         Ok(ns)
     }
 
-    pub fn get_namespace(&self, tenant: &TenantName, name: &NamespaceName) -> Result<NamespaceInfo, BrokerError> {
+    pub fn get_namespace(
+        &self,
+        tenant: &TenantName,
+        name: &NamespaceName,
+    ) -> Result<NamespaceInfo, BrokerError> {
         Ok(self.meta.get_namespace(tenant, name)?)
     }
 
@@ -257,17 +297,29 @@ impl Broker {
         Ok(self.meta.list_namespaces(tenant)?)
     }
 
-    pub fn delete_namespace(&self, tenant: &TenantName, name: &NamespaceName) -> Result<(), BrokerError> {
+    pub fn delete_namespace(
+        &self,
+        tenant: &TenantName,
+        name: &NamespaceName,
+    ) -> Result<(), BrokerError> {
         Ok(self.meta.delete_namespace(tenant, name)?)
     }
 
     /// Replaces a namespace's policy and applies it to its streams at once.
-    pub fn set_namespace_policy(&self, tenant: &TenantName, name: &NamespaceName, policy: Policy) -> Result<NamespaceInfo, BrokerError> {
+    pub fn set_namespace_policy(
+        &self,
+        tenant: &TenantName,
+        name: &NamespaceName,
+        policy: Policy,
+    ) -> Result<NamespaceInfo, BrokerError> {
         policy.validate().map_err(BrokerError::Invalid)?;
         let old = self.meta.get_namespace(tenant, name)?;
         let streams = self.meta.list_streams(tenant, name)?;
         for s in &streams {
-            let before = s.policy.merged_over(&old.policy).resolve(&self.config.defaults);
+            let before = s
+                .policy
+                .merged_over(&old.policy)
+                .resolve(&self.config.defaults);
             let after = s.policy.merged_over(&policy).resolve(&self.config.defaults);
             if before.ephemeral != after.ephemeral {
                 return Err(BrokerError::Invalid(format!(
@@ -307,14 +359,23 @@ impl Broker {
 
     /// Creates a stream; `partitions` defaults to the policy's
     /// `partitions_default`.
-    pub fn create_stream(&self, s: &StreamRef, partitions: Option<u32>, policy: Policy) -> Result<StreamDescription, BrokerError> {
+    pub fn create_stream(
+        &self,
+        s: &StreamRef,
+        partitions: Option<u32>,
+        policy: Policy,
+    ) -> Result<StreamDescription, BrokerError> {
         self.check_running()?;
         policy.validate().map_err(BrokerError::Invalid)?;
         let ns = self.meta.get_namespace(&s.tenant, &s.namespace)?;
-        let resolved = policy.merged_over(&ns.policy).resolve(&self.config.defaults);
+        let resolved = policy
+            .merged_over(&ns.policy)
+            .resolve(&self.config.defaults);
         let partitions = partitions.unwrap_or(resolved.partitions_default);
         if partitions == 0 || partitions > PARTITIONS_MAX {
-            return Err(BrokerError::Invalid(format!("partitions = {partitions} is outside 1..={PARTITIONS_MAX}")));
+            return Err(BrokerError::Invalid(format!(
+                "partitions = {partitions} is outside 1..={PARTITIONS_MAX}"
+            )));
         }
         let info = StreamInfo {
             tenant: s.tenant.clone(),
@@ -327,7 +388,8 @@ impl Broker {
         // Leftovers of an earlier stream of the same name must not reappear.
         let dir = self.stream_dir(s);
         if dir.exists() && self.meta.get_stream(s).is_err() {
-            std::fs::remove_dir_all(&dir).map_err(|e| BrokerError::Storage(format!("clear {}: {e}", dir.display())))?;
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| BrokerError::Storage(format!("clear {}: {e}", dir.display())))?;
         }
         self.meta.create_stream(&info)?;
         let state = match self.open_stream(info) {
@@ -342,16 +404,27 @@ impl Broker {
     }
 
     /// Changes a stream's policy overrides and/or grows its partitions.
-    pub fn update_stream(&self, s: &StreamRef, partitions: Option<u32>, policy: Option<Policy>) -> Result<StreamDescription, BrokerError> {
+    pub fn update_stream(
+        &self,
+        s: &StreamRef,
+        partitions: Option<u32>,
+        policy: Option<Policy>,
+    ) -> Result<StreamDescription, BrokerError> {
         let mut info = self.meta.get_stream(s)?;
         let ns = self.meta.get_namespace(&s.tenant, &s.namespace)?;
         if let Some(policy) = policy {
             policy.validate().map_err(BrokerError::Invalid)?;
-            let before = info.policy.merged_over(&ns.policy).resolve(&self.config.defaults);
-            let after = policy.merged_over(&ns.policy).resolve(&self.config.defaults);
+            let before = info
+                .policy
+                .merged_over(&ns.policy)
+                .resolve(&self.config.defaults);
+            let after = policy
+                .merged_over(&ns.policy)
+                .resolve(&self.config.defaults);
             if before.ephemeral != after.ephemeral {
                 return Err(BrokerError::Invalid(
-                    "`ephemeral` cannot change on an existing stream; create a new stream instead".into(),
+                    "`ephemeral` cannot change on an existing stream; create a new stream instead"
+                        .into(),
                 ));
             }
             info.policy = policy;
@@ -365,18 +438,34 @@ impl Broker {
                 )));
             }
             if n > PARTITIONS_MAX {
-                return Err(BrokerError::Invalid(format!("partitions = {n} is outside 1..={PARTITIONS_MAX}")));
+                return Err(BrokerError::Invalid(format!(
+                    "partitions = {n} is outside 1..={PARTITIONS_MAX}"
+                )));
             }
-            let resolved = info.policy.merged_over(&ns.policy).resolve(&self.config.defaults);
+            let resolved = info
+                .policy
+                .merged_over(&ns.policy)
+                .resolve(&self.config.defaults);
             for p in info.partitions..n {
-                new_partitions.push(self.open_partition(&info, &self.stream_dir(s), p, &resolved)?);
+                new_partitions.push(self.open_partition(
+                    &info,
+                    &self.stream_dir(s),
+                    p,
+                    &resolved,
+                )?);
             }
             info.partitions = n;
         }
         self.meta.update_stream(&info)?;
         {
             let mut streams = self.streams.write();
-            let old = streams.get(s).cloned().ok_or_else(|| BrokerError::NotFound { kind: "stream", name: s.to_string() })?;
+            let old = streams
+                .get(s)
+                .cloned()
+                .ok_or_else(|| BrokerError::NotFound {
+                    kind: "stream",
+                    name: s.to_string(),
+                })?;
             let mut parts = old.partitions.clone();
             parts.extend(new_partitions);
             streams.insert(
@@ -394,7 +483,11 @@ impl Broker {
         self.describe_stream(s)
     }
 
-    pub fn list_streams(&self, tenant: &TenantName, ns: &NamespaceName) -> Result<Vec<StreamInfo>, BrokerError> {
+    pub fn list_streams(
+        &self,
+        tenant: &TenantName,
+        ns: &NamespaceName,
+    ) -> Result<Vec<StreamInfo>, BrokerError> {
         Ok(self.meta.list_streams(tenant, ns)?)
     }
 
@@ -435,7 +528,10 @@ impl Broker {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BrokerError::Storage(format!("remove {}: {e}", dir.display()))),
+            Err(e) => Err(BrokerError::Storage(format!(
+                "remove {}: {e}",
+                dir.display()
+            ))),
         }
     }
 
@@ -446,15 +542,28 @@ impl Broker {
     /// next partition in round robin; `partition` forces one. Resolves when
     /// every record is as durable as the stream's policy says; the results
     /// are in the order of `records`.
-    pub async fn produce(&self, s: &StreamRef, records: Vec<RecordInput>, partition: Option<u32>) -> Result<Vec<Produced>, BrokerError> {
+    pub async fn produce(
+        &self,
+        s: &StreamRef,
+        records: Vec<RecordInput>,
+        partition: Option<u32>,
+    ) -> Result<Vec<Produced>, BrokerError> {
         let r = self.produce_inner(s, records, partition).await;
         if let Err(e) = &r {
-            self.metrics.produce_errors.with_label_values(&[e.code()]).inc();
+            self.metrics
+                .produce_errors
+                .with_label_values(&[e.code()])
+                .inc();
         }
         r
     }
 
-    async fn produce_inner(&self, s: &StreamRef, records: Vec<RecordInput>, partition: Option<u32>) -> Result<Vec<Produced>, BrokerError> {
+    async fn produce_inner(
+        &self,
+        s: &StreamRef,
+        records: Vec<RecordInput>,
+        partition: Option<u32>,
+    ) -> Result<Vec<Produced>, BrokerError> {
         self.check_running()?;
         if records.is_empty() {
             return Ok(Vec::new());
@@ -464,12 +573,18 @@ impl Broker {
         for r in &records {
             let size = batch::record_size_estimate(r);
             if size as u64 > st.policy.max_message_bytes {
-                return Err(BrokerError::MessageTooLarge { size, max: st.policy.max_message_bytes });
+                return Err(BrokerError::MessageTooLarge {
+                    size,
+                    max: st.policy.max_message_bytes,
+                });
             }
         }
         if let Some(p) = partition {
             if p >= n {
-                return Err(BrokerError::NotFound { kind: "partition", name: format!("{s}#{p} (the stream has {n})") });
+                return Err(BrokerError::NotFound {
+                    kind: "partition",
+                    name: format!("{s}#{p} (the stream has {n})"),
+                });
             }
         }
         let sticky = st.round_robin.fetch_add(1, Ordering::Relaxed) % n;
@@ -493,17 +608,34 @@ impl Broker {
             }
         });
         let results = futures_util::future::join_all(appends).await;
-        let mut out = vec![Produced { partition: 0, offset: -1, publish_ts: 0 }; total];
+        let mut out = vec![
+            Produced {
+                partition: 0,
+                offset: -1,
+                publish_ts: 0
+            };
+            total
+        ];
         let labels = [s.tenant.as_str(), s.namespace.as_str(), s.stream.as_str()];
         let mut first_err = None;
         for r in results {
             match r {
                 Ok((p, idx, info)) => {
-                    self.metrics.appended_records.with_label_values(&labels).inc_by(idx.len() as u64);
-                    self.metrics.appended_bytes.with_label_values(&labels).inc_by(info.bytes as u64);
+                    self.metrics
+                        .appended_records
+                        .with_label_values(&labels)
+                        .inc_by(idx.len() as u64);
+                    self.metrics
+                        .appended_bytes
+                        .with_label_values(&labels)
+                        .inc_by(info.bytes as u64);
                     st.rate.record(idx.len() as u64, info.bytes as u64);
                     for (k, i) in idx.into_iter().enumerate() {
-                        out[i] = Produced { partition: p, offset: info.base_offset + k as i64, publish_ts: info.publish_ts };
+                        out[i] = Produced {
+                            partition: p,
+                            offset: info.base_offset + k as i64,
+                            publish_ts: info.publish_ts,
+                        };
                     }
                 }
                 Err(e) => {
@@ -535,7 +667,10 @@ impl Broker {
         let part = st
             .partitions
             .get(partition as usize)
-            .ok_or_else(|| BrokerError::NotFound { kind: "partition", name: format!("{s}#{partition} (the stream has {})", st.partitions.len()) })?
+            .ok_or_else(|| BrokerError::NotFound {
+                kind: "partition",
+                name: format!("{s}#{partition} (the stream has {})", st.partitions.len()),
+            })?
             .clone();
         let offset = self.resolve_position(&part, from).await?;
         let read = part.read(offset, max_bytes.max(1), wait).await?;
@@ -544,7 +679,9 @@ impl Broker {
         let mut records = Vec::new();
         let mut next = read.next_offset.max(offset);
         'outer: for b in &read.batches {
-            for rec in batch::decode_records(b).map_err(|e| BrokerError::Storage(format!("stored batch: {e}")))? {
+            for rec in batch::decode_records(b)
+                .map_err(|e| BrokerError::Storage(format!("stored batch: {e}")))?
+            {
                 if rec.offset < offset {
                     continue;
                 }
@@ -558,7 +695,12 @@ impl Broker {
                 records.push(rec);
             }
         }
-        Ok(Fetched { records, next_offset: next, start_offset: read.start_offset, high_watermark: read.high_watermark })
+        Ok(Fetched {
+            records,
+            next_offset: next,
+            start_offset: read.start_offset,
+            high_watermark: read.high_watermark,
+        })
     }
 
     async fn resolve_position(&self, part: &Partition, from: Position) -> Result<i64, BrokerError> {
@@ -566,18 +708,29 @@ impl Broker {
             Position::Earliest => part.start_offset(),
             Position::Latest => part.high_watermark(),
             Position::Offset(o) => o,
-            Position::Timestamp(ts) => part.offset_for_time(ts).await?.unwrap_or_else(|| part.high_watermark()),
+            Position::Timestamp(ts) => part
+                .offset_for_time(ts)
+                .await?
+                .unwrap_or_else(|| part.high_watermark()),
         })
     }
 
     /// The offset a position names right now (for clients that resolve once
     /// and then follow).
-    pub async fn resolve(&self, s: &StreamRef, partition: u32, from: Position) -> Result<i64, BrokerError> {
+    pub async fn resolve(
+        &self,
+        s: &StreamRef,
+        partition: u32,
+        from: Position,
+    ) -> Result<i64, BrokerError> {
         let st = self.state(s)?;
         let part = st
             .partitions
             .get(partition as usize)
-            .ok_or_else(|| BrokerError::NotFound { kind: "partition", name: format!("{s}#{partition}") })?;
+            .ok_or_else(|| BrokerError::NotFound {
+                kind: "partition",
+                name: format!("{s}#{partition}"),
+            })?;
         self.resolve_position(part, from).await
     }
 
@@ -586,17 +739,29 @@ impl Broker {
     }
 
     /// A receiver that changes when `partition`'s high watermark moves.
-    pub fn watch(&self, s: &StreamRef, partition: u32) -> Result<tokio::sync::watch::Receiver<i64>, BrokerError> {
+    pub fn watch(
+        &self,
+        s: &StreamRef,
+        partition: u32,
+    ) -> Result<tokio::sync::watch::Receiver<i64>, BrokerError> {
         let st = self.state(s)?;
         st.partitions
             .get(partition as usize)
             .map(|p| p.watch())
-            .ok_or_else(|| BrokerError::NotFound { kind: "partition", name: format!("{s}#{partition}") })
+            .ok_or_else(|| BrokerError::NotFound {
+                kind: "partition",
+                name: format!("{s}#{partition}"),
+            })
     }
 
     // ---- named consumers ----------------------------------------------------------
 
-    pub fn commit(&self, s: &StreamRef, consumer: &str, offsets: &[(u32, i64)]) -> Result<(), BrokerError> {
+    pub fn commit(
+        &self,
+        s: &StreamRef,
+        consumer: &str,
+        offsets: &[(u32, i64)],
+    ) -> Result<(), BrokerError> {
         let st = self.state(s)?;
         for &(p, off) in offsets {
             if let Some(part) = st.partitions.get(p as usize) {
@@ -616,7 +781,10 @@ impl Broker {
         Ok(self.meta.committed_offsets(s, consumer)?)
     }
 
-    pub fn consumers(&self, s: &StreamRef) -> Result<Vec<(String, Vec<(u32, i64)>)>, BrokerError> {
+    pub fn consumers(
+        &self,
+        s: &StreamRef,
+    ) -> Result<Vec<fjord_meta::ConsumerOffsets>, BrokerError> {
         self.state(s)?;
         Ok(self.meta.list_consumers(s)?)
     }
@@ -637,12 +805,19 @@ impl Broker {
             let mut ends = Vec::with_capacity(st.partitions.len());
             for (i, p) in st.partitions.iter().enumerate() {
                 let pi = i.to_string();
-                let l = [s.tenant.as_str(), s.namespace.as_str(), s.stream.as_str(), pi.as_str()];
+                let l = [
+                    s.tenant.as_str(),
+                    s.namespace.as_str(),
+                    s.stream.as_str(),
+                    pi.as_str(),
+                ];
                 let end = p.high_watermark();
                 ends.push(end);
                 m.end_offset.with_label_values(&l).set(end);
                 m.start_offset.with_label_values(&l).set(p.start_offset());
-                m.partition_bytes.with_label_values(&l).set(p.size_bytes() as i64);
+                m.partition_bytes
+                    .with_label_values(&l)
+                    .set(p.size_bytes() as i64);
                 m.append_queue.with_label_values(&l).set(p.queued() as i64);
             }
             if let Ok(consumers) = self.meta.list_consumers(&s) {
@@ -651,7 +826,13 @@ impl Broker {
                         if let Some(end) = ends.get(p as usize) {
                             let ps = p.to_string();
                             m.consumer_lag
-                                .with_label_values(&[s.tenant.as_str(), s.namespace.as_str(), s.stream.as_str(), c.as_str(), ps.as_str()])
+                                .with_label_values(&[
+                                    s.tenant.as_str(),
+                                    s.namespace.as_str(),
+                                    s.stream.as_str(),
+                                    c.as_str(),
+                                    ps.as_str(),
+                                ])
                                 .set((end - off).max(0));
                         }
                     }
@@ -687,14 +868,18 @@ impl Broker {
                 for st in streams {
                     for (i, p) in st.partitions.iter().enumerate() {
                         match p.maintain().await {
-                            Ok(r) if r.segments_deleted + r.segments_compacted > 0 => tracing::info!(
-                                stream = %st.info.stream_ref(), partition = i,
-                                segments_deleted = r.segments_deleted, bytes_deleted = r.bytes_deleted,
-                                segments_compacted = r.segments_compacted, records_compacted = r.records_compacted,
-                                "maintenance"
-                            ),
+                            Ok(r) if r.segments_deleted + r.segments_compacted > 0 => {
+                                tracing::info!(
+                                    stream = %st.info.stream_ref(), partition = i,
+                                    segments_deleted = r.segments_deleted, bytes_deleted = r.bytes_deleted,
+                                    segments_compacted = r.segments_compacted, records_compacted = r.records_compacted,
+                                    "maintenance"
+                                )
+                            }
                             Ok(_) => {}
-                            Err(e) => tracing::error!(stream = %st.info.stream_ref(), partition = i, error = %e, "maintenance failed"),
+                            Err(e) => {
+                                tracing::error!(stream = %st.info.stream_ref(), partition = i, error = %e, "maintenance failed")
+                            }
                         }
                     }
                 }
@@ -719,5 +904,8 @@ impl Broker {
 
 /// Convenience for tests and tools: a record with just a value.
 pub fn value_record(v: impl Into<Bytes>) -> RecordInput {
-    RecordInput { value: Some(v.into()), ..Default::default() }
+    RecordInput {
+        value: Some(v.into()),
+        ..Default::default()
+    }
 }

@@ -1,7 +1,9 @@
 //! Prometheus metrics of the node. Counters move on the hot path; gauges
 //! that describe state (end offsets, sizes, lag) are refreshed when scraped.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -25,35 +27,77 @@ impl Metrics {
         let part = &["tenant", "namespace", "stream", "partition"];
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
-        let appended_records = counter("fjord_appended_records_total", "Records appended per stream.", stream);
-        let appended_bytes = counter("fjord_appended_bytes_total", "Batch bytes appended per stream.", stream);
-        let produce_errors = counter("fjord_produce_errors_total", "Produce requests refused, by error code.", &["code"]);
-        let end_offset = gauge("fjord_partition_end_offset", "Offset after the last readable record.", part);
-        let start_offset = gauge("fjord_partition_start_offset", "First offset still stored.", part);
-        let partition_bytes = gauge("fjord_partition_size_bytes", "Bytes stored per partition.", part);
+        let appended_records = counter(
+            "fjord_appended_records_total",
+            "Records appended per stream.",
+            stream,
+        );
+        let appended_bytes = counter(
+            "fjord_appended_bytes_total",
+            "Batch bytes appended per stream.",
+            stream,
+        );
+        let produce_errors = counter(
+            "fjord_produce_errors_total",
+            "Produce requests refused, by error code.",
+            &["code"],
+        );
+        let end_offset = gauge(
+            "fjord_partition_end_offset",
+            "Offset after the last readable record.",
+            part,
+        );
+        let start_offset = gauge(
+            "fjord_partition_start_offset",
+            "First offset still stored.",
+            part,
+        );
+        let partition_bytes = gauge(
+            "fjord_partition_size_bytes",
+            "Bytes stored per partition.",
+            part,
+        );
         let consumer_lag = gauge(
             "fjord_consumer_lag",
             "Records between a named consumer's committed position and the end.",
             &["tenant", "namespace", "stream", "consumer", "partition"],
         );
-        let connections = gauge("fjord_connections", "Open client connections.", &["protocol"]);
-        let connections_total = counter("fjord_connections_total", "Client connections accepted.", &["protocol"]);
-        let append_queue = gauge("fjord_partition_append_queue", "Appends waiting in a partition's bounded queue.", part);
+        let connections = gauge(
+            "fjord_connections",
+            "Open client connections.",
+            &["protocol"],
+        );
+        let connections_total = counter(
+            "fjord_connections_total",
+            "Client connections accepted.",
+            &["protocol"],
+        );
+        let append_queue = gauge(
+            "fjord_partition_append_queue",
+            "Appends waiting in a partition's bounded queue.",
+            part,
+        );
         let fsync_seconds = Histogram::with_opts(
             HistogramOpts::new("fjord_fsync_seconds", "Latency of log fsyncs.").buckets(vec![
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
         )
         .expect("valid metric");
-        registry.register(Box::new(fsync_seconds.clone())).expect("unique metric");
+        registry
+            .register(Box::new(fsync_seconds.clone()))
+            .expect("unique metric");
         Self {
             registry,
             appended_records,

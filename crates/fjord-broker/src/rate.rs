@@ -26,7 +26,11 @@ struct Inner {
 impl RateMeter {
     pub fn new() -> Self {
         let m = Self {
-            inner: Arc::new(Inner { records: AtomicU64::new(0), bytes: AtomicU64::new(0), samples: Mutex::new(VecDeque::new()) }),
+            inner: Arc::new(Inner {
+                records: AtomicU64::new(0),
+                bytes: AtomicU64::new(0),
+                samples: Mutex::new(VecDeque::new()),
+            }),
         };
         m.sample();
         m
@@ -39,7 +43,11 @@ impl RateMeter {
 
     pub fn sample(&self) {
         let mut s = self.inner.samples.lock();
-        s.push_back((Instant::now(), self.inner.records.load(Ordering::Relaxed), self.inner.bytes.load(Ordering::Relaxed)));
+        s.push_back((
+            Instant::now(),
+            self.inner.records.load(Ordering::Relaxed),
+            self.inner.bytes.load(Ordering::Relaxed),
+        ));
         while s.len() > SAMPLES_MAX {
             s.pop_front();
         }
@@ -48,7 +56,9 @@ impl RateMeter {
     /// (records/s, bytes/s) from the oldest sample to now.
     pub fn rates(&self) -> (f64, f64) {
         let s = self.inner.samples.lock();
-        let Some(&(t0, r0, b0)) = s.front() else { return (0.0, 0.0) };
+        let Some(&(t0, r0, b0)) = s.front() else {
+            return (0.0, 0.0);
+        };
         let secs = t0.elapsed().as_secs_f64();
         if secs < 0.001 {
             return (0.0, 0.0);

@@ -135,7 +135,9 @@ impl BatchHeader {
             record_count: be_i32(buf, 57),
         };
         if h.last_offset_delta < 0 || h.record_count < 0 {
-            return Err(CoreError::MalformedRecord("negative record count or offset delta"));
+            return Err(CoreError::MalformedRecord(
+                "negative record count or offset delta",
+            ));
         }
         Ok(h)
     }
@@ -225,14 +227,21 @@ pub fn encode_with_deltas(
     assert_eq!(records.len(), deltas.len(), "one offset delta per record");
     // A record without an event time carries Kafka's NO_TIMESTAMP (-1) and
     // reads back with its publish time.
-    let base_ts = records.first().and_then(|r| r.event_ts).unwrap_or(NO_TIMESTAMP);
-    let mut body: Vec<u8> = Vec::with_capacity(records.iter().map(|r| r.approx_size()).sum::<usize>() + HEADER_LEN);
+    let base_ts = records
+        .first()
+        .and_then(|r| r.event_ts)
+        .unwrap_or(NO_TIMESTAMP);
+    let mut body: Vec<u8> =
+        Vec::with_capacity(records.iter().map(|r| r.approx_size()).sum::<usize>() + HEADER_LEN);
     body.resize(HEADER_LEN, 0);
     let mut rec = Vec::with_capacity(256);
     for (r, &delta) in records.iter().zip(deltas) {
         rec.clear();
         rec.push(0); // record attributes, unused
-        put_varlong(&mut rec, r.event_ts.unwrap_or(NO_TIMESTAMP).wrapping_sub(base_ts));
+        put_varlong(
+            &mut rec,
+            r.event_ts.unwrap_or(NO_TIMESTAMP).wrapping_sub(base_ts),
+        );
         put_varint(&mut rec, delta);
         put_bytes(&mut rec, r.key.as_deref());
         put_bytes(&mut rec, r.value.as_deref());
@@ -283,8 +292,7 @@ pub fn record_size_estimate(r: &RecordInput) -> usize {
         + len(r.key.as_ref().map(|k| k.len()))
         + len(r.value.as_ref().map(|v| v.len()))
         + 5
-        + r
-            .headers
+        + r.headers
             .iter()
             .map(|h| len(Some(h.key.len())) + len(h.value.as_ref().map(|v| v.len())))
             .sum::<usize>()
@@ -299,7 +307,9 @@ fn get_bytes(buf: &Bytes, pos: &mut usize) -> Result<Option<Bytes>, CoreError> {
     let end = pos
         .checked_add(len as usize)
         .filter(|&e| e <= buf.len())
-        .ok_or(CoreError::MalformedRecord("field runs past the end of the batch"))?;
+        .ok_or(CoreError::MalformedRecord(
+            "field runs past the end of the batch",
+        ))?;
     let v = buf.slice(*pos..end);
     *pos = end;
     Ok(Some(v))
@@ -332,7 +342,9 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
         let end = pos
             .checked_add(len as usize)
             .filter(|&e| e <= body.len())
-            .ok_or(CoreError::MalformedRecord("record runs past the end of the batch"))?;
+            .ok_or(CoreError::MalformedRecord(
+                "record runs past the end of the batch",
+            ))?;
         let rec = body.slice(0..end);
         let mut p = pos + 1; // skip record attributes
         if p > end {
@@ -348,18 +360,24 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
         }
         let mut headers = Vec::with_capacity(n_headers as usize);
         for _ in 0..n_headers {
-            let k = get_bytes(&rec, &mut p)?
-                .ok_or(CoreError::MalformedRecord("null header key"))?;
+            let k =
+                get_bytes(&rec, &mut p)?.ok_or(CoreError::MalformedRecord("null header key"))?;
             let key = String::from_utf8(k.to_vec()).map_err(|_| CoreError::HeaderKeyUtf8)?;
             let value = get_bytes(&rec, &mut p)?;
             headers.push(Header { key, value });
         }
         if p != end {
-            return Err(CoreError::MalformedRecord("record length disagrees with its fields"));
+            return Err(CoreError::MalformedRecord(
+                "record length disagrees with its fields",
+            ));
         }
         pos = end;
         let ts = h.base_timestamp.wrapping_add(ts_delta);
-        let publish_ts = if h.is_log_append_time() { h.max_timestamp } else { ts };
+        let publish_ts = if h.is_log_append_time() {
+            h.max_timestamp
+        } else {
+            ts
+        };
         let event_ts = if ts == NO_TIMESTAMP { publish_ts } else { ts };
         out.push(Record {
             offset: h.base_offset + off_delta as i64,
@@ -371,7 +389,9 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
         });
     }
     if pos != body.len() {
-        return Err(CoreError::MalformedRecord("trailing bytes after the last record"));
+        return Err(CoreError::MalformedRecord(
+            "trailing bytes after the last record",
+        ));
     }
     Ok(out)
 }
@@ -385,7 +405,13 @@ mod tests {
         (
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
-            proptest::collection::vec(("[a-z.]{0,10}", proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16))), 0..4),
+            proptest::collection::vec(
+                (
+                    "[a-z.]{0,10}",
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+                ),
+                0..4,
+            ),
             proptest::option::of(0i64..4_000_000_000_000),
         )
             .prop_map(|(k, v, hs, ts)| RecordInput {
@@ -393,7 +419,10 @@ mod tests {
                 value: v.map(Bytes::from),
                 headers: hs
                     .into_iter()
-                    .map(|(k, v)| Header { key: k, value: v.map(Bytes::from) })
+                    .map(|(k, v)| Header {
+                        key: k,
+                        value: v.map(Bytes::from),
+                    })
                     .collect(),
                 event_ts: ts,
             })
@@ -440,7 +469,11 @@ mod tests {
 
     #[test]
     fn rewriting_offset_and_publish_time_keeps_crc_valid() {
-        let r = [RecordInput { value: Some(Bytes::from_static(b"v")), event_ts: Some(5), ..Default::default() }];
+        let r = [RecordInput {
+            value: Some(Bytes::from_static(b"v")),
+            event_ts: Some(5),
+            ..Default::default()
+        }];
         let mut b = encode(0, 10, ProducerInfo::default(), &r).to_vec();
         set_base_offset(&mut b, 42);
         set_publish_ts(&mut b, 99);
@@ -453,7 +486,13 @@ mod tests {
 
     #[test]
     fn gaps_in_offsets_survive() {
-        let r = vec![RecordInput { value: Some(Bytes::from_static(b"a")), ..Default::default() }; 2];
+        let r = vec![
+            RecordInput {
+                value: Some(Bytes::from_static(b"a")),
+                ..Default::default()
+            };
+            2
+        ];
         let b = encode_with_deltas(100, 1, ProducerInfo::default(), &r, &[0, 7]).freeze();
         let recs = decode_records(&b).unwrap();
         assert_eq!(recs[1].offset, 107);

@@ -36,7 +36,11 @@ fn validate(kind: &'static str, name: &str, upper_ok: bool) -> Result<(), NameEr
             name: name.to_string(),
         });
     }
-    let allowed = if upper_ok { "a-z A-Z 0-9 _ -" } else { "a-z 0-9 _ -" };
+    let allowed = if upper_ok {
+        "a-z A-Z 0-9 _ -"
+    } else {
+        "a-z 0-9 _ -"
+    };
     for ch in name.chars() {
         let ok = ch.is_ascii_lowercase()
             || ch.is_ascii_digit()

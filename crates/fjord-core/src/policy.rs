@@ -175,13 +175,17 @@ impl Policy {
         ResolvedPolicy {
             durability: self.durability.unwrap_or(defaults.durability),
             ephemeral: self.ephemeral.unwrap_or(defaults.ephemeral),
-            ephemeral_bytes_max: self.ephemeral_bytes_max.unwrap_or(defaults.ephemeral_bytes_max),
+            ephemeral_bytes_max: self
+                .ephemeral_bytes_max
+                .unwrap_or(defaults.ephemeral_bytes_max),
             retention_ms: self.retention_ms.unwrap_or(defaults.retention_ms),
             retention_bytes: self.retention_bytes.unwrap_or(defaults.retention_bytes),
             message_ttl_ms: self.message_ttl_ms.unwrap_or(defaults.message_ttl_ms),
             compaction: self.compaction.unwrap_or(defaults.compaction),
             max_message_bytes: self.max_message_bytes.unwrap_or(defaults.max_message_bytes),
-            partitions_default: self.partitions_default.unwrap_or(defaults.partitions_default),
+            partitions_default: self
+                .partitions_default
+                .unwrap_or(defaults.partitions_default),
             segment_bytes: self.segment_bytes.unwrap_or(defaults.segment_bytes),
             segment_ms: self.segment_ms.unwrap_or(defaults.segment_ms),
         }
@@ -200,11 +204,26 @@ impl Policy {
                 _ => Ok(()),
             }
         }
-        range("partitions_default", self.partitions_default, 1, PARTITIONS_MAX)?;
-        range("max_message_bytes", self.max_message_bytes, 1, MAX_MESSAGE_BYTES_MAX)?;
+        range(
+            "partitions_default",
+            self.partitions_default,
+            1,
+            PARTITIONS_MAX,
+        )?;
+        range(
+            "max_message_bytes",
+            self.max_message_bytes,
+            1,
+            MAX_MESSAGE_BYTES_MAX,
+        )?;
         range("segment_bytes", self.segment_bytes, 4096, 1 << 32)?;
         range("segment_ms", self.segment_ms, 1000, i64::MAX)?;
-        range("ephemeral_bytes_max", self.ephemeral_bytes_max, 4096, 1 << 36)?;
+        range(
+            "ephemeral_bytes_max",
+            self.ephemeral_bytes_max,
+            4096,
+            1 << 36,
+        )?;
         range("retention_ms", self.retention_ms, -1, i64::MAX)?;
         range("retention_bytes", self.retention_bytes, -1, i64::MAX)?;
         range("message_ttl_ms", self.message_ttl_ms, -1, i64::MAX)?;
@@ -229,19 +248,36 @@ mod tests {
 
     #[test]
     fn stream_overrides_namespace_overrides_defaults() {
-        let ns = Policy { retention_ms: Some(1000), durability: Some(Durability::Always), ..Default::default() };
-        let st = Policy { retention_ms: Some(5), ..Default::default() };
+        let ns = Policy {
+            retention_ms: Some(1000),
+            durability: Some(Durability::Always),
+            ..Default::default()
+        };
+        let st = Policy {
+            retention_ms: Some(5),
+            ..Default::default()
+        };
         let r = st.merged_over(&ns).resolve(&ResolvedPolicy::default());
         assert_eq!(r.retention_ms, 5);
         assert_eq!(r.durability, Durability::Always);
-        assert_eq!(r.max_message_bytes, ResolvedPolicy::default().max_message_bytes);
+        assert_eq!(
+            r.max_message_bytes,
+            ResolvedPolicy::default().max_message_bytes
+        );
     }
 
     #[test]
     fn json_form_is_stable() {
-        let p: Policy = serde_json::from_str(r#"{"durability":"interval(10)","compaction":"latest-per-key"}"#).unwrap();
+        let p: Policy =
+            serde_json::from_str(r#"{"durability":"interval(10)","compaction":"latest-per-key"}"#)
+                .unwrap();
         assert_eq!(p.compaction, Some(Compaction::LatestPerKey));
         assert!(serde_json::from_str::<Policy>(r#"{"nope":1}"#).is_err());
-        assert!(Policy { partitions_default: Some(0), ..Default::default() }.validate().is_err());
+        assert!(Policy {
+            partitions_default: Some(0),
+            ..Default::default()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -37,7 +37,10 @@ impl RecordInput {
             .iter()
             .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()) + 4)
             .sum();
-        self.key.as_ref().map_or(0, |k| k.len()) + self.value.as_ref().map_or(0, |v| v.len()) + h + 16
+        self.key.as_ref().map_or(0, |k| k.len())
+            + self.value.as_ref().map_or(0, |v| v.len())
+            + h
+            + 16
     }
 }
 

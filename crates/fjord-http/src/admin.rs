@@ -14,7 +14,8 @@ use crate::AppState;
 
 /// Parses a JSON body with an error that says where it went wrong.
 pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("request body: {e}")))
 }
 
 pub fn stream_ref(t: &str, ns: &str, s: &str) -> ApiResult<StreamRef> {
@@ -28,7 +29,9 @@ struct CreateTenant {
 }
 
 pub async fn list_tenants(State(s): State<AppState>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(serde_json::json!({"tenants": s.broker.list_tenants()?})))
+    Ok(Json(
+        serde_json::json!({"tenants": s.broker.list_tenants()?}),
+    ))
 }
 
 pub async fn create_tenant(State(s): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
@@ -37,11 +40,17 @@ pub async fn create_tenant(State(s): State<AppState>, body: Bytes) -> ApiResult<
     Ok((StatusCode::CREATED, Json(t)))
 }
 
-pub async fn get_tenant(State(s): State<AppState>, Path(t): Path<String>) -> ApiResult<impl IntoResponse> {
+pub async fn get_tenant(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(s.broker.get_tenant(&TenantName::new(t)?)?))
 }
 
-pub async fn delete_tenant(State(s): State<AppState>, Path(t): Path<String>) -> ApiResult<impl IntoResponse> {
+pub async fn delete_tenant(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     s.broker.delete_tenant(&TenantName::new(t)?)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -54,18 +63,37 @@ struct CreateNamespace {
     policy: Policy,
 }
 
-pub async fn list_namespaces(State(s): State<AppState>, Path(t): Path<String>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(serde_json::json!({"namespaces": s.broker.list_namespaces(&TenantName::new(t)?)?})))
+pub async fn list_namespaces(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(
+        serde_json::json!({"namespaces": s.broker.list_namespaces(&TenantName::new(t)?)?}),
+    ))
 }
 
-pub async fn create_namespace(State(s): State<AppState>, Path(t): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
+pub async fn create_namespace(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let req: CreateNamespace = parse_json(&body)?;
-    let ns = s.broker.create_namespace(&TenantName::new(t)?, &NamespaceName::new(req.name)?, req.policy)?;
+    let ns = s.broker.create_namespace(
+        &TenantName::new(t)?,
+        &NamespaceName::new(req.name)?,
+        req.policy,
+    )?;
     Ok((StatusCode::CREATED, Json(ns)))
 }
 
-pub async fn get_namespace(State(s): State<AppState>, Path((t, ns)): Path<(String, String)>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(s.broker.get_namespace(&TenantName::new(t)?, &NamespaceName::new(ns)?)?))
+pub async fn get_namespace(
+    State(s): State<AppState>,
+    Path((t, ns)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(s.broker.get_namespace(
+        &TenantName::new(t)?,
+        &NamespaceName::new(ns)?,
+    )?))
 }
 
 #[derive(Deserialize)]
@@ -75,13 +103,25 @@ struct PutNamespace {
 }
 
 /// Replaces the namespace's policy; streams pick it up at once.
-pub async fn put_namespace(State(s): State<AppState>, Path((t, ns)): Path<(String, String)>, body: Bytes) -> ApiResult<impl IntoResponse> {
+pub async fn put_namespace(
+    State(s): State<AppState>,
+    Path((t, ns)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let req: PutNamespace = parse_json(&body)?;
-    Ok(Json(s.broker.set_namespace_policy(&TenantName::new(t)?, &NamespaceName::new(ns)?, req.policy)?))
+    Ok(Json(s.broker.set_namespace_policy(
+        &TenantName::new(t)?,
+        &NamespaceName::new(ns)?,
+        req.policy,
+    )?))
 }
 
-pub async fn delete_namespace(State(s): State<AppState>, Path((t, ns)): Path<(String, String)>) -> ApiResult<impl IntoResponse> {
-    s.broker.delete_namespace(&TenantName::new(t)?, &NamespaceName::new(ns)?)?;
+pub async fn delete_namespace(
+    State(s): State<AppState>,
+    Path((t, ns)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    s.broker
+        .delete_namespace(&TenantName::new(t)?, &NamespaceName::new(ns)?)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -95,18 +135,30 @@ struct CreateStream {
     policy: Policy,
 }
 
-pub async fn list_streams(State(s): State<AppState>, Path((t, ns)): Path<(String, String)>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(serde_json::json!({"streams": s.broker.list_streams(&TenantName::new(t)?, &NamespaceName::new(ns)?)?})))
+pub async fn list_streams(
+    State(s): State<AppState>,
+    Path((t, ns)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(
+        serde_json::json!({"streams": s.broker.list_streams(&TenantName::new(t)?, &NamespaceName::new(ns)?)?}),
+    ))
 }
 
-pub async fn create_stream(State(s): State<AppState>, Path((t, ns)): Path<(String, String)>, body: Bytes) -> ApiResult<impl IntoResponse> {
+pub async fn create_stream(
+    State(s): State<AppState>,
+    Path((t, ns)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let req: CreateStream = parse_json(&body)?;
     let r = stream_ref(&t, &ns, &req.name)?;
     let d = s.broker.create_stream(&r, req.partitions, req.policy)?;
     Ok((StatusCode::CREATED, Json(d)))
 }
 
-pub async fn describe_stream(State(s): State<AppState>, Path((t, ns, st)): Path<(String, String, String)>) -> ApiResult<impl IntoResponse> {
+pub async fn describe_stream(
+    State(s): State<AppState>,
+    Path((t, ns, st)): Path<(String, String, String)>,
+) -> ApiResult<impl IntoResponse> {
     let r = stream_ref(&t, &ns, &st)?;
     let mut d = serde_json::to_value(s.broker.describe_stream(&r)?).unwrap_or_default();
     let consumers: Vec<serde_json::Value> = s
@@ -133,13 +185,24 @@ struct UpdateStream {
     policy: Option<Policy>,
 }
 
-pub async fn update_stream(State(s): State<AppState>, Path((t, ns, st)): Path<(String, String, String)>, body: Bytes) -> ApiResult<impl IntoResponse> {
+pub async fn update_stream(
+    State(s): State<AppState>,
+    Path((t, ns, st)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let req: UpdateStream = parse_json(&body)?;
     let r = stream_ref(&t, &ns, &st)?;
-    Ok(Json(s.broker.update_stream(&r, req.partitions, req.policy)?))
+    Ok(Json(s.broker.update_stream(
+        &r,
+        req.partitions,
+        req.policy,
+    )?))
 }
 
-pub async fn delete_stream(State(s): State<AppState>, Path((t, ns, st)): Path<(String, String, String)>) -> ApiResult<impl IntoResponse> {
+pub async fn delete_stream(
+    State(s): State<AppState>,
+    Path((t, ns, st)): Path<(String, String, String)>,
+) -> ApiResult<impl IntoResponse> {
     s.broker.delete_stream(&stream_ref(&t, &ns, &st)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }

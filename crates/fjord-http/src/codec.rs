@@ -70,21 +70,34 @@ pub enum ProduceBody {
 }
 
 fn b64(field: &str, s: &str) -> Result<Bytes, ApiError> {
-    B64.decode(s)
-        .map(Bytes::from)
-        .map_err(|e| ApiError::bad_request("invalid_argument", format!("{field} is not valid base64: {e}")))
+    B64.decode(s).map(Bytes::from).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_argument",
+            format!("{field} is not valid base64: {e}"),
+        )
+    })
 }
 
 impl RecordIn {
     pub fn into_input(self) -> Result<RecordInput, ApiError> {
         let key = match (self.key, self.key_base64) {
-            (Some(_), Some(_)) => return Err(ApiError::bad_request("invalid_argument", "give `key` or `key_base64`, not both")),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_argument",
+                    "give `key` or `key_base64`, not both",
+                ))
+            }
             (Some(k), None) => Some(Bytes::from(k)),
             (None, Some(k)) => Some(b64("key_base64", &k)?),
             (None, None) => None,
         };
         let value = match (self.value, self.value_base64) {
-            (Some(_), Some(_)) => return Err(ApiError::bad_request("invalid_argument", "give `value` or `value_base64`, not both")),
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "invalid_argument",
+                    "give `value` or `value_base64`, not both",
+                ))
+            }
             (Some(Value::String(s)), None) => Some(Bytes::from(s)),
             (Some(Value::Null), None) => None,
             (Some(v), None) => Some(Bytes::from(serde_json::to_vec(&v).unwrap_or_default())),
@@ -97,7 +110,10 @@ impl RecordIn {
                 .into_iter()
                 .map(|(k, v)| match v {
                     Value::String(s) => Ok(Header::new(k, s)),
-                    Value::Null => Ok(Header { key: k, value: None }),
+                    Value::Null => Ok(Header {
+                        key: k,
+                        value: None,
+                    }),
                     other => Err(ApiError::bad_request(
                         "invalid_argument",
                         format!("header {k:?} must be a string, got {other}"),
@@ -112,14 +128,22 @@ impl RecordIn {
                         (None, Some(v)) => Some(b64("header value_base64", &v)?),
                         (None, None) => None,
                         (Some(_), Some(_)) => {
-                            return Err(ApiError::bad_request("invalid_argument", "a header has `value` or `value_base64`, not both"))
+                            return Err(ApiError::bad_request(
+                                "invalid_argument",
+                                "a header has `value` or `value_base64`, not both",
+                            ))
                         }
                     };
                     Ok(Header { key: h.key, value })
                 })
                 .collect::<Result<_, _>>()?,
         };
-        Ok(RecordInput { key, value, headers, event_ts: self.event_ts })
+        Ok(RecordInput {
+            key,
+            value,
+            headers,
+            event_ts: self.event_ts,
+        })
     }
 }
 
@@ -165,7 +189,10 @@ fn text_or_b64(b: &Bytes, format: ValueFormat) -> (Option<String>, Option<String
 }
 
 pub fn record_out(partition: u32, r: Record, format: ValueFormat) -> RecordOut {
-    let (key, key_base64) = r.key.as_ref().map_or((None, None), |k| text_or_b64(k, format));
+    let (key, key_base64) = r
+        .key
+        .as_ref()
+        .map_or((None, None), |k| text_or_b64(k, format));
     let (value, value_base64) = match (&r.value, format) {
         (None, _) => (Some(Value::Null), None),
         (Some(v), ValueFormat::Base64) => (None, Some(B64.encode(v))),
@@ -181,8 +208,15 @@ pub fn record_out(partition: u32, r: Record, format: ValueFormat) -> RecordOut {
         .headers
         .into_iter()
         .map(|h| {
-            let (value, value_base64) = h.value.as_ref().map_or((None, None), |v| text_or_b64(v, ValueFormat::Json));
-            HeaderOut { key: h.key, value, value_base64 }
+            let (value, value_base64) = h
+                .value
+                .as_ref()
+                .map_or((None, None), |v| text_or_b64(v, ValueFormat::Json));
+            HeaderOut {
+                key: h.key,
+                value,
+                value_base64,
+            }
         })
         .collect();
     RecordOut {
@@ -204,10 +238,19 @@ mod tests {
 
     #[test]
     fn values_round_trip_by_their_kind() {
-        let r: RecordIn = serde_json::from_str(r#"{"key":"k","value":{"t":21.5},"headers":{"unit":"C"}}"#).unwrap();
+        let r: RecordIn =
+            serde_json::from_str(r#"{"key":"k","value":{"t":21.5},"headers":{"unit":"C"}}"#)
+                .unwrap();
         let inp = r.into_input().unwrap();
         assert_eq!(inp.value.as_deref(), Some(&br#"{"t":21.5}"#[..]));
-        let rec = Record { offset: 3, key: inp.key, value: inp.value, headers: inp.headers, publish_ts: 1, event_ts: 1 };
+        let rec = Record {
+            offset: 3,
+            key: inp.key,
+            value: inp.value,
+            headers: inp.headers,
+            publish_ts: 1,
+            event_ts: 1,
+        };
         let out = serde_json::to_value(record_out(0, rec, ValueFormat::Json)).unwrap();
         assert_eq!(out["value"]["t"], 21.5);
         assert_eq!(out["key"], "k");
@@ -219,7 +262,14 @@ mod tests {
         let r: RecordIn = serde_json::from_str(r#"{"value_base64":"AP8="}"#).unwrap();
         let inp = r.into_input().unwrap();
         assert_eq!(inp.value.as_deref(), Some(&[0u8, 255][..]));
-        let rec = Record { offset: 0, key: None, value: inp.value, headers: vec![], publish_ts: 1, event_ts: 1 };
+        let rec = Record {
+            offset: 0,
+            key: None,
+            value: inp.value,
+            headers: vec![],
+            publish_ts: 1,
+            event_ts: 1,
+        };
         let out = serde_json::to_value(record_out(0, rec, ValueFormat::Json)).unwrap();
         assert_eq!(out["value_base64"], "AP8=");
     }

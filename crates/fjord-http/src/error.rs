@@ -16,7 +16,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -31,7 +35,9 @@ impl From<BrokerError> for ApiError {
         let status = match &e {
             BrokerError::Name(_) | BrokerError::Invalid(_) => StatusCode::BAD_REQUEST,
             BrokerError::NotFound { .. } => StatusCode::NOT_FOUND,
-            BrokerError::AlreadyExists { .. } | BrokerError::NotEmpty { .. } => StatusCode::CONFLICT,
+            BrokerError::AlreadyExists { .. } | BrokerError::NotEmpty { .. } => {
+                StatusCode::CONFLICT
+            }
             BrokerError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BrokerError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             BrokerError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,

@@ -40,25 +40,50 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/v1/openapi.json", get(ops::openapi))
-        .route("/v1/tenants", get(admin::list_tenants).post(admin::create_tenant))
-        .route("/v1/tenants/{tenant}", get(admin::get_tenant).delete(admin::delete_tenant))
-        .route("/v1/tenants/{tenant}/namespaces", get(admin::list_namespaces).post(admin::create_namespace))
+        .route(
+            "/v1/tenants",
+            get(admin::list_tenants).post(admin::create_tenant),
+        )
+        .route(
+            "/v1/tenants/{tenant}",
+            get(admin::get_tenant).delete(admin::delete_tenant),
+        )
+        .route(
+            "/v1/tenants/{tenant}/namespaces",
+            get(admin::list_namespaces).post(admin::create_namespace),
+        )
         .route(
             "/v1/tenants/{tenant}/namespaces/{namespace}",
-            get(admin::get_namespace).put(admin::put_namespace).delete(admin::delete_namespace),
+            get(admin::get_namespace)
+                .put(admin::put_namespace)
+                .delete(admin::delete_namespace),
         )
-        .route("/v1/streams/{tenant}/{namespace}", get(admin::list_streams).post(admin::create_stream))
+        .route(
+            "/v1/streams/{tenant}/{namespace}",
+            get(admin::list_streams).post(admin::create_stream),
+        )
         .route(
             "/v1/streams/{tenant}/{namespace}/{stream}",
-            get(admin::describe_stream).patch(admin::update_stream).delete(admin::delete_stream),
+            get(admin::describe_stream)
+                .patch(admin::update_stream)
+                .delete(admin::delete_stream),
         )
-        .route("/v1/streams/{tenant}/{namespace}/{stream}/records", get(records::consume).post(records::produce))
-        .route("/v1/streams/{tenant}/{namespace}/{stream}/consumers", get(records::list_consumers))
+        .route(
+            "/v1/streams/{tenant}/{namespace}/{stream}/records",
+            get(records::consume).post(records::produce),
+        )
+        .route(
+            "/v1/streams/{tenant}/{namespace}/{stream}/consumers",
+            get(records::list_consumers),
+        )
         .route(
             "/v1/streams/{tenant}/{namespace}/{stream}/consumers/{consumer}",
             get(records::get_consumer).put(records::commit_consumer),
         )
-        .route("/v1/streams/{tenant}/{namespace}/{stream}/ws", get(ws::upgrade))
+        .route(
+            "/v1/streams/{tenant}/{namespace}/{stream}/ws",
+            get(ws::upgrade),
+        )
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
@@ -85,14 +110,17 @@ mod tests {
             }
         }
         let src = include_str!("lib.rs");
-        let router_src = &src[src.find("pub fn router").expect("router")..src.find("#[cfg(test)]").expect("tests")];
+        let router_src = &src
+            [src.find("pub fn router").expect("router")..src.find("#[cfg(test)]").expect("tests")];
         let mut routed = BTreeSet::new();
         for chunk in router_src.split(".route(").skip(1) {
             let chunk = &chunk[..chunk.find(".fallback").unwrap_or(chunk.len())];
             let path = chunk.split('"').nth(1).expect("a path literal").to_string();
             for m in ["get", "post", "put", "patch", "delete"] {
                 let call = format!("{m}(");
-                let called = chunk.match_indices(&call).any(|(i, _)| i > 0 && matches!(chunk.as_bytes()[i - 1], b' ' | b'.' | b'\n' | b'('));
+                let called = chunk.match_indices(&call).any(|(i, _)| {
+                    i > 0 && matches!(chunk.as_bytes()[i - 1], b' ' | b'.' | b'\n' | b'(')
+                });
                 if called {
                     routed.insert((path.clone(), m.to_string()));
                 }

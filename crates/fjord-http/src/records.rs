@@ -45,18 +45,32 @@ pub async fn produce(
 ) -> ApiResult<impl IntoResponse> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_argument", e.body_text()))?;
     let r = stream_ref(&t, &ns, &st)?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     let (records, partition) = if content_type.starts_with("application/octet-stream") {
-        let rec = RecordInput { key: q.key.map(Bytes::from), value: Some(body), headers: Vec::new(), event_ts: q.event_ts };
+        let rec = RecordInput {
+            key: q.key.map(Bytes::from),
+            value: Some(body),
+            headers: Vec::new(),
+            event_ts: q.event_ts,
+        };
         (vec![rec], q.partition)
     } else {
         match parse_json::<ProduceBody>(&body)? {
             ProduceBody::One(rec) => (vec![rec.into_input()?], q.partition),
             ProduceBody::Many { records, partition } => {
                 if records.is_empty() {
-                    return Err(ApiError::bad_request("invalid_argument", "`records` is empty"));
+                    return Err(ApiError::bad_request(
+                        "invalid_argument",
+                        "`records` is empty",
+                    ));
                 }
-                let recs = records.into_iter().map(RecordIn::into_input).collect::<Result<Vec<_>, _>>()?;
+                let recs = records
+                    .into_iter()
+                    .map(RecordIn::into_input)
+                    .collect::<Result<Vec<_>, _>>()?;
                 (recs, partition.or(q.partition))
             }
         }
@@ -91,10 +105,17 @@ pub struct ConsumeQuery {
     format: Option<ValueFormat>,
 }
 
-pub fn position_of(offset: Option<i64>, timestamp: Option<i64>, from: Option<&str>) -> ApiResult<Option<Position>> {
+pub fn position_of(
+    offset: Option<i64>,
+    timestamp: Option<i64>,
+    from: Option<&str>,
+) -> ApiResult<Option<Position>> {
     let given = offset.is_some() as u8 + timestamp.is_some() as u8 + from.is_some() as u8;
     if given > 1 {
-        return Err(ApiError::bad_request("invalid_argument", "give at most one of `offset`, `timestamp` and `from`"));
+        return Err(ApiError::bad_request(
+            "invalid_argument",
+            "give at most one of `offset`, `timestamp` and `from`",
+        ));
     }
     Ok(match (offset, timestamp, from) {
         (Some(o), _, _) => Some(Position::Offset(o)),
@@ -102,7 +123,10 @@ pub fn position_of(offset: Option<i64>, timestamp: Option<i64>, from: Option<&st
         (_, _, Some("earliest")) => Some(Position::Earliest),
         (_, _, Some("latest")) => Some(Position::Latest),
         (_, _, Some(other)) => {
-            return Err(ApiError::bad_request("invalid_argument", format!("`from` must be `earliest` or `latest`, not {other:?}")))
+            return Err(ApiError::bad_request(
+                "invalid_argument",
+                format!("`from` must be `earliest` or `latest`, not {other:?}"),
+            ))
         }
         _ => None,
     })
@@ -133,9 +157,16 @@ pub async fn consume(
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(WAIT_MS_MAX));
     let max_records = q.max_records.unwrap_or(500).clamp(1, MAX_RECORDS_MAX);
     let max_bytes = q.max_bytes.unwrap_or(1024 * 1024).clamp(1, FETCH_BYTES_MAX);
-    let f = s.broker.fetch(&r, partition, pos, max_records, max_bytes, wait).await?;
+    let f = s
+        .broker
+        .fetch(&r, partition, pos, max_records, max_bytes, wait)
+        .await?;
     let format = q.format.unwrap_or_default();
-    let records: Vec<_> = f.records.into_iter().map(|rec| record_out(partition, rec, format)).collect();
+    let records: Vec<_> = f
+        .records
+        .into_iter()
+        .map(|rec| record_out(partition, rec, format))
+        .collect();
     Ok(Json(serde_json::json!({
         "records": records,
         "next_offset": f.next_offset,
@@ -144,7 +175,10 @@ pub async fn consume(
     })))
 }
 
-pub async fn list_consumers(State(s): State<AppState>, Path((t, ns, st)): Path<(String, String, String)>) -> ApiResult<impl IntoResponse> {
+pub async fn list_consumers(
+    State(s): State<AppState>,
+    Path((t, ns, st)): Path<(String, String, String)>,
+) -> ApiResult<impl IntoResponse> {
     let r = stream_ref(&t, &ns, &st)?;
     let list: Vec<_> = s
         .broker
@@ -156,7 +190,10 @@ pub async fn list_consumers(State(s): State<AppState>, Path((t, ns, st)): Path<(
 }
 
 fn offsets_json(offsets: &[(u32, i64)]) -> Vec<serde_json::Value> {
-    offsets.iter().map(|(p, o)| serde_json::json!({"partition": p, "offset": o})).collect()
+    offsets
+        .iter()
+        .map(|(p, o)| serde_json::json!({"partition": p, "offset": o}))
+        .collect()
 }
 
 pub async fn get_consumer(
@@ -165,7 +202,9 @@ pub async fn get_consumer(
 ) -> ApiResult<impl IntoResponse> {
     let r = stream_ref(&t, &ns, &st)?;
     let offsets = s.broker.committed(&r, &c)?;
-    Ok(Json(serde_json::json!({"name": c, "offsets": offsets_json(&offsets)})))
+    Ok(Json(
+        serde_json::json!({"name": c, "offsets": offsets_json(&offsets)}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -190,7 +229,13 @@ pub async fn commit_consumer(
 ) -> ApiResult<impl IntoResponse> {
     let r = stream_ref(&t, &ns, &st)?;
     let req: CommitBody = parse_json(&body)?;
-    let offsets: Vec<(u32, i64)> = req.offsets.iter().map(|o| (o.partition, o.offset)).collect();
+    let offsets: Vec<(u32, i64)> = req
+        .offsets
+        .iter()
+        .map(|o| (o.partition, o.offset))
+        .collect();
     s.broker.commit(&r, &c, &offsets)?;
-    Ok(Json(serde_json::json!({"name": c, "offsets": offsets_json(&s.broker.committed(&r, &c)?)})))
+    Ok(Json(
+        serde_json::json!({"name": c, "offsets": offsets_json(&s.broker.committed(&r, &c)?)}),
+    ))
 }

@@ -57,7 +57,11 @@ pub struct WsQuery {
 
 enum Mode {
     Publish,
-    Subscribe { partitions: Vec<u32>, from: Position, format: ValueFormat },
+    Subscribe {
+        partitions: Vec<u32>,
+        from: Position,
+        format: ValueFormat,
+    },
 }
 
 pub async fn upgrade(
@@ -66,7 +70,12 @@ pub async fn upgrade(
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
-    let ws = ws.map_err(|e| ApiError::bad_request("invalid_argument", format!("this route needs a WebSocket upgrade: {e}")))?;
+    let ws = ws.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_argument",
+            format!("this route needs a WebSocket upgrade: {e}"),
+        )
+    })?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_argument", e.body_text()))?;
     let r = stream_ref(&t, &ns, &st)?;
     // Refuse before upgrading, so the client gets a clear HTTP error.
@@ -74,32 +83,62 @@ pub async fn upgrade(
     let mode = match q.mode.as_deref().unwrap_or("subscribe") {
         "publish" => Mode::Publish,
         "subscribe" => {
-            let from = position_of(q.offset, q.timestamp, q.from.as_deref())?.unwrap_or(Position::Latest);
+            let from =
+                position_of(q.offset, q.timestamp, q.from.as_deref())?.unwrap_or(Position::Latest);
             let partitions = match q.partition {
                 Some(p) if p >= n => {
-                    return Err(BrokerError::NotFound { kind: "partition", name: format!("{r}#{p} (the stream has {n})") }.into())
+                    return Err(BrokerError::NotFound {
+                        kind: "partition",
+                        name: format!("{r}#{p} (the stream has {n})"),
+                    }
+                    .into())
                 }
                 Some(p) => vec![p],
                 None => (0..n).collect(),
             };
             if partitions.len() > 1 && matches!(from, Position::Offset(_)) {
-                return Err(ApiError::bad_request("invalid_argument", "`offset` needs `partition`"));
+                return Err(ApiError::bad_request(
+                    "invalid_argument",
+                    "`offset` needs `partition`",
+                ));
             }
-            Mode::Subscribe { partitions, from, format: q.format.unwrap_or_default() }
+            Mode::Subscribe {
+                partitions,
+                from,
+                format: q.format.unwrap_or_default(),
+            }
         }
-        other => return Err(ApiError::bad_request("invalid_argument", format!("`mode` must be `publish` or `subscribe`, not {other:?}"))),
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_argument",
+                format!("`mode` must be `publish` or `subscribe`, not {other:?}"),
+            ))
+        }
     };
     let broker = s.broker.clone();
-    Ok(ws.max_message_size(BODY_BYTES_MAX).on_upgrade(move |socket| async move {
-        let gauge = broker.metrics().connections.with_label_values(&["websocket"]);
-        broker.metrics().connections_total.with_label_values(&["websocket"]).inc();
-        gauge.inc();
-        match mode {
-            Mode::Publish => publish(socket, broker, r).await,
-            Mode::Subscribe { partitions, from, format } => subscribe(socket, broker, r, partitions, from, format).await,
-        }
-        gauge.dec();
-    }))
+    Ok(ws
+        .max_message_size(BODY_BYTES_MAX)
+        .on_upgrade(move |socket| async move {
+            let gauge = broker
+                .metrics()
+                .connections
+                .with_label_values(&["websocket"]);
+            broker
+                .metrics()
+                .connections_total
+                .with_label_values(&["websocket"])
+                .inc();
+            gauge.inc();
+            match mode {
+                Mode::Publish => publish(socket, broker, r).await,
+                Mode::Subscribe {
+                    partitions,
+                    from,
+                    format,
+                } => subscribe(socket, broker, r, partitions, from, format).await,
+            }
+            gauge.dec();
+        }))
 }
 
 fn text(v: Value) -> Message {
@@ -127,9 +166,21 @@ async fn publish(socket: WebSocket, broker: Arc<Broker>, r: StreamRef) {
                         let id = rec.id.clone().unwrap_or(Value::Null);
                         (id, rec.into_input())
                     }
-                    Err(e) => (Value::Null, Err(ApiError::bad_request("invalid_json", format!("frame {seq}: {e}")))),
+                    Err(e) => (
+                        Value::Null,
+                        Err(ApiError::bad_request(
+                            "invalid_json",
+                            format!("frame {seq}: {e}"),
+                        )),
+                    ),
                 },
-                Message::Binary(b) => (Value::Null, Ok(RecordInput { value: Some(b), ..Default::default() })),
+                Message::Binary(b) => (
+                    Value::Null,
+                    Ok(RecordInput {
+                        value: Some(b),
+                        ..Default::default()
+                    }),
+                ),
                 Message::Close(_) => {
                     closing = true;
                     break;
@@ -156,7 +207,11 @@ async fn publish(socket: WebSocket, broker: Arc<Broker>, r: StreamRef) {
 /// commit). If that call is refused before anything was stored (a record
 /// too large, say), the records are retried one by one so each gets its own
 /// answer.
-async fn produce_group(broker: &Broker, r: &StreamRef, items: Vec<(u64, Value, Result<RecordInput, ApiError>)>) -> Vec<Value> {
+async fn produce_group(
+    broker: &Broker,
+    r: &StreamRef,
+    items: Vec<(u64, Value, Result<RecordInput, ApiError>)>,
+) -> Vec<Value> {
     let mut acks: Vec<Option<Value>> = vec![None; items.len()];
     let mut valid = Vec::new();
     let mut valid_idx = Vec::new();
@@ -174,16 +229,24 @@ async fn produce_group(broker: &Broker, r: &StreamRef, items: Vec<(u64, Value, R
             Ok(produced) => {
                 for (k, p) in valid_idx.iter().zip(produced) {
                     let (seq, id, _) = &items[*k];
-                    acks[*k] = Some(json!({"ack": {"seq": seq, "id": id, "partition": p.partition, "offset": p.offset}}));
+                    acks[*k] = Some(
+                        json!({"ack": {"seq": seq, "id": id, "partition": p.partition, "offset": p.offset}}),
+                    );
                 }
             }
-            Err(e @ (BrokerError::MessageTooLarge { .. } | BrokerError::Invalid(_))) if valid.len() > 1 => {
+            Err(e @ (BrokerError::MessageTooLarge { .. } | BrokerError::Invalid(_)))
+                if valid.len() > 1 =>
+            {
                 drop(e);
                 for (k, rec) in valid_idx.iter().zip(valid) {
                     let (seq, id, _) = &items[*k];
                     acks[*k] = Some(match broker.produce(r, vec![rec], None).await {
-                        Ok(p) => json!({"ack": {"seq": seq, "id": id, "partition": p[0].partition, "offset": p[0].offset}}),
-                        Err(e) => json!({"seq": seq, "id": id, "error": ApiError::from(e).body()["error"]}),
+                        Ok(p) => {
+                            json!({"ack": {"seq": seq, "id": id, "partition": p[0].partition, "offset": p[0].offset}})
+                        }
+                        Err(e) => {
+                            json!({"seq": seq, "id": id, "error": ApiError::from(e).body()["error"]})
+                        }
                     });
                 }
             }
@@ -199,7 +262,14 @@ async fn produce_group(broker: &Broker, r: &StreamRef, items: Vec<(u64, Value, R
     acks.into_iter().flatten().collect()
 }
 
-async fn subscribe(socket: WebSocket, broker: Arc<Broker>, r: StreamRef, partitions: Vec<u32>, from: Position, format: ValueFormat) {
+async fn subscribe(
+    socket: WebSocket,
+    broker: Arc<Broker>,
+    r: StreamRef,
+    partitions: Vec<u32>,
+    from: Position,
+    format: ValueFormat,
+) {
     let (mut tx, mut rx) = socket.split();
     // Resolve every start position first and say where reading starts, so
     // a client knows from which point on it sees everything.
@@ -208,7 +278,9 @@ async fn subscribe(socket: WebSocket, broker: Arc<Broker>, r: StreamRef, partiti
         match broker.resolve(&r, p, from).await {
             Ok(o) => starts.push((p, o)),
             Err(e) => {
-                let _ = tx.send(text(json!({"error": ApiError::from(e).body()["error"]}))).await;
+                let _ = tx
+                    .send(text(json!({"error": ApiError::from(e).body()["error"]})))
+                    .await;
                 return;
             }
         }
@@ -220,7 +292,14 @@ async fn subscribe(socket: WebSocket, broker: Arc<Broker>, r: StreamRef, partiti
     let (out_tx, mut out_rx) = mpsc::channel::<Value>(SUBSCRIBE_QUEUE);
     let mut followers = JoinSet::new();
     for (p, offset) in starts {
-        followers.spawn(follow(broker.clone(), r.clone(), p, offset, format, out_tx.clone()));
+        followers.spawn(follow(
+            broker.clone(),
+            r.clone(),
+            p,
+            offset,
+            format,
+            out_tx.clone(),
+        ));
     }
     drop(out_tx);
     loop {
@@ -239,29 +318,52 @@ async fn subscribe(socket: WebSocket, broker: Arc<Broker>, r: StreamRef, partiti
 }
 
 /// Follows one partition from `offset`, forever, into `out`.
-async fn follow(broker: Arc<Broker>, r: StreamRef, partition: u32, offset: i64, format: ValueFormat, out: mpsc::Sender<Value>) {
+async fn follow(
+    broker: Arc<Broker>,
+    r: StreamRef,
+    partition: u32,
+    offset: i64,
+    format: ValueFormat,
+    out: mpsc::Sender<Value>,
+) {
     let mut next = offset;
     loop {
-        match broker.fetch(&r, partition, Position::Offset(next), 500, 1 << 20, FOLLOW_WAIT).await {
+        match broker
+            .fetch(
+                &r,
+                partition,
+                Position::Offset(next),
+                500,
+                1 << 20,
+                FOLLOW_WAIT,
+            )
+            .await
+        {
             Ok(f) => {
                 for rec in f.records {
-                    let v = serde_json::to_value(record_out(partition, rec, format)).unwrap_or_default();
+                    let v = serde_json::to_value(record_out(partition, rec, format))
+                        .unwrap_or_default();
                     if out.send(v).await.is_err() {
                         return;
                     }
                 }
                 next = f.next_offset;
             }
-            Err(BrokerError::OffsetOutOfRange { requested, start, .. }) if requested < start => {
+            Err(BrokerError::OffsetOutOfRange {
+                requested, start, ..
+            }) if requested < start => {
                 // Retention (or an ephemeral ring) dropped what we had not read yet.
-                let notice = json!({"skipped": {"partition": partition, "from": requested, "to": start}});
+                let notice =
+                    json!({"skipped": {"partition": partition, "from": requested, "to": start}});
                 if out.send(notice).await.is_err() {
                     return;
                 }
                 next = start;
             }
             Err(e) => {
-                let _ = out.send(json!({"error": ApiError::from(e).body()["error"]})).await;
+                let _ = out
+                    .send(json!({"error": ApiError::from(e).body()["error"]}))
+                    .await;
                 return;
             }
         }

@@ -22,7 +22,11 @@ pub enum LogError {
         reason: String,
     },
     #[error("offset {requested} is out of range: the log holds {start}..{end}")]
-    OffsetOutOfRange { requested: i64, start: i64, end: i64 },
+    OffsetOutOfRange {
+        requested: i64,
+        start: i64,
+        end: i64,
+    },
     #[error("partition refuses writes after an earlier failure: {0}")]
     Poisoned(String),
     #[error("partition is closed")]

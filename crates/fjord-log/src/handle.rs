@@ -57,8 +57,13 @@ type Store = Arc<RwLock<Box<dyn LogStore>>>;
 type Reply = oneshot::Sender<Result<AppendInfo, LogError>>;
 
 enum Cmd {
-    Append { batch: Vec<u8>, reply: Reply },
-    Flush { reply: oneshot::Sender<Result<(), LogError>> },
+    Append {
+        batch: Vec<u8>,
+        reply: Reply,
+    },
+    Flush {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
 }
 
 struct Inner {
@@ -78,7 +83,11 @@ pub struct Partition {
 impl Partition {
     /// Opens a durable partition in `dir` (recovering it) and starts its
     /// appender on the current Tokio runtime.
-    pub fn open_disk(dir: &Path, policy: ResolvedPolicy, opts: PartitionOptions) -> Result<(Self, RecoveryReport), LogError> {
+    pub fn open_disk(
+        dir: &Path,
+        policy: ResolvedPolicy,
+        opts: PartitionOptions,
+    ) -> Result<(Self, RecoveryReport), LogError> {
         let durability = policy.durability;
         let (log, report) = PartitionLog::open(dir, policy)?;
         let store: Store = Arc::new(RwLock::new(Box::new(log)));
@@ -92,7 +101,12 @@ impl Partition {
         Self::start(store, durability, true, opts)
     }
 
-    fn start(store: Store, durability: Durability, ephemeral: bool, opts: PartitionOptions) -> Self {
+    fn start(
+        store: Store,
+        durability: Durability,
+        ephemeral: bool,
+        opts: PartitionOptions,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
         let next = store.read().next_offset();
         let (hwm_tx, hwm_rx) = watch::channel(next);
@@ -135,7 +149,12 @@ impl Partition {
 
     /// Reads from `offset`. When nothing is there yet, waits up to `wait` for
     /// an append (long poll) instead of returning empty at once.
-    pub async fn read(&self, offset: i64, max_bytes: usize, wait: Duration) -> Result<ReadResult, LogError> {
+    pub async fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<ReadResult, LogError> {
         let mut rx = self.inner.hwm.clone();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -151,7 +170,12 @@ impl Partition {
         }
     }
 
-    async fn read_now(&self, offset: i64, max_bytes: usize, hwm: i64) -> Result<ReadResult, LogError> {
+    async fn read_now(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        hwm: i64,
+    ) -> Result<ReadResult, LogError> {
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || store.read().read(offset, max_bytes, hwm))
             .await
@@ -255,7 +279,11 @@ impl Appender {
             }
             if !appends.is_empty() {
                 let written = self.write(appends).await;
-                let mode = if self.ephemeral { Durability::Os } else { *self.durability.lock() };
+                let mode = if self.ephemeral {
+                    Durability::Os
+                } else {
+                    *self.durability.lock()
+                };
                 for (reply, res) in written {
                     match res {
                         Ok(info) => self.parked.push((reply, info)),
@@ -269,7 +297,8 @@ impl Appender {
                     Durability::Always => self.sync_and_release().await,
                     Durability::Interval { ms } => {
                         if deadline.is_none() && !self.parked.is_empty() {
-                            deadline = Some(tokio::time::Instant::now() + Duration::from_millis(ms));
+                            deadline =
+                                Some(tokio::time::Instant::now() + Duration::from_millis(ms));
                         }
                     }
                 }
@@ -295,7 +324,10 @@ impl Appender {
         let _ = tokio::task::spawn_blocking(move || store.write().flush_all()).await;
     }
 
-    async fn write(&self, appends: Vec<(Vec<u8>, Reply)>) -> Vec<(Reply, Result<AppendInfo, LogError>)> {
+    async fn write(
+        &self,
+        appends: Vec<(Vec<u8>, Reply)>,
+    ) -> Vec<(Reply, Result<AppendInfo, LogError>)> {
         let store = self.store.clone();
         let res = tokio::task::spawn_blocking(move || {
             let mut s = store.write();
@@ -309,12 +341,9 @@ impl Appender {
                 .collect::<Vec<_>>()
         })
         .await;
-        match res {
-            Ok(v) => v,
-            // The blocking task panicked: nothing can be said of the writes,
-            // and the repliers were consumed with it (callers see Closed).
-            Err(_) => Vec::new(),
-        }
+        // If the blocking task panicked, nothing can be said of the writes;
+        // the repliers went with it, so callers see `Closed`.
+        res.unwrap_or_default()
     }
 
     /// Publishes the new high watermark and acknowledges parked appends.

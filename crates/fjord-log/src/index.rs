@@ -44,7 +44,7 @@ impl TimeEntry {
 /// Decodes an offset index file; `None` if it is not a valid index of a
 /// segment of `segment_len` bytes (then it is rebuilt).
 pub fn decode_offsets(buf: &[u8], segment_len: u64) -> Option<Vec<OffsetEntry>> {
-    if buf.len() % OFFSET_ENTRY_LEN != 0 {
+    if !buf.len().is_multiple_of(OFFSET_ENTRY_LEN) {
         return None;
     }
     let mut out: Vec<OffsetEntry> = Vec::with_capacity(buf.len() / OFFSET_ENTRY_LEN);
@@ -67,7 +67,7 @@ pub fn decode_offsets(buf: &[u8], segment_len: u64) -> Option<Vec<OffsetEntry>> 
 }
 
 pub fn decode_times(buf: &[u8]) -> Option<Vec<TimeEntry>> {
-    if buf.len() % TIME_ENTRY_LEN != 0 {
+    if !buf.len().is_multiple_of(TIME_ENTRY_LEN) {
         return None;
     }
     let mut out: Vec<TimeEntry> = Vec::with_capacity(buf.len() / TIME_ENTRY_LEN);

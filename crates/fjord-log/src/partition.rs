@@ -74,7 +74,11 @@ impl PartitionLog {
             segments.insert(0, Segment::create(dir, 0)?);
             sync_dir(dir)?;
         }
-        let last_publish_ts = segments.values().filter_map(|s| s.max_ts).max().unwrap_or(i64::MIN);
+        let last_publish_ts = segments
+            .values()
+            .filter_map(|s| s.max_ts)
+            .max()
+            .unwrap_or(i64::MIN);
         let log = Self {
             dir: dir.to_path_buf(),
             segments,
@@ -91,11 +95,17 @@ impl PartitionLog {
     }
 
     fn active(&self) -> &Segment {
-        self.segments.values().next_back().expect("a partition always has an active segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a partition always has an active segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments.values_mut().next_back().expect("a partition always has an active segment")
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a partition always has an active segment")
     }
 
     /// Base offset of the active segment: compaction never touches records
@@ -147,7 +157,8 @@ impl PartitionLog {
         while pos < seg.size {
             let chunk = seg.read_at(pos, HEADER_LEN.min((seg.size - pos) as usize))?;
             hdr[..chunk.len()].copy_from_slice(&chunk);
-            let h = BatchHeader::parse(&hdr[..chunk.len()]).map_err(|e| seg.corrupt(pos, e.to_string()))?;
+            let h = BatchHeader::parse(&hdr[..chunk.len()])
+                .map_err(|e| seg.corrupt(pos, e.to_string()))?;
             if h.base_offset >= high_watermark {
                 return Ok(true);
             }
@@ -159,12 +170,16 @@ impl PartitionLog {
         }
         // Read a run of whole batches in one go.
         while pos < seg.size && (used < budget || out.is_empty()) {
-            let want = budget.saturating_sub(used).min(READ_CHUNK_BYTES_MAX).max(HEADER_LEN).min((seg.size - pos) as usize);
+            let want = budget
+                .saturating_sub(used)
+                .clamp(HEADER_LEN, READ_CHUNK_BYTES_MAX)
+                .min((seg.size - pos) as usize);
             let buf = Bytes::from(seg.read_at(pos, want)?);
             let mut at = 0usize;
             let mut took_any = false;
             while at + HEADER_LEN <= buf.len() {
-                let h = BatchHeader::parse(&buf[at..]).map_err(|e| seg.corrupt(pos + at as u64, e.to_string()))?;
+                let h = BatchHeader::parse(&buf[at..])
+                    .map_err(|e| seg.corrupt(pos + at as u64, e.to_string()))?;
                 if h.base_offset >= high_watermark {
                     return Ok(true);
                 }
@@ -173,7 +188,8 @@ impl PartitionLog {
                     if out.is_empty() && !took_any {
                         // The first batch is larger than the budget: serve it whole.
                         let whole = Bytes::from(seg.read_at(pos + at as u64, total)?);
-                        batch::verify_crc(&whole).map_err(|e| seg.corrupt(pos + at as u64, e.to_string()))?;
+                        batch::verify_crc(&whole)
+                            .map_err(|e| seg.corrupt(pos + at as u64, e.to_string()))?;
                         out.push(whole);
                         used += total;
                         at += total;
@@ -212,14 +228,20 @@ impl PartitionLog {
         Ok(None)
     }
 
-    fn apply_retention(&mut self, now_ms: i64, report: &mut MaintenanceReport) -> Result<(), LogError> {
+    fn apply_retention(
+        &mut self,
+        now_ms: i64,
+        report: &mut MaintenanceReport,
+    ) -> Result<(), LogError> {
         let p = self.policy.clone();
         // Time: drop sealed segments whose newest record is past retention.
         if p.retention_ms >= 0 {
             while self.segments.len() > 1 {
                 let first = self.segments.values().next().expect("non-empty");
                 match first.max_ts {
-                    Some(ts) if now_ms.saturating_sub(ts) > p.retention_ms => self.delete_first(report)?,
+                    Some(ts) if now_ms.saturating_sub(ts) > p.retention_ms => {
+                        self.delete_first(report)?
+                    }
                     None => self.delete_first(report)?,
                     _ => break,
                 }
@@ -276,7 +298,12 @@ impl PartitionLog {
             }
             offset = r.next_offset;
         }
-        let sealed: Vec<i64> = self.segments.keys().copied().take(self.segments.len() - 1).collect();
+        let sealed: Vec<i64> = self
+            .segments
+            .keys()
+            .copied()
+            .take(self.segments.len() - 1)
+            .collect();
         for base in sealed {
             let seg = &self.segments[&base];
             let mut batches_out: Vec<Vec<u8>> = Vec::new();
@@ -294,19 +321,38 @@ impl PartitionLog {
                 let mut keep = Vec::with_capacity(n);
                 let mut deltas = Vec::with_capacity(n);
                 for rec in recs {
-                    let superseded = rec.key.as_ref().is_some_and(|k| latest.get(k).is_some_and(|&o| o > rec.offset));
-                    let expired_tombstone = rec.key.is_some() && rec.value.is_none() && now_ms.saturating_sub(rec.publish_ts) > TOMBSTONE_RETENTION_MS;
+                    let superseded = rec
+                        .key
+                        .as_ref()
+                        .is_some_and(|k| latest.get(k).is_some_and(|&o| o > rec.offset));
+                    let expired_tombstone = rec.key.is_some()
+                        && rec.value.is_none()
+                        && now_ms.saturating_sub(rec.publish_ts) > TOMBSTONE_RETENTION_MS;
                     if superseded || expired_tombstone {
                         dropped += 1;
                         continue;
                     }
                     deltas.push((rec.offset - h.base_offset) as i32);
-                    keep.push(RecordInput { key: rec.key, value: rec.value, headers: rec.headers, event_ts: Some(rec.event_ts) });
+                    keep.push(RecordInput {
+                        key: rec.key,
+                        value: rec.value,
+                        headers: rec.headers,
+                        event_ts: Some(rec.event_ts),
+                    });
                 }
                 if keep.len() == n {
                     batches_out.push(b.to_vec());
                 } else if !keep.is_empty() {
-                    batches_out.push(batch::encode_with_deltas(h.base_offset, h.publish_ts(), h.producer, &keep, &deltas).to_vec());
+                    batches_out.push(
+                        batch::encode_with_deltas(
+                            h.base_offset,
+                            h.publish_ts(),
+                            h.producer,
+                            &keep,
+                            &deltas,
+                        )
+                        .to_vec(),
+                    );
                 }
             }
             if dropped == 0 {
@@ -329,12 +375,16 @@ impl LogStore for PartitionLog {
         batch::verify_crc(batch)?;
         let h = BatchHeader::parse(batch)?;
         if h.total_len() != batch.len() {
-            return Err(LogError::InvalidBatch(fjord_core::CoreError::BadLength(h.batch_length)));
+            return Err(LogError::InvalidBatch(fjord_core::CoreError::BadLength(
+                h.batch_length,
+            )));
         }
         if h.record_count < 1 || h.last_offset_delta != h.record_count - 1 {
-            return Err(LogError::InvalidBatch(fjord_core::CoreError::MalformedRecord(
-                "record count and last offset delta disagree",
-            )));
+            return Err(LogError::InvalidBatch(
+                fjord_core::CoreError::MalformedRecord(
+                    "record count and last offset delta disagree",
+                ),
+            ));
         }
         // Publish times never go backwards within a partition, so the time
         // index stays sorted even when the wall clock steps back.
@@ -342,7 +392,8 @@ impl LogStore for PartitionLog {
         let needs_roll = {
             let a = self.active();
             !a.has_room(batch.len(), self.policy.segment_bytes)
-                || a.first_ts.is_some_and(|t| publish_ts.saturating_sub(t) >= self.policy.segment_ms)
+                || a.first_ts
+                    .is_some_and(|t| publish_ts.saturating_sub(t) >= self.policy.segment_ms)
         };
         if needs_roll {
             self.roll()?;
@@ -365,11 +416,20 @@ impl LogStore for PartitionLog {
         })
     }
 
-    fn read(&self, offset: i64, max_bytes: usize, high_watermark: i64) -> Result<ReadResult, LogError> {
+    fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        high_watermark: i64,
+    ) -> Result<ReadResult, LogError> {
         let start = self.start_offset();
         let end = high_watermark.min(self.next_offset());
         if offset < start || offset > end {
-            return Err(LogError::OffsetOutOfRange { requested: offset, start, end });
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                start,
+                end,
+            });
         }
         let mut out: Vec<Bytes> = Vec::new();
         let mut next = offset;
@@ -378,7 +438,8 @@ impl LogStore for PartitionLog {
             let mut used = 0usize;
             for seg in self.segments.range(first_base..).map(|(_, s)| s) {
                 let before = out.len();
-                let exhausted = self.read_segment(seg, next, max_bytes.saturating_sub(used), end, &mut out)?;
+                let exhausted =
+                    self.read_segment(seg, next, max_bytes.saturating_sub(used), end, &mut out)?;
                 used += out[before..].iter().map(|b| b.len()).sum::<usize>();
                 if let Some(last) = out.last() {
                     next = BatchHeader::parse(last)?.next_offset().max(next);
@@ -428,8 +489,12 @@ impl LogStore for PartitionLog {
     fn maintain(&mut self, now_ms: i64) -> Result<MaintenanceReport, LogError> {
         let mut report = MaintenanceReport::default();
         let a = self.active();
-        let expired = a.first_ts.is_some_and(|t| now_ms.saturating_sub(t) >= self.policy.segment_ms)
-            || (self.policy.retention_ms >= 0 && a.max_ts.is_some_and(|t| now_ms.saturating_sub(t) > self.policy.retention_ms));
+        let expired = a
+            .first_ts
+            .is_some_and(|t| now_ms.saturating_sub(t) >= self.policy.segment_ms)
+            || (self.policy.retention_ms >= 0
+                && a.max_ts
+                    .is_some_and(|t| now_ms.saturating_sub(t) > self.policy.retention_ms));
         if expired {
             self.roll()?;
             report.rolled = true;

@@ -48,7 +48,10 @@ impl Ring {
     fn drop_oldest(&mut self) -> Option<u64> {
         let e = self.entries.pop_front()?;
         self.bytes -= e.bytes.len() as u64;
-        self.start_offset = self.entries.front().map_or(self.next_offset, |f| f.base_offset);
+        self.start_offset = self
+            .entries
+            .front()
+            .map_or(self.next_offset, |f| f.base_offset);
         Some((e.next_offset - e.base_offset) as u64)
     }
 }
@@ -57,10 +60,15 @@ impl LogStore for Ring {
     fn append(&mut self, batch_bytes: &mut [u8], now_ms: i64) -> Result<AppendInfo, LogError> {
         batch::verify_crc(batch_bytes)?;
         let h = BatchHeader::parse(batch_bytes)?;
-        if h.total_len() != batch_bytes.len() || h.record_count < 1 || h.last_offset_delta != h.record_count - 1 {
-            return Err(LogError::InvalidBatch(fjord_core::CoreError::MalformedRecord(
-                "record count and last offset delta disagree",
-            )));
+        if h.total_len() != batch_bytes.len()
+            || h.record_count < 1
+            || h.last_offset_delta != h.record_count - 1
+        {
+            return Err(LogError::InvalidBatch(
+                fjord_core::CoreError::MalformedRecord(
+                    "record count and last offset delta disagree",
+                ),
+            ));
         }
         let publish_ts = now_ms.max(self.last_publish_ts);
         let base = self.next_offset;
@@ -87,7 +95,12 @@ impl LogStore for Ring {
         })
     }
 
-    fn read(&self, offset: i64, max_bytes: usize, high_watermark: i64) -> Result<ReadResult, LogError> {
+    fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        high_watermark: i64,
+    ) -> Result<ReadResult, LogError> {
         let end = high_watermark.min(self.next_offset);
         if offset < self.start_offset || offset > end {
             return Err(LogError::OffsetOutOfRange {

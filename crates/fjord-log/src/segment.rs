@@ -64,11 +64,16 @@ impl Segment {
     pub fn create(dir: &Path, base_offset: i64) -> Result<Self, LogError> {
         let path = log_path(dir, base_offset);
         let file = open_rw(&path, true)?;
-        file.set_len(0).map_err(|e| LogError::io("truncate", &path, e))?;
+        file.set_len(0)
+            .map_err(|e| LogError::io("truncate", &path, e))?;
         let index_file = open_rw(&index_path(dir, base_offset), true)?;
-        index_file.set_len(0).map_err(|e| LogError::io("truncate", index_path(dir, base_offset), e))?;
+        index_file
+            .set_len(0)
+            .map_err(|e| LogError::io("truncate", index_path(dir, base_offset), e))?;
         let time_file = open_rw(&time_path(dir, base_offset), true)?;
-        time_file.set_len(0).map_err(|e| LogError::io("truncate", time_path(dir, base_offset), e))?;
+        time_file
+            .set_len(0)
+            .map_err(|e| LogError::io("truncate", time_path(dir, base_offset), e))?;
         Ok(Self {
             base_offset,
             next_offset: base_offset,
@@ -90,10 +95,17 @@ impl Segment {
     /// and its torn tail truncated; a sealed one is scanned only when its
     /// indexes are missing or damaged. Returns the bytes truncated, if any,
     /// and why.
-    pub fn open(dir: &Path, base_offset: i64, active: bool) -> Result<(Self, Option<(u64, String)>), LogError> {
+    pub fn open(
+        dir: &Path,
+        base_offset: i64,
+        active: bool,
+    ) -> Result<(Self, Option<(u64, String)>), LogError> {
         let path = log_path(dir, base_offset);
         let file = open_rw(&path, false)?;
-        let len = file.metadata().map_err(|e| LogError::io("stat", &path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| LogError::io("stat", &path, e))?
+            .len();
         let mut seg = Self {
             base_offset,
             next_offset: base_offset,
@@ -120,18 +132,25 @@ impl Segment {
                 seg.next_offset = seg.last_batch_next_offset()?;
             }
             None => {
-                let scan = scan_segment(&seg.file, len, base_offset).map_err(|e| LogError::io("scan", &path, e))?;
+                let scan = scan_segment(&seg.file, len, base_offset)
+                    .map_err(|e| LogError::io("scan", &path, e))?;
                 if scan.valid_len < len {
                     let reason = scan.stop_reason.clone().unwrap_or_default();
                     if !active {
                         // A sealed segment was fsynced when it was sealed; damage
                         // here is not a torn write, so it is not silently cut.
-                        return Err(LogError::Corrupt { path, position: scan.valid_len, reason });
+                        return Err(LogError::Corrupt {
+                            path,
+                            position: scan.valid_len,
+                            reason,
+                        });
                     }
                     seg.file
                         .set_len(scan.valid_len)
                         .map_err(|e| LogError::io("truncate torn tail of", &path, e))?;
-                    seg.file.sync_all().map_err(|e| LogError::io("fsync", &path, e))?;
+                    seg.file
+                        .sync_all()
+                        .map_err(|e| LogError::io("fsync", &path, e))?;
                     truncated = Some((len - scan.valid_len, reason));
                     seg.size = scan.valid_len;
                 }
@@ -142,7 +161,11 @@ impl Segment {
         if active {
             seg.index_file = Some(open_rw(&index_path(dir, base_offset), true)?);
             seg.time_file = Some(open_rw(&time_path(dir, base_offset), true)?);
-            seg.since_index = if seg.size == 0 { INDEX_INTERVAL_BYTES } else { seg.size - seg.index.last().map_or(0, |e| e.position as u64) };
+            seg.since_index = if seg.size == 0 {
+                INDEX_INTERVAL_BYTES
+            } else {
+                seg.size - seg.index.last().map_or(0, |e| e.position as u64)
+            };
         }
         Ok((seg, truncated))
     }
@@ -193,7 +216,10 @@ impl Segment {
             if self.time_index.last().is_none_or(|t| t.ts_ms < max) {
                 let rel = (last - self.base_offset) as u32;
                 let rel = rel.max(self.time_index.last().map_or(0, |t| t.rel_offset));
-                self.time_index.push(TimeEntry { ts_ms: max, rel_offset: rel });
+                self.time_index.push(TimeEntry {
+                    ts_ms: max,
+                    rel_offset: rel,
+                });
             }
         }
     }
@@ -244,7 +270,9 @@ impl Segment {
                 return Err(LogError::Corrupt {
                     path: self.path(),
                     position: pos,
-                    reason: format!("write failed ({err}) and the partial write could not be cut off: {e2}"),
+                    reason: format!(
+                        "write failed ({err}) and the partial write could not be cut off: {e2}"
+                    ),
                 });
             }
             return Err(err);
@@ -257,15 +285,24 @@ impl Segment {
         self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
         if self.since_index >= INDEX_INTERVAL_BYTES {
             let rel = (h.base_offset - self.base_offset) as u32;
-            let oe = OffsetEntry { rel_offset: rel, position: pos as u32 };
-            let te = TimeEntry { ts_ms: self.max_ts.unwrap_or(ts), rel_offset: rel };
+            let oe = OffsetEntry {
+                rel_offset: rel,
+                position: pos as u32,
+            };
+            let te = TimeEntry {
+                ts_ms: self.max_ts.unwrap_or(ts),
+                rel_offset: rel,
+            };
             // Index files are hints rebuilt at recovery, so a failed index
             // write does not fail the append.
             if let Some(f) = &self.index_file {
                 let _ = f.write_all_at(&oe.encode(), (self.index.len() * OFFSET_ENTRY_LEN) as u64);
             }
             if let Some(f) = &self.time_file {
-                let _ = f.write_all_at(&te.encode(), (self.time_index.len() * TIME_ENTRY_LEN) as u64);
+                let _ = f.write_all_at(
+                    &te.encode(),
+                    (self.time_index.len() * TIME_ENTRY_LEN) as u64,
+                );
             }
             self.index.push(oe);
             self.time_index.push(te);
@@ -278,7 +315,9 @@ impl Segment {
     /// Whether one more batch of `len` bytes still fits the u32 positions of
     /// the index and the configured size.
     pub fn has_room(&self, len: usize, segment_bytes: u64) -> bool {
-        self.size == 0 || (self.size + len as u64 <= segment_bytes && self.size + (len as u64) < u32::MAX as u64)
+        self.size == 0
+            || (self.size + len as u64 <= segment_bytes
+                && self.size + (len as u64) < u32::MAX as u64)
     }
 
     pub fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>, LogError> {
@@ -301,7 +340,8 @@ impl Segment {
     /// Offset to start scanning at for the first batch published at or
     /// after `ts_ms`.
     pub fn offset_floor_for_time(&self, ts_ms: i64) -> i64 {
-        index::floor_time(&self.time_index, ts_ms).map_or(self.base_offset, |rel| self.base_offset + rel as i64)
+        index::floor_time(&self.time_index, ts_ms)
+            .map_or(self.base_offset, |rel| self.base_offset + rel as i64)
     }
 
     /// Makes the segment immutable: index files rewritten whole and
@@ -309,7 +349,10 @@ impl Segment {
     pub fn seal(&mut self) -> Result<(), LogError> {
         self.sync()?;
         self.write_indexes()?;
-        for p in [index_path(&self.dir, self.base_offset), time_path(&self.dir, self.base_offset)] {
+        for p in [
+            index_path(&self.dir, self.base_offset),
+            time_path(&self.dir, self.base_offset),
+        ] {
             File::open(&p)
                 .and_then(|f| f.sync_all())
                 .map_err(|e| LogError::io("fsync", p, e))?;
@@ -320,11 +363,17 @@ impl Segment {
     }
 
     pub fn sync(&self) -> Result<(), LogError> {
-        self.file.sync_data().map_err(|e| LogError::io("fsync", self.path(), e))
+        self.file
+            .sync_data()
+            .map_err(|e| LogError::io("fsync", self.path(), e))
     }
 
     pub fn delete(self) -> Result<(), LogError> {
-        for p in [self.path(), index_path(&self.dir, self.base_offset), time_path(&self.dir, self.base_offset)] {
+        for p in [
+            self.path(),
+            index_path(&self.dir, self.base_offset),
+            time_path(&self.dir, self.base_offset),
+        ] {
             match fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -338,12 +387,15 @@ impl Segment {
     /// new file is written and fsynced beside the old one, then renamed over
     /// it, so a crash leaves either the old or the new segment, whole.
     pub fn rewrite(&mut self, batches: &[Vec<u8>]) -> Result<(), LogError> {
-        let tmp = self.dir.join(format!("{:020}.log.cleaned", self.base_offset));
+        let tmp = self
+            .dir
+            .join(format!("{:020}.log.cleaned", self.base_offset));
         {
             let f = File::create(&tmp).map_err(|e| LogError::io("create", &tmp, e))?;
             let mut pos = 0u64;
             for b in batches {
-                f.write_all_at(b, pos).map_err(|e| LogError::io("write", &tmp, e))?;
+                f.write_all_at(b, pos)
+                    .map_err(|e| LogError::io("write", &tmp, e))?;
                 pos += b.len() as u64;
             }
             f.sync_all().map_err(|e| LogError::io("fsync", &tmp, e))?;
@@ -351,10 +403,18 @@ impl Segment {
         let path = self.path();
         fs::rename(&tmp, &path).map_err(|e| LogError::io("rename", &tmp, e))?;
         let file = open_rw(&path, false)?;
-        let len = file.metadata().map_err(|e| LogError::io("stat", &path, e))?.len();
-        let scan = scan_segment(&file, len, self.base_offset).map_err(|e| LogError::io("scan", &path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| LogError::io("stat", &path, e))?
+            .len();
+        let scan = scan_segment(&file, len, self.base_offset)
+            .map_err(|e| LogError::io("scan", &path, e))?;
         if scan.valid_len != len {
-            return Err(LogError::Corrupt { path, position: scan.valid_len, reason: "compacted segment failed its own check".into() });
+            return Err(LogError::Corrupt {
+                path,
+                position: scan.valid_len,
+                reason: "compacted segment failed its own check".into(),
+            });
         }
         let next = self.next_offset;
         self.file = Arc::new(file);
@@ -363,8 +423,13 @@ impl Segment {
         // Keep the original end: offsets of removed records are not reused.
         self.next_offset = next;
         self.write_indexes()?;
-        for p in [index_path(&self.dir, self.base_offset), time_path(&self.dir, self.base_offset)] {
-            File::open(&p).and_then(|f| f.sync_all()).map_err(|e| LogError::io("fsync", p, e))?;
+        for p in [
+            index_path(&self.dir, self.base_offset),
+            time_path(&self.dir, self.base_offset),
+        ] {
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| LogError::io("fsync", p, e))?;
         }
         Ok(())
     }

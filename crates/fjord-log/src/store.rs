@@ -46,7 +46,12 @@ pub trait LogStore: Send + Sync {
     fn append(&mut self, batch: &mut [u8], now_ms: i64) -> Result<AppendInfo, LogError>;
     /// Reads whole batches from the one holding `offset`, up to `max_bytes`
     /// (at least one batch), never past `high_watermark`.
-    fn read(&self, offset: i64, max_bytes: usize, high_watermark: i64) -> Result<ReadResult, LogError>;
+    fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        high_watermark: i64,
+    ) -> Result<ReadResult, LogError>;
     /// The first offset whose publish time is `>= ts_ms`, if any.
     fn offset_for_time(&self, ts_ms: i64) -> Result<Option<i64>, LogError>;
     fn start_offset(&self) -> i64;

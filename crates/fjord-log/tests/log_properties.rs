@@ -86,10 +86,20 @@ fn read_all(log: &PartitionLog) -> Vec<Rec> {
 fn check(log: &PartitionLog, model: &[Rec], next: i64) {
     assert_eq!(log.next_offset(), next, "next offset");
     let got = read_all(log);
-    let got_view: Vec<_> = got.iter().map(|r| (r.offset, &r.key, &r.value, r.publish_ts, r.event_ts)).collect();
-    let want_view: Vec<_> = model.iter().map(|r| (r.offset, &r.key, &r.value, r.publish_ts, r.event_ts)).collect();
+    let got_view: Vec<_> = got
+        .iter()
+        .map(|r| (r.offset, &r.key, &r.value, r.publish_ts, r.event_ts))
+        .collect();
+    let want_view: Vec<_> = model
+        .iter()
+        .map(|r| (r.offset, &r.key, &r.value, r.publish_ts, r.event_ts))
+        .collect();
     if got_view != want_view {
-        let i = got_view.iter().zip(&want_view).position(|(a, b)| a != b).unwrap_or(got_view.len().min(want_view.len()));
+        let i = got_view
+            .iter()
+            .zip(&want_view)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got_view.len().min(want_view.len()));
         panic!(
             "records differ at index {i} (got {} records, want {}): got {:?} want {:?}",
             got_view.len(),
@@ -164,7 +174,10 @@ fn run(ops: Vec<Op>) {
                 log.set_policy(p.clone());
                 let start = log.start_offset();
                 // Only records past retention may have gone.
-                assert!(model.iter().filter(|r| r.offset < start).all(|r| now - r.publish_ts > ms));
+                assert!(model
+                    .iter()
+                    .filter(|r| r.offset < start)
+                    .all(|r| now - r.publish_ts > ms));
                 model.retain(|r| r.offset >= start);
             }
             Op::Compact => {
@@ -215,10 +228,26 @@ proptest! {
 fn regression_compaction_then_append() {
     let v = |n: usize| vec![7u8; n];
     run(vec![
-        Op::Append(vec![(None, v(91)), (None, v(108)), (None, v(76)), (None, v(62))]),
+        Op::Append(vec![
+            (None, v(91)),
+            (None, v(108)),
+            (None, v(76)),
+            (None, v(62)),
+        ]),
         Op::Append(vec![(None, v(50)), (Some(1), v(37)), (Some(1), v(55))]),
-        Op::Append(vec![(Some(2), v(95)), (Some(3), v(120)), (Some(5), v(38)), (Some(3), v(26)), (Some(1), v(70))]),
+        Op::Append(vec![
+            (Some(2), v(95)),
+            (Some(3), v(120)),
+            (Some(5), v(38)),
+            (Some(3), v(26)),
+            (Some(1), v(70)),
+        ]),
         Op::Compact,
-        Op::Append(vec![(Some(5), v(82)), (None, v(14)), (None, v(103)), (None, v(28))]),
+        Op::Append(vec![
+            (Some(5), v(82)),
+            (None, v(14)),
+            (None, v(103)),
+            (None, v(28)),
+        ]),
     ]);
 }

@@ -15,7 +15,10 @@ use fjord_log::{Partition, PartitionLog, PartitionOptions};
 fn batch_of(values: &[&str]) -> Vec<u8> {
     let recs: Vec<RecordInput> = values
         .iter()
-        .map(|v| RecordInput { value: Some(Bytes::copy_from_slice(v.as_bytes())), ..Default::default() })
+        .map(|v| RecordInput {
+            value: Some(Bytes::copy_from_slice(v.as_bytes())),
+            ..Default::default()
+        })
         .collect();
     batch::encode(0, 0, ProducerInfo::default(), &recs).to_vec()
 }
@@ -30,14 +33,24 @@ fn values(r: &fjord_log::ReadResult) -> Vec<String> {
 
 #[tokio::test]
 async fn every_durability_acknowledges_and_survives_reopen() {
-    for d in [Durability::Always, Durability::Interval { ms: 3 }, Durability::Os] {
+    for d in [
+        Durability::Always,
+        Durability::Interval { ms: 3 },
+        Durability::Os,
+    ] {
         let tmp = tempfile::tempdir().unwrap();
-        let policy = ResolvedPolicy { durability: d, ..Default::default() };
-        let (p, _) = Partition::open_disk(tmp.path(), policy.clone(), PartitionOptions::default()).unwrap();
+        let policy = ResolvedPolicy {
+            durability: d,
+            ..Default::default()
+        };
+        let (p, _) =
+            Partition::open_disk(tmp.path(), policy.clone(), PartitionOptions::default()).unwrap();
         let mut tasks = Vec::new();
         for i in 0..50 {
             let p = p.clone();
-            tasks.push(tokio::spawn(async move { p.append(batch_of(&[&format!("m{i}")])).await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                p.append(batch_of(&[&format!("m{i}")])).await.unwrap()
+            }));
         }
         let mut offsets: Vec<i64> = Vec::new();
         for t in tasks {
@@ -58,14 +71,22 @@ async fn every_durability_acknowledges_and_survives_reopen() {
 #[tokio::test]
 async fn long_poll_wakes_on_append() {
     let tmp = tempfile::tempdir().unwrap();
-    let (p, _) = Partition::open_disk(tmp.path(), ResolvedPolicy::default(), PartitionOptions::default()).unwrap();
+    let (p, _) = Partition::open_disk(
+        tmp.path(),
+        ResolvedPolicy::default(),
+        PartitionOptions::default(),
+    )
+    .unwrap();
     let reader = {
         let p = p.clone();
         tokio::spawn(async move { p.read(0, 1 << 20, Duration::from_secs(30)).await.unwrap() })
     };
     tokio::task::yield_now().await;
     p.append(batch_of(&["hello"])).await.unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(values(&r), ["hello"]);
     assert_eq!(r.next_offset, 1);
     // Nothing new: a zero wait answers at once, empty.
@@ -79,7 +100,12 @@ async fn long_poll_wakes_on_append() {
 #[tokio::test]
 async fn reads_by_publish_time() {
     let tmp = tempfile::tempdir().unwrap();
-    let (p, _) = Partition::open_disk(tmp.path(), ResolvedPolicy::default(), PartitionOptions::default()).unwrap();
+    let (p, _) = Partition::open_disk(
+        tmp.path(),
+        ResolvedPolicy::default(),
+        PartitionOptions::default(),
+    )
+    .unwrap();
     let a = p.append(batch_of(&["a"])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     let b = p.append(batch_of(&["b"])).await.unwrap();
@@ -92,9 +118,13 @@ async fn reads_by_publish_time() {
 #[tokio::test]
 async fn torn_tail_is_truncated_and_earlier_records_intact() {
     let tmp = tempfile::tempdir().unwrap();
-    let policy = ResolvedPolicy { durability: Durability::Always, ..Default::default() };
+    let policy = ResolvedPolicy {
+        durability: Durability::Always,
+        ..Default::default()
+    };
     {
-        let (p, _) = Partition::open_disk(tmp.path(), policy.clone(), PartitionOptions::default()).unwrap();
+        let (p, _) =
+            Partition::open_disk(tmp.path(), policy.clone(), PartitionOptions::default()).unwrap();
         for i in 0..10 {
             p.append(batch_of(&[&format!("r{i}"), "x"])).await.unwrap();
         }
@@ -102,10 +132,14 @@ async fn torn_tail_is_truncated_and_earlier_records_intact() {
     }
     // A half-written batch: a valid header prefix, then the power went out.
     let whole = batch_of(&["never acknowledged"]);
-    let mut f = OpenOptions::new().append(true).open(tmp.path().join(format!("{:020}.log", 0))).unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(tmp.path().join(format!("{:020}.log", 0)))
+        .unwrap();
     f.write_all(&whole[..whole.len() / 2]).unwrap();
     drop(f);
-    let (p, report) = Partition::open_disk(tmp.path(), policy, PartitionOptions::default()).unwrap();
+    let (p, report) =
+        Partition::open_disk(tmp.path(), policy, PartitionOptions::default()).unwrap();
     assert_eq!(report.truncated_bytes, (whole.len() / 2) as u64);
     assert_eq!(report.next_offset, 20);
     let r = p.read(0, 1 << 20, Duration::ZERO).await.unwrap();
@@ -113,15 +147,22 @@ async fn torn_tail_is_truncated_and_earlier_records_intact() {
     assert_eq!(v.len(), 20);
     assert_eq!(v[18], "r9");
     // And the log takes new appends after the cut.
-    assert_eq!(p.append(batch_of(&["after"])).await.unwrap().base_offset, 20);
+    assert_eq!(
+        p.append(batch_of(&["after"])).await.unwrap().base_offset,
+        20
+    );
 }
 
 #[tokio::test]
 async fn missing_indexes_are_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();
-    let policy = ResolvedPolicy { segment_bytes: 4096, ..Default::default() };
+    let policy = ResolvedPolicy {
+        segment_bytes: 4096,
+        ..Default::default()
+    };
     {
-        let (p, _) = Partition::open_disk(tmp.path(), policy.clone(), PartitionOptions::default()).unwrap();
+        let (p, _) =
+            Partition::open_disk(tmp.path(), policy.clone(), PartitionOptions::default()).unwrap();
         for i in 0..200 {
             p.append(batch_of(&[&format!("{i:0100}")])).await.unwrap();
         }
@@ -129,11 +170,15 @@ async fn missing_indexes_are_rebuilt() {
     }
     for e in std::fs::read_dir(tmp.path()).unwrap() {
         let path = e.unwrap().path();
-        if path.extension().is_some_and(|x| x == "index" || x == "timeindex") {
+        if path
+            .extension()
+            .is_some_and(|x| x == "index" || x == "timeindex")
+        {
             std::fs::remove_file(path).unwrap();
         }
     }
-    let (p, report) = Partition::open_disk(tmp.path(), policy, PartitionOptions::default()).unwrap();
+    let (p, report) =
+        Partition::open_disk(tmp.path(), policy, PartitionOptions::default()).unwrap();
     assert!(report.segments > 3, "{report:?}");
     assert_eq!(report.next_offset, 200);
     let r = p.read(150, 1 << 20, Duration::ZERO).await.unwrap();
@@ -142,14 +187,21 @@ async fn missing_indexes_are_rebuilt() {
 
 #[tokio::test]
 async fn ephemeral_ring_stays_bounded_and_drops_oldest() {
-    let policy = ResolvedPolicy { ephemeral: true, ephemeral_bytes_max: 8192, ..Default::default() };
+    let policy = ResolvedPolicy {
+        ephemeral: true,
+        ephemeral_bytes_max: 8192,
+        ..Default::default()
+    };
     let p = Partition::open_memory(policy, PartitionOptions::default());
     for i in 0..1000 {
         p.append(batch_of(&[&format!("{i:0100}")])).await.unwrap();
     }
     assert!(p.size_bytes() <= 8192);
     assert!(p.start_offset() > 900);
-    let r = p.read(p.start_offset(), 1 << 20, Duration::ZERO).await.unwrap();
+    let r = p
+        .read(p.start_offset(), 1 << 20, Duration::ZERO)
+        .await
+        .unwrap();
     let v = values(&r);
     assert_eq!(v.last().unwrap(), &format!("{:0100}", 999));
     assert!(p.read(0, 100, Duration::ZERO).await.is_err());

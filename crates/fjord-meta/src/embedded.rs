@@ -10,7 +10,7 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{MetaError, MetaStore, NamespaceInfo, StreamInfo, TenantInfo};
+use crate::{ConsumerOffsets, MetaError, MetaStore, NamespaceInfo, StreamInfo, TenantInfo};
 
 const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespaces");
@@ -46,9 +46,11 @@ fn stream_key(s: &StreamRef) -> String {
 impl EmbeddedStore {
     /// Opens (or creates) `meta.redb` under `dir`.
     pub fn open(dir: &Path) -> Result<Self, MetaError> {
-        std::fs::create_dir_all(dir).map_err(|e| MetaError::Storage(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| MetaError::Storage(format!("create {}: {e}", dir.display())))?;
         let path = dir.join("meta.redb");
-        let db = Database::create(&path).map_err(|e| MetaError::Storage(format!("open {}: {e}", path.display())))?;
+        let db = Database::create(&path)
+            .map_err(|e| MetaError::Storage(format!("open {}: {e}", path.display())))?;
         let tx = db.begin_write()?;
         tx.open_table(TENANTS)?;
         tx.open_table(NAMESPACES)?;
@@ -58,14 +60,22 @@ impl EmbeddedStore {
         Ok(Self { db })
     }
 
-    fn get<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>, MetaError> {
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, MetaError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(table)?;
         let v = t.get(key)?;
         v.map(|g| dec(g.value())).transpose()
     }
 
-    fn list<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>, prefix: Option<&str>) -> Result<Vec<T>, MetaError> {
+    fn list<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<T>, MetaError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(table)?;
         let mut out = Vec::new();
@@ -94,7 +104,10 @@ impl MetaStore for EmbeddedStore {
         {
             let mut t = tx.open_table(TENANTS)?;
             if t.get(tenant.name.as_str())?.is_some() {
-                return Err(MetaError::AlreadyExists { kind: "tenant", name: tenant.name.to_string() });
+                return Err(MetaError::AlreadyExists {
+                    kind: "tenant",
+                    name: tenant.name.to_string(),
+                });
             }
             t.insert(tenant.name.as_str(), enc(tenant)?.as_slice())?;
             let ns = NamespaceInfo {
@@ -104,7 +117,10 @@ impl MetaStore for EmbeddedStore {
                 created_ms: tenant.created_ms,
             };
             let mut n = tx.open_table(NAMESPACES)?;
-            n.insert(format!("{}/{}", ns.tenant, ns.name).as_str(), enc(&ns)?.as_slice())?;
+            n.insert(
+                format!("{}/{}", ns.tenant, ns.name).as_str(),
+                enc(&ns)?.as_slice(),
+            )?;
         }
         tx.commit()?;
         Ok(())
@@ -112,7 +128,10 @@ impl MetaStore for EmbeddedStore {
 
     fn get_tenant(&self, name: &TenantName) -> Result<TenantInfo, MetaError> {
         self.get(TENANTS, name.as_str())?
-            .ok_or_else(|| MetaError::NotFound { kind: "tenant", name: name.to_string() })
+            .ok_or_else(|| MetaError::NotFound {
+                kind: "tenant",
+                name: name.to_string(),
+            })
     }
 
     fn list_tenants(&self) -> Result<Vec<TenantInfo>, MetaError> {
@@ -124,7 +143,10 @@ impl MetaStore for EmbeddedStore {
         {
             let mut t = tx.open_table(TENANTS)?;
             if t.remove(name.as_str())?.is_none() {
-                return Err(MetaError::NotFound { kind: "tenant", name: name.to_string() });
+                return Err(MetaError::NotFound {
+                    kind: "tenant",
+                    name: name.to_string(),
+                });
             }
             let (a, b) = prefix_range(&format!("{name}/"));
             let s = tx.open_table(STREAMS)?;
@@ -154,11 +176,17 @@ impl MetaStore for EmbeddedStore {
         let tx = self.db.begin_write()?;
         {
             if tx.open_table(TENANTS)?.get(ns.tenant.as_str())?.is_none() {
-                return Err(MetaError::NotFound { kind: "tenant", name: ns.tenant.to_string() });
+                return Err(MetaError::NotFound {
+                    kind: "tenant",
+                    name: ns.tenant.to_string(),
+                });
             }
             let mut n = tx.open_table(NAMESPACES)?;
             if n.get(key.as_str())?.is_some() {
-                return Err(MetaError::AlreadyExists { kind: "namespace", name: key });
+                return Err(MetaError::AlreadyExists {
+                    kind: "namespace",
+                    name: key,
+                });
             }
             n.insert(key.as_str(), enc(ns)?.as_slice())?;
         }
@@ -166,9 +194,16 @@ impl MetaStore for EmbeddedStore {
         Ok(())
     }
 
-    fn get_namespace(&self, tenant: &TenantName, ns: &NamespaceName) -> Result<NamespaceInfo, MetaError> {
+    fn get_namespace(
+        &self,
+        tenant: &TenantName,
+        ns: &NamespaceName,
+    ) -> Result<NamespaceInfo, MetaError> {
         let key = format!("{tenant}/{ns}");
-        self.get(NAMESPACES, &key)?.ok_or(MetaError::NotFound { kind: "namespace", name: key })
+        self.get(NAMESPACES, &key)?.ok_or(MetaError::NotFound {
+            kind: "namespace",
+            name: key,
+        })
     }
 
     fn list_namespaces(&self, tenant: &TenantName) -> Result<Vec<NamespaceInfo>, MetaError> {
@@ -176,14 +211,24 @@ impl MetaStore for EmbeddedStore {
         self.list(NAMESPACES, Some(&format!("{tenant}/")))
     }
 
-    fn set_namespace_policy(&self, tenant: &TenantName, ns: &NamespaceName, policy: &Policy) -> Result<NamespaceInfo, MetaError> {
+    fn set_namespace_policy(
+        &self,
+        tenant: &TenantName,
+        ns: &NamespaceName,
+        policy: &Policy,
+    ) -> Result<NamespaceInfo, MetaError> {
         let key = format!("{tenant}/{ns}");
         let tx = self.db.begin_write()?;
         let info = {
             let mut n = tx.open_table(NAMESPACES)?;
             let mut info: NamespaceInfo = match n.get(key.as_str())? {
                 Some(v) => dec(v.value())?,
-                None => return Err(MetaError::NotFound { kind: "namespace", name: key }),
+                None => {
+                    return Err(MetaError::NotFound {
+                        kind: "namespace",
+                        name: key,
+                    })
+                }
             };
             info.policy = policy.clone();
             n.insert(key.as_str(), enc(&info)?.as_slice())?;
@@ -198,7 +243,10 @@ impl MetaStore for EmbeddedStore {
         let tx = self.db.begin_write()?;
         {
             let (a, b) = prefix_range(&format!("{key}/"));
-            let n_streams = tx.open_table(STREAMS)?.range(a.as_str()..b.as_str())?.count();
+            let n_streams = tx
+                .open_table(STREAMS)?
+                .range(a.as_str()..b.as_str())?
+                .count();
             if n_streams > 0 {
                 return Err(MetaError::NotEmpty {
                     kind: "namespace",
@@ -207,7 +255,10 @@ impl MetaStore for EmbeddedStore {
                 });
             }
             if tx.open_table(NAMESPACES)?.remove(key.as_str())?.is_none() {
-                return Err(MetaError::NotFound { kind: "namespace", name: key });
+                return Err(MetaError::NotFound {
+                    kind: "namespace",
+                    name: key,
+                });
             }
         }
         tx.commit()?;
@@ -220,11 +271,17 @@ impl MetaStore for EmbeddedStore {
         {
             let ns_key = format!("{}/{}", stream.tenant, stream.namespace);
             if tx.open_table(NAMESPACES)?.get(ns_key.as_str())?.is_none() {
-                return Err(MetaError::NotFound { kind: "namespace", name: ns_key });
+                return Err(MetaError::NotFound {
+                    kind: "namespace",
+                    name: ns_key,
+                });
             }
             let mut s = tx.open_table(STREAMS)?;
             if s.get(key.as_str())?.is_some() {
-                return Err(MetaError::AlreadyExists { kind: "stream", name: key });
+                return Err(MetaError::AlreadyExists {
+                    kind: "stream",
+                    name: key,
+                });
             }
             s.insert(key.as_str(), enc(stream)?.as_slice())?;
         }
@@ -234,10 +291,17 @@ impl MetaStore for EmbeddedStore {
 
     fn get_stream(&self, stream: &StreamRef) -> Result<StreamInfo, MetaError> {
         let key = stream_key(stream);
-        self.get(STREAMS, &key)?.ok_or(MetaError::NotFound { kind: "stream", name: key })
+        self.get(STREAMS, &key)?.ok_or(MetaError::NotFound {
+            kind: "stream",
+            name: key,
+        })
     }
 
-    fn list_streams(&self, tenant: &TenantName, ns: &NamespaceName) -> Result<Vec<StreamInfo>, MetaError> {
+    fn list_streams(
+        &self,
+        tenant: &TenantName,
+        ns: &NamespaceName,
+    ) -> Result<Vec<StreamInfo>, MetaError> {
         self.get_namespace(tenant, ns)?;
         self.list(STREAMS, Some(&format!("{tenant}/{ns}/")))
     }
@@ -252,7 +316,10 @@ impl MetaStore for EmbeddedStore {
         {
             let mut s = tx.open_table(STREAMS)?;
             if s.get(key.as_str())?.is_none() {
-                return Err(MetaError::NotFound { kind: "stream", name: key });
+                return Err(MetaError::NotFound {
+                    kind: "stream",
+                    name: key,
+                });
             }
             s.insert(key.as_str(), enc(stream)?.as_slice())?;
         }
@@ -265,7 +332,10 @@ impl MetaStore for EmbeddedStore {
         let tx = self.db.begin_write()?;
         {
             if tx.open_table(STREAMS)?.remove(key.as_str())?.is_none() {
-                return Err(MetaError::NotFound { kind: "stream", name: key });
+                return Err(MetaError::NotFound {
+                    kind: "stream",
+                    name: key,
+                });
             }
             let (a, b) = prefix_range(&format!("{key}/"));
             let mut c = tx.open_table(CURSORS)?;
@@ -281,14 +351,24 @@ impl MetaStore for EmbeddedStore {
         Ok(())
     }
 
-    fn commit_offsets(&self, stream: &StreamRef, consumer: &str, offsets: &[(u32, i64)]) -> Result<(), MetaError> {
+    fn commit_offsets(
+        &self,
+        stream: &StreamRef,
+        consumer: &str,
+        offsets: &[(u32, i64)],
+    ) -> Result<(), MetaError> {
         crate::validate_consumer_name(consumer)?;
         let key = stream_key(stream);
         let tx = self.db.begin_write()?;
         {
             let info: StreamInfo = match tx.open_table(STREAMS)?.get(key.as_str())? {
                 Some(v) => dec(v.value())?,
-                None => return Err(MetaError::NotFound { kind: "stream", name: key }),
+                None => {
+                    return Err(MetaError::NotFound {
+                        kind: "stream",
+                        name: key,
+                    })
+                }
             };
             let mut c = tx.open_table(CURSORS)?;
             for &(p, off) in offsets {
@@ -308,7 +388,11 @@ impl MetaStore for EmbeddedStore {
         Ok(())
     }
 
-    fn committed_offsets(&self, stream: &StreamRef, consumer: &str) -> Result<Vec<(u32, i64)>, MetaError> {
+    fn committed_offsets(
+        &self,
+        stream: &StreamRef,
+        consumer: &str,
+    ) -> Result<Vec<(u32, i64)>, MetaError> {
         crate::validate_consumer_name(consumer)?;
         let prefix = format!("{}/{consumer}/", stream_key(stream));
         let tx = self.db.begin_read()?;
@@ -325,16 +409,18 @@ impl MetaStore for EmbeddedStore {
         Ok(out)
     }
 
-    fn list_consumers(&self, stream: &StreamRef) -> Result<Vec<(String, Vec<(u32, i64)>)>, MetaError> {
+    fn list_consumers(&self, stream: &StreamRef) -> Result<Vec<ConsumerOffsets>, MetaError> {
         let prefix = format!("{}/", stream_key(stream));
         let tx = self.db.begin_read()?;
         let c = tx.open_table(CURSORS)?;
         let (a, b) = prefix_range(&prefix);
-        let mut out: Vec<(String, Vec<(u32, i64)>)> = Vec::new();
+        let mut out: Vec<ConsumerOffsets> = Vec::new();
         for item in c.range(a.as_str()..b.as_str())? {
             let (k, v) = item?;
             let rest = &k.value()[prefix.len()..];
-            let Some((consumer, p)) = rest.rsplit_once('/') else { continue };
+            let Some((consumer, p)) = rest.rsplit_once('/') else {
+                continue;
+            };
             let Ok(p) = p.parse::<u32>() else { continue };
             match out.last_mut() {
                 Some((name, list)) if name == consumer => list.push((p, v.value())),
@@ -371,20 +457,37 @@ mod tests {
             let s = EmbeddedStore::open(dir.path()).unwrap();
             crate::ensure_defaults(&s, 1).unwrap();
             crate::ensure_defaults(&s, 2).unwrap();
-            let p = Policy { durability: Some(Durability::Always), ..Default::default() };
-            s.set_namespace_policy(&TenantName::new("public").unwrap(), &NamespaceName::new("default").unwrap(), &p).unwrap();
-            s.create_stream(&stream("public", "default", "temps", 3)).unwrap();
+            let p = Policy {
+                durability: Some(Durability::Always),
+                ..Default::default()
+            };
+            s.set_namespace_policy(
+                &TenantName::new("public").unwrap(),
+                &NamespaceName::new("default").unwrap(),
+                &p,
+            )
+            .unwrap();
+            s.create_stream(&stream("public", "default", "temps", 3))
+                .unwrap();
             let r = stream("public", "default", "temps", 3).stream_ref();
             s.commit_offsets(&r, "app-1", &[(0, 5), (2, 9)]).unwrap();
         }
         let s = EmbeddedStore::open(dir.path()).unwrap();
         let t = TenantName::new("public").unwrap();
-        let ns = s.get_namespace(&t, &NamespaceName::new("default").unwrap()).unwrap();
+        let ns = s
+            .get_namespace(&t, &NamespaceName::new("default").unwrap())
+            .unwrap();
         assert_eq!(ns.policy.durability, Some(Durability::Always));
         let r = stream("public", "default", "temps", 3).stream_ref();
         assert_eq!(s.get_stream(&r).unwrap().partitions, 3);
-        assert_eq!(s.committed_offsets(&r, "app-1").unwrap(), vec![(0, 5), (2, 9)]);
-        assert_eq!(s.list_consumers(&r).unwrap(), vec![("app-1".to_string(), vec![(0, 5), (2, 9)])]);
+        assert_eq!(
+            s.committed_offsets(&r, "app-1").unwrap(),
+            vec![(0, 5), (2, 9)]
+        );
+        assert_eq!(
+            s.list_consumers(&r).unwrap(),
+            vec![("app-1".to_string(), vec![(0, 5), (2, 9)])]
+        );
     }
 
     #[test]
@@ -392,18 +495,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
         crate::ensure_defaults(&s, 1).unwrap();
-        let e = s.create_stream(&stream("public", "nope", "x", 1)).unwrap_err();
+        let e = s
+            .create_stream(&stream("public", "nope", "x", 1))
+            .unwrap_err();
         assert_eq!(e.to_string(), "namespace public/nope does not exist");
-        s.create_stream(&stream("public", "default", "x", 1)).unwrap();
-        let e = s.create_stream(&stream("public", "default", "x", 1)).unwrap_err();
+        s.create_stream(&stream("public", "default", "x", 1))
+            .unwrap();
+        let e = s
+            .create_stream(&stream("public", "default", "x", 1))
+            .unwrap_err();
         assert_eq!(e.to_string(), "stream public/default/x already exists");
-        let e = s.delete_tenant(&TenantName::new("public").unwrap()).unwrap_err();
+        let e = s
+            .delete_tenant(&TenantName::new("public").unwrap())
+            .unwrap_err();
         assert!(matches!(e, MetaError::NotEmpty { .. }), "{e}");
         let r = stream("public", "default", "x", 1).stream_ref();
         assert!(s.commit_offsets(&r, "c", &[(1, 0)]).is_err());
         assert!(s.commit_offsets(&r, "bad name", &[(0, 0)]).is_err());
         s.delete_stream(&r).unwrap();
-        s.delete_tenant(&TenantName::new("public").unwrap()).unwrap();
+        s.delete_tenant(&TenantName::new("public").unwrap())
+            .unwrap();
         assert!(s.list_tenants().unwrap().is_empty());
     }
 
@@ -412,13 +523,25 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(dir.path()).unwrap();
         for t in ["a", "a-b", "ab"] {
-            s.create_tenant(&TenantInfo { name: TenantName::new(t).unwrap(), created_ms: 0 }).unwrap();
+            s.create_tenant(&TenantInfo {
+                name: TenantName::new(t).unwrap(),
+                created_ms: 0,
+            })
+            .unwrap();
         }
         let ns = s.list_namespaces(&TenantName::new("a").unwrap()).unwrap();
         assert_eq!(ns.len(), 1);
         s.create_stream(&stream("a", "default", "s", 1)).unwrap();
         s.create_stream(&stream("a", "default", "s-2", 1)).unwrap();
         s.create_stream(&stream("ab", "default", "s", 1)).unwrap();
-        assert_eq!(s.list_streams(&TenantName::new("a").unwrap(), &NamespaceName::new("default").unwrap()).unwrap().len(), 2);
+        assert_eq!(
+            s.list_streams(
+                &TenantName::new("a").unwrap(),
+                &NamespaceName::new("default").unwrap()
+            )
+            .unwrap()
+            .len(),
+            2
+        );
     }
 }

@@ -16,6 +16,9 @@ pub use model::{NamespaceInfo, StreamInfo, TenantInfo};
 
 use fjord_core::{NamespaceName, Policy, StreamRef, TenantName};
 
+/// A named consumer and its committed `(partition, offset)` pairs.
+pub type ConsumerOffsets = (String, Vec<(u32, i64)>);
+
 /// The metadata operations the broker needs. Every method is one atomic
 /// transaction.
 pub trait MetaStore: Send + Sync {
@@ -26,15 +29,28 @@ pub trait MetaStore: Send + Sync {
     fn delete_tenant(&self, name: &TenantName) -> Result<(), MetaError>;
 
     fn create_namespace(&self, ns: &NamespaceInfo) -> Result<(), MetaError>;
-    fn get_namespace(&self, tenant: &TenantName, ns: &NamespaceName) -> Result<NamespaceInfo, MetaError>;
+    fn get_namespace(
+        &self,
+        tenant: &TenantName,
+        ns: &NamespaceName,
+    ) -> Result<NamespaceInfo, MetaError>;
     fn list_namespaces(&self, tenant: &TenantName) -> Result<Vec<NamespaceInfo>, MetaError>;
-    fn set_namespace_policy(&self, tenant: &TenantName, ns: &NamespaceName, policy: &Policy) -> Result<NamespaceInfo, MetaError>;
+    fn set_namespace_policy(
+        &self,
+        tenant: &TenantName,
+        ns: &NamespaceName,
+        policy: &Policy,
+    ) -> Result<NamespaceInfo, MetaError>;
     /// Refused while the namespace still has streams.
     fn delete_namespace(&self, tenant: &TenantName, ns: &NamespaceName) -> Result<(), MetaError>;
 
     fn create_stream(&self, stream: &StreamInfo) -> Result<(), MetaError>;
     fn get_stream(&self, stream: &StreamRef) -> Result<StreamInfo, MetaError>;
-    fn list_streams(&self, tenant: &TenantName, ns: &NamespaceName) -> Result<Vec<StreamInfo>, MetaError>;
+    fn list_streams(
+        &self,
+        tenant: &TenantName,
+        ns: &NamespaceName,
+    ) -> Result<Vec<StreamInfo>, MetaError>;
     fn list_all_streams(&self) -> Result<Vec<StreamInfo>, MetaError>;
     fn update_stream(&self, stream: &StreamInfo) -> Result<(), MetaError>;
     /// Deletes the stream and every committed position on it.
@@ -42,16 +58,28 @@ pub trait MetaStore: Send + Sync {
 
     /// Stores positions of `consumer` on `stream`, atomically for all given
     /// partitions.
-    fn commit_offsets(&self, stream: &StreamRef, consumer: &str, offsets: &[(u32, i64)]) -> Result<(), MetaError>;
-    fn committed_offsets(&self, stream: &StreamRef, consumer: &str) -> Result<Vec<(u32, i64)>, MetaError>;
+    fn commit_offsets(
+        &self,
+        stream: &StreamRef,
+        consumer: &str,
+        offsets: &[(u32, i64)],
+    ) -> Result<(), MetaError>;
+    fn committed_offsets(
+        &self,
+        stream: &StreamRef,
+        consumer: &str,
+    ) -> Result<Vec<(u32, i64)>, MetaError>;
     /// Every consumer of `stream` with its positions.
-    fn list_consumers(&self, stream: &StreamRef) -> Result<Vec<(String, Vec<(u32, i64)>)>, MetaError>;
+    fn list_consumers(&self, stream: &StreamRef) -> Result<Vec<ConsumerOffsets>, MetaError>;
 }
 
 /// Creates tenant `public` with namespace `default` if they are missing.
 pub fn ensure_defaults(store: &dyn MetaStore, now_ms: i64) -> Result<(), MetaError> {
     let public = TenantName::new(fjord_core::names::PUBLIC_TENANT).expect("valid");
-    match store.create_tenant(&TenantInfo { name: public, created_ms: now_ms }) {
+    match store.create_tenant(&TenantInfo {
+        name: public,
+        created_ms: now_ms,
+    }) {
         Ok(()) | Err(MetaError::AlreadyExists { .. }) => Ok(()),
         Err(e) => Err(e),
     }
@@ -59,7 +87,10 @@ pub fn ensure_defaults(store: &dyn MetaStore, now_ms: i64) -> Result<(), MetaErr
 
 /// Consumer names: 1–200 printable ASCII characters without `/`.
 pub fn validate_consumer_name(name: &str) -> Result<(), MetaError> {
-    if name.is_empty() || name.len() > 200 || !name.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'/') {
+    if name.is_empty()
+        || name.len() > 200
+        || !name.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'/')
+    {
         return Err(MetaError::Invalid(format!(
             "consumer name {name:?} must be 1-200 printable ASCII characters without '/' or spaces"
         )));

@@ -12,7 +12,12 @@ use serde_json::{json, Value};
 #[derive(Args, Clone)]
 pub struct Conn {
     /// The node's HTTP address.
-    #[arg(long, env = "FJORD_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "FJORD_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     url: String,
 }
 
@@ -44,8 +49,12 @@ pub enum StreamCmd {
         #[arg(default_value = "default")]
         namespace: String,
     },
-    Describe { name: String },
-    Delete { name: String },
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Args)]
@@ -97,7 +106,9 @@ pub struct ConsumeArgs {
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("header {s:?} is not name=value"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("header {s:?} is not name=value"))
 }
 
 /// `stream` → public/default/stream; `ns/stream` → public/ns/stream.
@@ -107,7 +118,9 @@ fn full_name(name: &str) -> Result<(String, String, String)> {
         [s] => ("public".into(), "default".into(), s.to_string()),
         [ns, s] => ("public".into(), ns.to_string(), s.to_string()),
         [t, ns, s] => (t.to_string(), ns.to_string(), s.to_string()),
-        _ => bail!("stream name {name:?} must be stream, namespace/stream or tenant/namespace/stream"),
+        _ => bail!(
+            "stream name {name:?} must be stream, namespace/stream or tenant/namespace/stream"
+        ),
     })
 }
 
@@ -118,10 +131,18 @@ struct Client {
 
 impl Client {
     fn new(conn: &Conn) -> Result<Self> {
-        Ok(Self { http: reqwest::Client::builder().build()?, base: conn.url.trim_end_matches('/').to_string() })
+        Ok(Self {
+            http: reqwest::Client::builder().build()?,
+            base: conn.url.trim_end_matches('/').to_string(),
+        })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
         if let Some(b) = body {
@@ -129,16 +150,26 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() {
-                anyhow::anyhow!("no Fjord node answers at {} ({e}); start one with `fjord serve` or pass --url", self.base)
+                anyhow::anyhow!(
+                    "no Fjord node answers at {} ({e}); start one with `fjord serve` or pass --url",
+                    self.base
+                )
             } else {
                 anyhow::anyhow!("request to {url} failed: {e}")
             }
         })?;
         let status = resp.status();
         let text = resp.text().await.context("reading the response")?;
-        let v: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let v: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         if !status.is_success() {
-            let msg = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            let msg = v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
             let code = v["error"]["code"].as_str().unwrap_or("error");
             bail!("{msg} ({code}, HTTP {})", status.as_u16());
         }
@@ -153,7 +184,16 @@ fn print_json(v: &Value) {
 pub async fn stream(conn: Conn, cmd: StreamCmd) -> Result<()> {
     let c = Client::new(&conn)?;
     match cmd {
-        StreamCmd::Create { name, partitions, durability, ephemeral, retention_ms, retention_bytes, compaction, max_message_bytes } => {
+        StreamCmd::Create {
+            name,
+            partitions,
+            durability,
+            ephemeral,
+            retention_ms,
+            retention_bytes,
+            compaction,
+            max_message_bytes,
+        } => {
             let (t, ns, s) = full_name(&name)?;
             let mut policy = serde_json::Map::new();
             if let Some(d) = durability {
@@ -178,26 +218,53 @@ pub async fn stream(conn: Conn, cmd: StreamCmd) -> Result<()> {
             if let Some(p) = partitions {
                 body["partitions"] = json!(p);
             }
-            let v = c.call(reqwest::Method::POST, &format!("/v1/streams/{t}/{ns}"), Some(body)).await?;
-            println!("created stream {t}/{ns}/{s} with {} partition(s)", v["partitions"]);
+            let v = c
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/streams/{t}/{ns}"),
+                    Some(body),
+                )
+                .await?;
+            println!(
+                "created stream {t}/{ns}/{s} with {} partition(s)",
+                v["partitions"]
+            );
         }
         StreamCmd::List { namespace } => {
             let (t, ns) = match namespace.split_once('/') {
                 Some((t, ns)) => (t.to_string(), ns.to_string()),
                 None => ("public".to_string(), namespace),
             };
-            let v = c.call(reqwest::Method::GET, &format!("/v1/streams/{t}/{ns}"), None).await?;
+            let v = c
+                .call(reqwest::Method::GET, &format!("/v1/streams/{t}/{ns}"), None)
+                .await?;
             for s in v["streams"].as_array().into_iter().flatten() {
-                println!("{}\t{} partition(s)", s["name"].as_str().unwrap_or(""), s["partitions"]);
+                println!(
+                    "{}\t{} partition(s)",
+                    s["name"].as_str().unwrap_or(""),
+                    s["partitions"]
+                );
             }
         }
         StreamCmd::Describe { name } => {
             let (t, ns, s) = full_name(&name)?;
-            print_json(&c.call(reqwest::Method::GET, &format!("/v1/streams/{t}/{ns}/{s}"), None).await?);
+            print_json(
+                &c.call(
+                    reqwest::Method::GET,
+                    &format!("/v1/streams/{t}/{ns}/{s}"),
+                    None,
+                )
+                .await?,
+            );
         }
         StreamCmd::Delete { name } => {
             let (t, ns, s) = full_name(&name)?;
-            c.call(reqwest::Method::DELETE, &format!("/v1/streams/{t}/{ns}/{s}"), None).await?;
+            c.call(
+                reqwest::Method::DELETE,
+                &format!("/v1/streams/{t}/{ns}/{s}"),
+                None,
+            )
+            .await?;
             println!("deleted stream {t}/{ns}/{s}");
         }
     }
@@ -209,11 +276,17 @@ pub async fn produce(a: ProduceArgs) -> Result<()> {
     let (t, ns, s) = full_name(&a.stream)?;
     let path = format!("/v1/streams/{t}/{ns}/{s}/records");
     let reader: Box<dyn BufRead> = match &a.file {
-        Some(f) => Box::new(std::io::BufReader::new(std::fs::File::open(f).with_context(|| format!("open {}", f.display()))?)),
+        Some(f) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(f).with_context(|| format!("open {}", f.display()))?,
+        )),
         None => Box::new(std::io::BufReader::new(std::io::stdin())),
     };
     // The list form keeps header order (a JSON object would not).
-    let headers: Vec<Value> = a.headers.iter().map(|(k, v)| json!({"key": k, "value": v})).collect();
+    let headers: Vec<Value> = a
+        .headers
+        .iter()
+        .map(|(k, v)| json!({"key": k, "value": v}))
+        .collect();
     let mut pending = Vec::new();
     let mut sent = 0u64;
     let flush = |records: Vec<Value>| {
@@ -260,11 +333,19 @@ pub async fn consume(a: ConsumeArgs) -> Result<()> {
     let partitions: Vec<u32> = match a.partition {
         Some(p) => vec![p],
         None => {
-            let d = c.call(reqwest::Method::GET, &format!("/v1/streams/{t}/{ns}/{s}"), None).await?;
+            let d = c
+                .call(
+                    reqwest::Method::GET,
+                    &format!("/v1/streams/{t}/{ns}/{s}"),
+                    None,
+                )
+                .await?;
             (0..d["partitions"].as_u64().unwrap_or(1) as u32).collect()
         }
     };
-    let remaining = Arc::new(std::sync::atomic::AtomicI64::new(a.max.map_or(i64::MAX, |m| m as i64)));
+    let remaining = Arc::new(std::sync::atomic::AtomicI64::new(
+        a.max.map_or(i64::MAX, |m| m as i64),
+    ));
     let out = Arc::new(LineWriter::default());
     let mut tasks = tokio::task::JoinSet::new();
     for p in partitions {
@@ -275,20 +356,29 @@ pub async fn consume(a: ConsumeArgs) -> Result<()> {
             (_, Some(ts)) => format!("timestamp={ts}"),
             _ => format!("from={}", a.from),
         };
-        let (follow, raw, remaining, out) = (a.follow, a.format == "raw", remaining.clone(), out.clone());
+        let (follow, raw, remaining, out) =
+            (a.follow, a.format == "raw", remaining.clone(), out.clone());
         tasks.spawn(async move {
             let mut query = start;
             loop {
                 let wait = if follow { 10_000 } else { 0 };
                 let fmt = if raw { "base64" } else { "json" };
-                let v = c.call(reqwest::Method::GET, &format!("{path}?partition={p}&{query}&wait_ms={wait}&format={fmt}"), None).await?;
+                let v = c
+                    .call(
+                        reqwest::Method::GET,
+                        &format!("{path}?partition={p}&{query}&wait_ms={wait}&format={fmt}"),
+                        None,
+                    )
+                    .await?;
                 let records = v["records"].as_array().cloned().unwrap_or_default();
                 for r in &records {
                     if remaining.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) <= 0 {
                         return Ok(());
                     }
                     if raw {
-                        let bytes = base64::engine::general_purpose::STANDARD.decode(r["value_base64"].as_str().unwrap_or("")).unwrap_or_default();
+                        let bytes = base64::engine::general_purpose::STANDARD
+                            .decode(r["value_base64"].as_str().unwrap_or(""))
+                            .unwrap_or_default();
                         out.write_line(&bytes)?;
                     } else {
                         out.write_line(r.to_string().as_bytes())?;

@@ -5,10 +5,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use fjord_core::policy::ResolvedPolicy;
-use fjord_core::Policy;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use fjord_core::policy::ResolvedPolicy;
+use fjord_core::Policy;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,9 +52,17 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./fjord-data"),
-            http: HttpConfig { addr: "0.0.0.0:8080".parse().expect("valid address") },
-            log: LogConfig { format: "text".into(), level: "info".into() },
-            storage: StorageConfig { append_queue_depth: 1024, maintenance_interval_ms: 30_000 },
+            http: HttpConfig {
+                addr: "0.0.0.0:8080".parse().expect("valid address"),
+            },
+            log: LogConfig {
+                format: "text".into(),
+                level: "info".into(),
+            },
+            storage: StorageConfig {
+                append_queue_depth: 1024,
+                maintenance_interval_ms: 30_000,
+            },
             defaults: Policy::default(),
         }
     }
@@ -74,11 +82,11 @@ pub struct FlagOverrides {
 }
 
 impl Config {
-    pub fn load(file: Option<&PathBuf>, flags: FlagOverrides) -> Result<Self, figment::Error> {
+    pub fn load(file: Option<&PathBuf>, flags: FlagOverrides) -> anyhow::Result<Self> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.exists() {
-                return Err(figment::Error::from(format!("config file {} does not exist", f.display())));
+                anyhow::bail!("config file {} does not exist", f.display());
             }
             fig = fig.merge(Toml::file(f));
         }
@@ -96,9 +104,14 @@ impl Config {
             fig = fig.merge(("log.level", l));
         }
         let c: Config = fig.extract()?;
-        c.defaults.validate().map_err(figment::Error::from)?;
+        c.defaults
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[defaults]: {e}"))?;
         if c.log.format != "text" && c.log.format != "json" {
-            return Err(figment::Error::from(format!("log.format must be `text` or `json`, not {:?}", c.log.format)));
+            anyhow::bail!(
+                "log.format must be `text` or `json`, not {:?}",
+                c.log.format
+            );
         }
         Ok(c)
     }
@@ -117,10 +130,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("fjord.toml");
         std::fs::write(&f, "data_dir = \"/from/file\"\n[http]\naddr = \"127.0.0.1:1\"\n[defaults]\ndurability = \"always\"\n").unwrap();
-        let c = Config::load(Some(&f), FlagOverrides { http_addr: Some("127.0.0.1:2".parse().unwrap()), ..Default::default() }).unwrap();
+        let c = Config::load(
+            Some(&f),
+            FlagOverrides {
+                http_addr: Some("127.0.0.1:2".parse().unwrap()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
         assert_eq!(c.http.addr.port(), 2);
-        assert_eq!(c.resolved_defaults().durability, fjord_core::Durability::Always);
+        assert_eq!(
+            c.resolved_defaults().durability,
+            fjord_core::Durability::Always
+        );
     }
 
     #[test]

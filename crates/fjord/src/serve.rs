@@ -14,8 +14,11 @@ use crate::config::Config;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn init_logging(c: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(&c.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if c.log.format == "json" {
         builder.json().init();
     } else {
@@ -25,11 +28,19 @@ pub fn init_logging(c: &Config) {
 
 /// Binds `addr`, turning "address in use" into a message that names the
 /// port and the setting that moves it.
-async fn bind(what: &str, addr: std::net::SocketAddr, flag: &str, env: &str) -> Result<TcpListener> {
+async fn bind(
+    what: &str,
+    addr: std::net::SocketAddr,
+    flag: &str,
+    env: &str,
+) -> Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
         let hint = format!("change it with {flag}, {env}, or in the config file");
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow::anyhow!("cannot listen for {what} on {addr}: port {} is already in use; {hint}", addr.port())
+            anyhow::anyhow!(
+                "cannot listen for {what} on {addr}: port {} is already in use; {hint}",
+                addr.port()
+            )
         } else {
             anyhow::anyhow!("cannot listen for {what} on {addr}: {e}; {hint}")
         }
@@ -41,7 +52,8 @@ pub async fn run(config: Config) -> Result<()> {
     let mut bc = BrokerConfig::new(&config.data_dir);
     bc.defaults = config.resolved_defaults();
     bc.append_queue_depth = config.storage.append_queue_depth.max(1);
-    bc.maintenance_interval = Duration::from_millis(config.storage.maintenance_interval_ms.max(100));
+    bc.maintenance_interval =
+        Duration::from_millis(config.storage.maintenance_interval_ms.max(100));
     let broker: Arc<Broker> = Broker::open(bc)
         .await
         .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
@@ -73,7 +85,10 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
+        .await
+        .is_err()
+    {
         tracing::warn!("open connections did not finish within {DRAIN_TIMEOUT:?}; closing them");
         server.abort();
     }

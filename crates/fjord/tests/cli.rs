@@ -29,7 +29,12 @@ fn fjord(url: &str, args: &[&str], stdin: Option<&str>) -> Output {
 }
 
 fn ok(o: &Output) -> String {
-    assert!(o.status.success(), "stdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout.clone()).unwrap()
 }
 
@@ -39,24 +44,69 @@ fn stream_admin_produce_and_consume() {
     let node = Node::start(tmp.path());
     let u = node.url.as_str();
 
-    let out = ok(&fjord(u, &["stream", "create", "sensors", "--partitions", "2", "--durability", "always", "--retention-ms", "600000"], None));
-    assert!(out.contains("created stream public/default/sensors with 2 partition(s)"), "{out}");
+    let out = ok(&fjord(
+        u,
+        &[
+            "stream",
+            "create",
+            "sensors",
+            "--partitions",
+            "2",
+            "--durability",
+            "always",
+            "--retention-ms",
+            "600000",
+        ],
+        None,
+    ));
+    assert!(
+        out.contains("created stream public/default/sensors with 2 partition(s)"),
+        "{out}"
+    );
     let out = ok(&fjord(u, &["stream", "list"], None));
     assert!(out.contains("sensors\t2 partition(s)"), "{out}");
-    let d: Value = serde_json::from_str(&ok(&fjord(u, &["stream", "describe", "sensors"], None))).unwrap();
+    let d: Value =
+        serde_json::from_str(&ok(&fjord(u, &["stream", "describe", "sensors"], None))).unwrap();
     assert_eq!(d["effective_policy"]["durability"], "always");
     assert_eq!(d["effective_policy"]["retention_ms"], 600000);
 
     let lines: String = (0..1200).map(|i| format!("reading {i}\n")).collect();
-    let o = fjord(u, &["produce", "sensors", "--key", "dev-9", "--header", "unit=C", "--header", "site=north"], Some(&lines));
+    let o = fjord(
+        u,
+        &[
+            "produce",
+            "sensors",
+            "--key",
+            "dev-9",
+            "--header",
+            "unit=C",
+            "--header",
+            "site=north",
+        ],
+        Some(&lines),
+    );
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("produced 1200 record(s)"));
     let file = tmp.path().join("more.txt");
     std::fs::write(&file, "from file 1\nfrom file 2\n").unwrap();
-    ok(&fjord(u, &["produce", "sensors", "--key", "dev-9", "--file", file.to_str().unwrap()], None));
+    ok(&fjord(
+        u,
+        &[
+            "produce",
+            "sensors",
+            "--key",
+            "dev-9",
+            "--file",
+            file.to_str().unwrap(),
+        ],
+        None,
+    ));
 
     let out = ok(&fjord(u, &["consume", "sensors"], None));
-    let recs: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let recs: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(recs.len(), 1202);
     assert_eq!(recs[0]["value"], "reading 0");
     assert_eq!(recs[0]["key"], "dev-9");
@@ -65,15 +115,36 @@ fn stream_admin_produce_and_consume() {
     assert_eq!(recs[1201]["value"], "from file 2");
     let p = recs[0]["partition"].as_u64().unwrap().to_string();
 
-    let out = ok(&fjord(u, &["consume", "sensors", "--partition", &p, "--offset", "1200", "--format", "raw"], None));
+    let out = ok(&fjord(
+        u,
+        &[
+            "consume",
+            "sensors",
+            "--partition",
+            &p,
+            "--offset",
+            "1200",
+            "--format",
+            "raw",
+        ],
+        None,
+    ));
     assert_eq!(out, "from file 1\nfrom file 2\n");
-    let out = ok(&fjord(u, &["consume", "sensors", "--max", "3", "--format", "raw"], None));
+    let out = ok(&fjord(
+        u,
+        &["consume", "sensors", "--max", "3", "--format", "raw"],
+        None,
+    ));
     assert_eq!(out, "reading 0\nreading 1\nreading 2\n");
 
     // Errors are clear.
     let o = fjord(u, &["stream", "create", "sensors"], None);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = fjord(u, &["stream", "create", "bad.name"], None);
     assert!(String::from_utf8_lossy(&o.stderr).contains("invalid_name"));
 
@@ -85,8 +156,15 @@ fn stream_admin_produce_and_consume() {
 #[test]
 fn a_missing_node_is_reported_plainly() {
     let port = common::free_port();
-    let o = fjord(&format!("http://127.0.0.1:{port}"), &["stream", "list"], None);
+    let o = fjord(
+        &format!("http://127.0.0.1:{port}"),
+        &["stream", "list"],
+        None,
+    );
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains(&format!("no Fjord node answers at http://127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.contains(&format!("no Fjord node answers at http://127.0.0.1:{port}")),
+        "{err}"
+    );
 }

@@ -7,7 +7,12 @@ use std::time::Duration;
 use common::{http, Node};
 use serde_json::{json, Value};
 
-async fn call(c: &reqwest::Client, method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut r = c.request(method, url);
     if let Some(b) = body {
         r = r.json(&b);
@@ -15,7 +20,14 @@ async fn call(c: &reqwest::Client, method: reqwest::Method, url: &str, body: Opt
     let resp = r.send().await.unwrap();
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) })
+    (
+        status,
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        },
+    )
 }
 
 #[tokio::test]
@@ -30,16 +42,40 @@ async fn admin_produce_consume_and_positions_survive_restart() {
     let (s, v) = call(&c, M::GET, &format!("{u}/v1/tenants"), None).await;
     assert_eq!(s, 200);
     assert_eq!(v["tenants"][0]["name"], "public");
-    let (s, _) = call(&c, M::POST, &format!("{u}/v1/tenants"), Some(json!({"name": "acme"}))).await;
+    let (s, _) = call(
+        &c,
+        M::POST,
+        &format!("{u}/v1/tenants"),
+        Some(json!({"name": "acme"})),
+    )
+    .await;
     assert_eq!(s, 201);
-    let (s, v) = call(&c, M::POST, &format!("{u}/v1/tenants/acme/namespaces"), Some(json!({"name": "plant1", "policy": {"durability": "always", "retention_ms": 3600000}}))).await;
+    let (s, v) = call(
+        &c,
+        M::POST,
+        &format!("{u}/v1/tenants/acme/namespaces"),
+        Some(
+            json!({"name": "plant1", "policy": {"durability": "always", "retention_ms": 3600000}}),
+        ),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     let (s, v) = call(&c, M::GET, &format!("{u}/v1/tenants/acme/namespaces"), None).await;
     assert_eq!(s, 200);
-    assert_eq!(v["namespaces"].as_array().unwrap().len(), 2, "default and plant1: {v}");
+    assert_eq!(
+        v["namespaces"].as_array().unwrap().len(),
+        2,
+        "default and plant1: {v}"
+    );
 
     // A stream inherits the namespace policy and overrides some of it.
-    let (s, v) = call(&c, M::POST, &format!("{u}/v1/streams/acme/plant1"), Some(json!({"name": "Temps", "partitions": 4, "policy": {"retention_ms": 60000}}))).await;
+    let (s, v) = call(
+        &c,
+        M::POST,
+        &format!("{u}/v1/streams/acme/plant1"),
+        Some(json!({"name": "Temps", "partitions": 4, "policy": {"retention_ms": 60000}})),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["effective_policy"]["durability"], "always");
     assert_eq!(v["effective_policy"]["retention_ms"], 60000);
@@ -56,16 +92,40 @@ async fn admin_produce_consume_and_positions_survive_restart() {
     assert_eq!(s, 200, "{v}");
     let offsets = v["offsets"].as_array().unwrap();
     let p = offsets[0]["partition"].as_u64().unwrap();
-    assert!(offsets.iter().all(|o| o["partition"].as_u64() == Some(p)), "one key, one partition: {v}");
-    assert_eq!(offsets.iter().map(|o| o["offset"].as_i64().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    assert!(
+        offsets.iter().all(|o| o["partition"].as_u64() == Some(p)),
+        "one key, one partition: {v}"
+    );
+    assert_eq!(
+        offsets
+            .iter()
+            .map(|o| o["offset"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
     // Kafka's murmur2 picks the partition: murmur2("dev-1") & 0x7fffffff % 4.
-    assert_eq!(p as u32, fjord_core::partitioner::partition_for_key(b"dev-1", 4));
+    assert_eq!(
+        p as u32,
+        fjord_core::partitioner::partition_for_key(b"dev-1", 4)
+    );
 
     // Binary body.
-    let resp = c.post(format!("{base}/records?key=dev-1")).header("content-type", "application/octet-stream").body(vec![0u8, 159, 146, 150]).send().await.unwrap();
+    let resp = c
+        .post(format!("{base}/records?key=dev-1"))
+        .header("content-type", "application/octet-stream")
+        .body(vec![0u8, 159, 146, 150])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
 
-    let (s, v) = call(&c, M::GET, &format!("{base}/records?partition={p}&from=earliest"), None).await;
+    let (s, v) = call(
+        &c,
+        M::GET,
+        &format!("{base}/records?partition={p}&from=earliest"),
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let recs = v["records"].as_array().unwrap();
     assert_eq!(recs.len(), 5);
@@ -74,41 +134,94 @@ async fn admin_produce_consume_and_positions_survive_restart() {
     assert_eq!(recs[0]["event_ts"], 1700000000000i64);
     assert!(recs[0]["publish_ts"].as_i64().unwrap() > 1700000000000i64);
     assert_eq!(recs[1]["value"], "plain text");
-    assert_eq!(recs[1]["event_ts"], recs[1]["publish_ts"], "no event time: equals publish time");
+    assert_eq!(
+        recs[1]["event_ts"], recs[1]["publish_ts"],
+        "no event time: equals publish time"
+    );
     assert_eq!(recs[2]["value_base64"], "AAEC/w==");
-    assert_eq!(recs[3]["headers"], json!([{"key": "a", "value": "1"}, {"key": "a", "value": "2"}]));
+    assert_eq!(
+        recs[3]["headers"],
+        json!([{"key": "a", "value": "1"}, {"key": "a", "value": "2"}])
+    );
     assert_eq!(recs[4]["value_base64"], "AJ+Slg==");
     assert_eq!(v["next_offset"], 5);
     assert_eq!(v["high_watermark"], 5);
 
     // Exact bytes with format=base64.
-    let (_, v) = call(&c, M::GET, &format!("{base}/records?partition={p}&offset=1&max_records=1&format=base64"), None).await;
+    let (_, v) = call(
+        &c,
+        M::GET,
+        &format!("{base}/records?partition={p}&offset=1&max_records=1&format=base64"),
+        None,
+    )
+    .await;
     assert_eq!(v["records"][0]["value_base64"], "cGxhaW4gdGV4dA==");
     assert_eq!(v["next_offset"], 2);
 
     // By time: everything was published after this instant.
-    let (_, v) = call(&c, M::GET, &format!("{base}/records?partition={p}&timestamp=1700000000000"), None).await;
+    let (_, v) = call(
+        &c,
+        M::GET,
+        &format!("{base}/records?partition={p}&timestamp=1700000000000"),
+        None,
+    )
+    .await;
     assert_eq!(v["records"].as_array().unwrap().len(), 5);
     let far = fjord_core::time::now_ms() + 3_600_000;
-    let (_, v) = call(&c, M::GET, &format!("{base}/records?partition={p}&timestamp={far}"), None).await;
+    let (_, v) = call(
+        &c,
+        M::GET,
+        &format!("{base}/records?partition={p}&timestamp={far}"),
+        None,
+    )
+    .await;
     assert_eq!(v["records"].as_array().unwrap().len(), 0);
 
     // Long poll: a reader waiting at the end wakes on the next append.
     let reader = {
         let c = c.clone();
         let url = format!("{base}/records?partition={p}&offset=5&wait_ms=20000");
-        tokio::spawn(async move { c.get(url).send().await.unwrap().json::<Value>().await.unwrap() })
+        tokio::spawn(async move {
+            c.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (s, _) = call(&c, M::POST, &format!("{base}/records"), Some(json!({"key": "dev-1", "value": "late"}))).await;
+    let (s, _) = call(
+        &c,
+        M::POST,
+        &format!("{base}/records"),
+        Some(json!({"key": "dev-1", "value": "late"})),
+    )
+    .await;
     assert_eq!(s, 200);
-    let v = tokio::time::timeout(Duration::from_secs(15), reader).await.unwrap().unwrap();
+    let v = tokio::time::timeout(Duration::from_secs(15), reader)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(v["records"][0]["value"], "late");
 
     // Named consumer positions.
-    let (s, v) = call(&c, M::PUT, &format!("{base}/consumers/app-1"), Some(json!({"offsets": [{"partition": p, "offset": 4}]}))).await;
+    let (s, v) = call(
+        &c,
+        M::PUT,
+        &format!("{base}/consumers/app-1"),
+        Some(json!({"offsets": [{"partition": p, "offset": 4}]})),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
-    let (_, v) = call(&c, M::GET, &format!("{base}/records?partition={p}&consumer=app-1"), None).await;
+    let (_, v) = call(
+        &c,
+        M::GET,
+        &format!("{base}/records?partition={p}&consumer=app-1"),
+        None,
+    )
+    .await;
     assert_eq!(v["records"][0]["offset"], 4);
 
     // Describe shows offsets, sizes and consumers.
@@ -118,8 +231,20 @@ async fn admin_produce_consume_and_positions_survive_restart() {
     assert_eq!(d["consumers"][0]["name"], "app-1");
 
     // Metrics expose what happened.
-    let m = c.get(format!("{u}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains(r#"fjord_appended_records_total{namespace="plant1",stream="Temps",tenant="acme"} 6"#), "{m}");
+    let m = c
+        .get(format!("{u}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(
+            r#"fjord_appended_records_total{namespace="plant1",stream="Temps",tenant="acme"} 6"#
+        ),
+        "{m}"
+    );
     assert!(m.contains("fjord_consumer_lag{consumer=\"app-1\""), "{m}");
     assert!(m.contains("fjord_fsync_seconds_bucket"), "{m}");
 
@@ -128,7 +253,13 @@ async fn admin_produce_consume_and_positions_survive_restart() {
     let node = Node::start(tmp.path());
     let u = node.url.clone();
     let base = format!("{u}/v1/streams/acme/plant1/Temps");
-    let (_, v) = call(&c, M::GET, &format!("{base}/records?partition={p}&from=earliest"), None).await;
+    let (_, v) = call(
+        &c,
+        M::GET,
+        &format!("{base}/records?partition={p}&from=earliest"),
+        None,
+    )
+    .await;
     assert_eq!(v["records"].as_array().unwrap().len(), 6);
     assert_eq!(v["records"][5]["value"], "late");
     let (_, v) = call(&c, M::GET, &format!("{base}/consumers/app-1"), None).await;
@@ -137,7 +268,13 @@ async fn admin_produce_consume_and_positions_survive_restart() {
     assert_eq!(d["effective_policy"]["durability"], "always");
 
     // Policy change through the namespace applies to the stream.
-    let (s, v) = call(&c, M::PUT, &format!("{u}/v1/tenants/acme/namespaces/plant1"), Some(json!({"policy": {"durability": "os"}}))).await;
+    let (s, v) = call(
+        &c,
+        M::PUT,
+        &format!("{u}/v1/tenants/acme/namespaces/plant1"),
+        Some(json!({"policy": {"durability": "os"}})),
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     let (_, d) = call(&c, M::GET, &base, None).await;
     assert_eq!(d["effective_policy"]["durability"], "os");
@@ -163,36 +300,120 @@ async fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     let c = http();
     let u = node.url.clone();
     use reqwest::Method as M;
-    let (s, _) = call(&c, M::POST, &format!("{u}/v1/streams/public/default"), Some(json!({"name": "s", "policy": {"max_message_bytes": 1000}}))).await;
+    let (s, _) = call(
+        &c,
+        M::POST,
+        &format!("{u}/v1/streams/public/default"),
+        Some(json!({"name": "s", "policy": {"max_message_bytes": 1000}})),
+    )
+    .await;
     assert_eq!(s, 201);
     let rec = format!("{u}/v1/streams/public/default/s/records");
 
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
-        (c.post(&rec).header("content-type", "application/json").body("{not json"), 400, "invalid_json"),
-        (c.post(&rec).json(&json!({"value": 1, "surprise": true})), 400, "invalid_json"),
-        (c.post(&rec).json(&json!({"value_base64": "***"})), 400, "invalid_argument"),
-        (c.post(&rec).json(&json!({"records": []})), 400, "invalid_argument"),
-        (c.post(format!("{u}/v1/streams/public/default/nope/records")).json(&json!({"value": 1})), 404, "not_found"),
-        (c.post(&rec).json(&json!({"value": "x".repeat(5000)})), 413, "message_too_large"),
-        (c.post(format!("{u}/v1/streams/public/default")).json(&json!({"name": "bad.name"})), 400, "invalid_name"),
-        (c.post(format!("{u}/v1/streams/public/default")).json(&json!({"name": "ok", "partitions": 0})), 400, "invalid_argument"),
-        (c.post(format!("{u}/v1/streams/public/default")).json(&json!({"name": "ok", "policy": {"durability": "never"}})), 400, "invalid_json"),
-        (c.post(format!("{u}/v1/tenants")).json(&json!({"name": "UPPER"})), 400, "invalid_name"),
-        (c.post(format!("{u}/v1/streams/public/default")).json(&json!({"name": "s"})), 409, "already_exists"),
+        (
+            c.post(&rec)
+                .header("content-type", "application/json")
+                .body("{not json"),
+            400,
+            "invalid_json",
+        ),
+        (
+            c.post(&rec).json(&json!({"value": 1, "surprise": true})),
+            400,
+            "invalid_json",
+        ),
+        (
+            c.post(&rec).json(&json!({"value_base64": "***"})),
+            400,
+            "invalid_argument",
+        ),
+        (
+            c.post(&rec).json(&json!({"records": []})),
+            400,
+            "invalid_argument",
+        ),
+        (
+            c.post(format!("{u}/v1/streams/public/default/nope/records"))
+                .json(&json!({"value": 1})),
+            404,
+            "not_found",
+        ),
+        (
+            c.post(&rec).json(&json!({"value": "x".repeat(5000)})),
+            413,
+            "message_too_large",
+        ),
+        (
+            c.post(format!("{u}/v1/streams/public/default"))
+                .json(&json!({"name": "bad.name"})),
+            400,
+            "invalid_name",
+        ),
+        (
+            c.post(format!("{u}/v1/streams/public/default"))
+                .json(&json!({"name": "ok", "partitions": 0})),
+            400,
+            "invalid_argument",
+        ),
+        (
+            c.post(format!("{u}/v1/streams/public/default"))
+                .json(&json!({"name": "ok", "policy": {"durability": "never"}})),
+            400,
+            "invalid_json",
+        ),
+        (
+            c.post(format!("{u}/v1/tenants"))
+                .json(&json!({"name": "UPPER"})),
+            400,
+            "invalid_name",
+        ),
+        (
+            c.post(format!("{u}/v1/streams/public/default"))
+                .json(&json!({"name": "s"})),
+            409,
+            "already_exists",
+        ),
         (c.get(format!("{rec}?partition=9")), 404, "not_found"),
-        (c.get(format!("{rec}?offset=99")), 416, "offset_out_of_range"),
-        (c.get(format!("{rec}?offset=1&from=latest")), 400, "invalid_argument"),
+        (
+            c.get(format!("{rec}?offset=99")),
+            416,
+            "offset_out_of_range",
+        ),
+        (
+            c.get(format!("{rec}?offset=1&from=latest")),
+            400,
+            "invalid_argument",
+        ),
         (c.get(format!("{rec}?offset=abc")), 400, "invalid_argument"),
-        (c.get(format!("{u}/v1/nothing-here")), 404, "route_not_found"),
+        (
+            c.get(format!("{u}/v1/nothing-here")),
+            404,
+            "route_not_found",
+        ),
         (c.put(format!("{u}/v1/tenants")), 405, "method_not_allowed"),
-        (c.put(format!("{rec}/../consumers/x")).json(&json!({"offsets": [{"partition": 0, "offset": 5}]})), 400, "invalid_argument"),
+        (
+            c.put(format!("{rec}/../consumers/x"))
+                .json(&json!({"offsets": [{"partition": 0, "offset": 5}]})),
+            400,
+            "invalid_argument",
+        ),
     ];
     for (i, (req, status, code)) in cases.into_iter().enumerate() {
         let resp = req.send().await.unwrap();
         let got = resp.status().as_u16();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
-        assert_eq!((got, body["error"]["code"].as_str()), (status, Some(code)), "case {i}: {body}");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "case {i}");
+        assert_eq!(
+            (got, body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "case {i}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "case {i}"
+        );
     }
     // Still serving, nothing stored by the refused requests.
     let (s, v) = call(&c, M::POST, &rec, Some(json!({"value": "fine"}))).await;
@@ -214,7 +435,10 @@ async fn a_taken_port_fails_start_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     let port = addr.rsplit(':').next().unwrap();
-    assert!(err.contains(&format!("port {port} is already in use")) && err.contains("--http-addr"), "{err}");
+    assert!(
+        err.contains(&format!("port {port} is already in use")) && err.contains("--http-addr"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -226,21 +450,59 @@ async fn health_readiness_and_ephemeral_streams() {
     use reqwest::Method as M;
     assert_eq!(call(&c, M::GET, &format!("{u}/healthz"), None).await.0, 200);
     assert_eq!(call(&c, M::GET, &format!("{u}/readyz"), None).await.0, 200);
-    let (s, v) = call(&c, M::POST, &format!("{u}/v1/streams/public/default"), Some(json!({"name": "live", "policy": {"ephemeral": true, "ephemeral_bytes_max": 65536}}))).await;
+    let (s, v) = call(
+        &c,
+        M::POST,
+        &format!("{u}/v1/streams/public/default"),
+        Some(json!({"name": "live", "policy": {"ephemeral": true, "ephemeral_bytes_max": 65536}})),
+    )
+    .await;
     assert_eq!(s, 201, "{v}");
     for chunk in 0..20 {
-        let records: Vec<Value> = (0..50).map(|i| json!({"value": format!("{:0200}", chunk * 50 + i)})).collect();
-        let (s, _) = call(&c, M::POST, &format!("{u}/v1/streams/public/default/live/records"), Some(json!({"records": records}))).await;
+        let records: Vec<Value> = (0..50)
+            .map(|i| json!({"value": format!("{:0200}", chunk * 50 + i)}))
+            .collect();
+        let (s, _) = call(
+            &c,
+            M::POST,
+            &format!("{u}/v1/streams/public/default/live/records"),
+            Some(json!({"records": records})),
+        )
+        .await;
         assert_eq!(s, 200);
     }
-    let (_, d) = call(&c, M::GET, &format!("{u}/v1/streams/public/default/live"), None).await;
+    let (_, d) = call(
+        &c,
+        M::GET,
+        &format!("{u}/v1/streams/public/default/live"),
+        None,
+    )
+    .await;
     assert!(d["size_bytes"].as_u64().unwrap() <= 65536, "{d}");
-    assert!(d["partition_details"][0]["start_offset"].as_i64().unwrap() > 0, "oldest dropped: {d}");
+    assert!(
+        d["partition_details"][0]["start_offset"].as_i64().unwrap() > 0,
+        "oldest dropped: {d}"
+    );
     assert_eq!(d["partition_details"][0]["end_offset"], 1000);
-    let (_, v) = call(&c, M::GET, &format!("{u}/v1/streams/public/default/live/records?from=earliest&max_records=10000"), None).await;
+    let (_, v) = call(
+        &c,
+        M::GET,
+        &format!("{u}/v1/streams/public/default/live/records?from=earliest&max_records=10000"),
+        None,
+    )
+    .await;
     let last = v["records"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["value"], format!("{:0200}", 999));
     // Changing how a stream is stored is refused, clearly.
-    let (s, v) = call(&c, M::PATCH, &format!("{u}/v1/streams/public/default/live"), Some(json!({"policy": {"ephemeral": false}}))).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_argument")));
+    let (s, v) = call(
+        &c,
+        M::PATCH,
+        &format!("{u}/v1/streams/public/default/live"),
+        Some(json!({"policy": {"ephemeral": false}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_argument"))
+    );
 }

@@ -10,16 +10,27 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(node: &Node, stream: &str, query: &str) -> Ws {
-    let url = format!("ws://{}/v1/streams/public/default/{stream}/ws?{query}", node.addr);
-    tokio_tungstenite::connect_async(url).await.expect("websocket connects").0
+    let url = format!(
+        "ws://{}/v1/streams/public/default/{stream}/ws?{query}",
+        node.addr
+    );
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket connects")
+        .0
 }
 
 async fn next_json(ws: &mut Ws) -> Value {
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("a frame in time").expect("open").expect("frame");
+        let m = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
         match m {
             Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
             Message::Ping(_) | Message::Pong(_) => continue,
@@ -45,12 +56,30 @@ async fn publish_acks_every_frame_in_order() {
     create(&node, "ws", 1).await;
     let mut ws = connect(&node, "ws", "mode=publish").await;
     for i in 0..200 {
-        ws.send(Message::Text(json!({"id": i, "key": "k", "value": {"n": i}}).to_string().into())).await.unwrap();
+        ws.send(Message::Text(
+            json!({"id": i, "key": "k", "value": {"n": i}})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
     }
-    ws.send(Message::Binary(vec![0u8, 1, 2, 255].into())).await.unwrap();
+    ws.send(Message::Binary(vec![0u8, 1, 2, 255].into()))
+        .await
+        .unwrap();
     ws.send(Message::Text("{broken".into())).await.unwrap();
-    ws.send(Message::Text(json!({"id": "big", "value": "x".repeat(2 << 20)}).to_string().into())).await.unwrap();
-    ws.send(Message::Text(json!({"id": "after", "value": "ok"}).to_string().into())).await.unwrap();
+    ws.send(Message::Text(
+        json!({"id": "big", "value": "x".repeat(2 << 20)})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Text(
+        json!({"id": "after", "value": "ok"}).to_string().into(),
+    ))
+    .await
+    .unwrap();
     for i in 0..200 {
         let a = next_json(&mut ws).await;
         assert_eq!(a["ack"]["id"], i, "{a}");
@@ -58,18 +87,37 @@ async fn publish_acks_every_frame_in_order() {
         assert_eq!(a["ack"]["offset"], i);
     }
     let a = next_json(&mut ws).await;
-    assert_eq!((a["ack"]["seq"].as_i64(), a["ack"]["offset"].as_i64()), (Some(200), Some(200)), "{a}");
+    assert_eq!(
+        (a["ack"]["seq"].as_i64(), a["ack"]["offset"].as_i64()),
+        (Some(200), Some(200)),
+        "{a}"
+    );
     let e = next_json(&mut ws).await;
-    assert_eq!((e["seq"].as_i64(), e["error"]["code"].as_str()), (Some(201), Some("invalid_json")), "{e}");
+    assert_eq!(
+        (e["seq"].as_i64(), e["error"]["code"].as_str()),
+        (Some(201), Some("invalid_json")),
+        "{e}"
+    );
     let e = next_json(&mut ws).await;
-    assert_eq!((e["id"].as_str(), e["error"]["code"].as_str()), (Some("big"), Some("message_too_large")), "{e}");
+    assert_eq!(
+        (e["id"].as_str(), e["error"]["code"].as_str()),
+        (Some("big"), Some("message_too_large")),
+        "{e}"
+    );
     let a = next_json(&mut ws).await;
-    assert_eq!((a["ack"]["id"].as_str(), a["ack"]["offset"].as_i64()), (Some("after"), Some(201)), "{a}");
+    assert_eq!(
+        (a["ack"]["id"].as_str(), a["ack"]["offset"].as_i64()),
+        (Some("after"), Some(201)),
+        "{a}"
+    );
     ws.close(None).await.unwrap();
 
     // Everything acknowledged is readable over HTTP.
     let v: Value = http()
-        .get(format!("{}/v1/streams/public/default/ws/records?from=earliest&max_records=1000", node.url))
+        .get(format!(
+            "{}/v1/streams/public/default/ws/records?from=earliest&max_records=1000",
+            node.url
+        ))
         .send()
         .await
         .unwrap()
@@ -91,9 +139,17 @@ async fn subscribe_from_every_kind_of_position_and_follow_live() {
     let produce = |vals: Vec<&str>| {
         let c = c.clone();
         let url = format!("{}/v1/streams/public/default/feed/records", node.url);
-        let records: Vec<Value> = vals.iter().map(|v| json!({"key": "dev", "value": v})).collect();
+        let records: Vec<Value> = vals
+            .iter()
+            .map(|v| json!({"key": "dev", "value": v}))
+            .collect();
         async move {
-            let r = c.post(url).json(&json!({"records": records})).send().await.unwrap();
+            let r = c
+                .post(url)
+                .json(&json!({"records": records}))
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200);
             r.json::<Value>().await.unwrap()
         }
@@ -106,10 +162,21 @@ async fn subscribe_from_every_kind_of_position_and_follow_live() {
 
     // From earliest over all partitions.
     let mut ws = connect(&node, "feed", "from=earliest").await;
-    assert_eq!(next_json(&mut ws).await["subscribed"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        next_json(&mut ws).await["subscribed"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     let mut vals = Vec::new();
     for _ in 0..4 {
-        vals.push(next_json(&mut ws).await["value"].as_str().unwrap().to_string());
+        vals.push(
+            next_json(&mut ws).await["value"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     assert_eq!(vals, ["a", "b", "c", "d"]);
     // ...and it follows the tail.
@@ -129,14 +196,34 @@ async fn subscribe_from_every_kind_of_position_and_follow_live() {
     // From latest: only what comes next.
     let mut ws4 = connect(&node, "feed", "from=latest").await;
     let hello = next_json(&mut ws4).await;
-    assert!(hello["subscribed"].as_array().unwrap().iter().any(|s| s["partition"] == p && s["offset"] == 5), "{hello}");
+    assert!(
+        hello["subscribed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["partition"] == p && s["offset"] == 5),
+        "{hello}"
+    );
     produce(vec!["f"]).await;
     let v = next_json(&mut ws4).await;
-    assert_eq!((v["value"].as_str(), v["offset"].as_i64()), (Some("f"), Some(5)));
+    assert_eq!(
+        (v["value"].as_str(), v["offset"].as_i64()),
+        (Some("f"), Some(5))
+    );
 
     // Bad requests are refused before the upgrade, with a status.
-    let err = tokio_tungstenite::connect_async(format!("ws://{}/v1/streams/public/default/nope/ws", node.addr)).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/streams/public/default/nope/ws",
+        node.addr
+    ))
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
-    let err = tokio_tungstenite::connect_async(format!("ws://{}/v1/streams/public/default/feed/ws?mode=sideways", node.addr)).await.unwrap_err();
+    let err = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/streams/public/default/feed/ws?mode=sideways",
+        node.addr
+    ))
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
 }
