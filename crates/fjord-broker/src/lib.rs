@@ -603,7 +603,7 @@ impl Broker {
             async move {
                 let (idx, inputs): (Vec<usize>, Vec<RecordInput>) = group.into_iter().unzip();
                 let b = batch::encode(0, now_ms(), ProducerInfo::default(), &inputs);
-                let info = part.append(b.to_vec()).await?;
+                let info = part.append(b).await?;
                 Ok::<_, BrokerError>((p, idx, info))
             }
         });

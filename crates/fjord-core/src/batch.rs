@@ -25,7 +25,7 @@
 //! `message.timestamp.type=LogAppendTime`. So a batch produced by any client
 //! is stored as sent, only its base offset, publish time and CRC rewritten.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::record::{Header, Record, RecordInput};
 use crate::varint::{get_varint, get_varlong, put_varint, put_varlong, varlong_len};
@@ -202,6 +202,25 @@ pub fn set_publish_ts(batch: &mut [u8], publish_ts: i64) {
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
 }
 
+/// Verifies a whole incoming batch's CRC, then stamps its base offset and
+/// the broker's publish time (LogAppendTime) and writes the new CRC. Two
+/// hardware CRC passes; cheaper than `crc32c_combine`, which showed up at
+/// 15 % of an append profile.
+pub fn verify_and_stamp(
+    batch: &mut [u8],
+    base_offset: i64,
+    publish_ts: i64,
+) -> Result<BatchHeader, CoreError> {
+    let h = BatchHeader::parse(batch)?;
+    if batch.len() != h.total_len() {
+        return Err(CoreError::BadLength(h.batch_length));
+    }
+    verify_crc(batch)?;
+    set_base_offset(batch, base_offset);
+    set_publish_ts(batch, publish_ts);
+    BatchHeader::parse(batch)
+}
+
 /// Encodes records into one uncompressed batch. Offsets are `base_offset`,
 /// `base_offset + 1`, …; `publish_ts` is stamped as LogAppendTime.
 pub fn encode(
@@ -209,7 +228,7 @@ pub fn encode(
     publish_ts: i64,
     producer: ProducerInfo,
     records: &[RecordInput],
-) -> BytesMut {
+) -> Vec<u8> {
     let deltas: Vec<i32> = (0..records.len() as i32).collect();
     encode_with_deltas(base_offset, publish_ts, producer, records, &deltas)
 }
@@ -223,7 +242,7 @@ pub fn encode_with_deltas(
     producer: ProducerInfo,
     records: &[RecordInput],
     deltas: &[i32],
-) -> BytesMut {
+) -> Vec<u8> {
     assert_eq!(records.len(), deltas.len(), "one offset delta per record");
     // A record without an event time carries Kafka's NO_TIMESTAMP (-1) and
     // reads back with its publish time.
@@ -234,24 +253,33 @@ pub fn encode_with_deltas(
     let mut body: Vec<u8> =
         Vec::with_capacity(records.iter().map(|r| r.approx_size()).sum::<usize>() + HEADER_LEN);
     body.resize(HEADER_LEN, 0);
-    let mut rec = Vec::with_capacity(256);
     for (r, &delta) in records.iter().zip(deltas) {
-        rec.clear();
-        rec.push(0); // record attributes, unused
-        put_varlong(
-            &mut rec,
-            r.event_ts.unwrap_or(NO_TIMESTAMP).wrapping_sub(base_ts),
-        );
-        put_varint(&mut rec, delta);
-        put_bytes(&mut rec, r.key.as_deref());
-        put_bytes(&mut rec, r.value.as_deref());
-        put_varint(&mut rec, r.headers.len() as i32);
+        // The length prefix comes first, so compute it, then write the
+        // fields straight into the batch (no per-record buffer).
+        let ts_delta = r.event_ts.unwrap_or(NO_TIMESTAMP).wrapping_sub(base_ts);
+        let len = 1
+            + varlong_len(ts_delta)
+            + varlong_len(delta as i64)
+            + bytes_len(r.key.as_deref())
+            + bytes_len(r.value.as_deref())
+            + varlong_len(r.headers.len() as i64)
+            + r.headers
+                .iter()
+                .map(|h| bytes_len(Some(h.key.as_bytes())) + bytes_len(h.value.as_deref()))
+                .sum::<usize>();
+        put_varlong(&mut body, len as i64);
+        let start = body.len();
+        body.push(0); // record attributes, unused
+        put_varlong(&mut body, ts_delta);
+        put_varint(&mut body, delta);
+        put_bytes(&mut body, r.key.as_deref());
+        put_bytes(&mut body, r.value.as_deref());
+        put_varint(&mut body, r.headers.len() as i32);
         for h in &r.headers {
-            put_bytes(&mut rec, Some(h.key.as_bytes()));
-            put_bytes(&mut rec, h.value.as_deref());
+            put_bytes(&mut body, Some(h.key.as_bytes()));
+            put_bytes(&mut body, h.value.as_deref());
         }
-        put_varlong(&mut body, rec.len() as i64);
-        body.extend_from_slice(&rec);
+        debug_assert_eq!(body.len() - start, len, "record length prefix");
     }
     let total = body.len();
     let b = &mut body[..];
@@ -270,7 +298,11 @@ pub fn encode_with_deltas(
     b[57..61].copy_from_slice(&(records.len() as i32).to_be_bytes());
     let crc = crc32c::crc32c(&b[CRC_START..]);
     b[17..21].copy_from_slice(&crc.to_be_bytes());
-    BytesMut::from(&body[..])
+    body
+}
+
+fn bytes_len(v: Option<&[u8]>) -> usize {
+    v.map_or(1, |b| varlong_len(b.len() as i64) + b.len())
 }
 
 fn put_bytes(buf: &mut Vec<u8>, v: Option<&[u8]>) {
@@ -431,7 +463,7 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(records in proptest::collection::vec(arb_input(), 1..20), base in 0i64..1<<40, now in 0i64..4_000_000_000_000) {
-            let batch = encode(base, now, ProducerInfo::default(), &records).freeze();
+            let batch = Bytes::from(encode(base, now, ProducerInfo::default(), &records));
             verify_crc(&batch).unwrap();
             let h = BatchHeader::parse(&batch).unwrap();
             prop_assert_eq!(h.total_len(), batch.len());
@@ -458,7 +490,7 @@ mod tests {
 
         #[test]
         fn any_flipped_bit_is_caught(records in proptest::collection::vec(arb_input(), 1..5), bit in any::<usize>()) {
-            let mut batch = encode(0, 1, ProducerInfo::default(), &records).to_vec();
+            let mut batch = encode(0, 1, ProducerInfo::default(), &records);
             // Only bytes covered by the CRC: from 21 on.
             let covered = (batch.len() - CRC_START) * 8;
             let bit = bit % covered;
@@ -474,7 +506,7 @@ mod tests {
             event_ts: Some(5),
             ..Default::default()
         }];
-        let mut b = encode(0, 10, ProducerInfo::default(), &r).to_vec();
+        let mut b = encode(0, 10, ProducerInfo::default(), &r);
         set_base_offset(&mut b, 42);
         set_publish_ts(&mut b, 99);
         verify_crc(&b).unwrap();
@@ -482,6 +514,28 @@ mod tests {
         assert_eq!(recs[0].offset, 42);
         assert_eq!(recs[0].publish_ts, 99);
         assert_eq!(recs[0].event_ts, 5);
+    }
+
+    #[test]
+    fn verify_and_stamp_matches_the_two_step_path() {
+        let r = [RecordInput {
+            value: Some(Bytes::from(vec![3u8; 5000])),
+            event_ts: Some(5),
+            ..Default::default()
+        }];
+        let mut a = encode(0, 10, ProducerInfo::default(), &r);
+        let mut b = a.clone();
+        set_base_offset(&mut a, 42);
+        set_publish_ts(&mut a, 99);
+        let h = verify_and_stamp(&mut b, 42, 99).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(h.base_offset, 42);
+        verify_crc(&b).unwrap();
+        b[100] ^= 1;
+        assert!(matches!(
+            verify_and_stamp(&mut b, 0, 0),
+            Err(CoreError::CrcMismatch { .. })
+        ));
     }
 
     #[test]
@@ -493,7 +547,13 @@ mod tests {
             };
             2
         ];
-        let b = encode_with_deltas(100, 1, ProducerInfo::default(), &r, &[0, 7]).freeze();
+        let b = Bytes::from(encode_with_deltas(
+            100,
+            1,
+            ProducerInfo::default(),
+            &r,
+            &[0, 7],
+        ));
         let recs = decode_records(&b).unwrap();
         assert_eq!(recs[1].offset, 107);
         assert_eq!(BatchHeader::parse(&b).unwrap().next_offset(), 108);

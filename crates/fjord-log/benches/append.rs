@@ -1,1 +1,157 @@
-fn main() {}
+//! Storage-engine benchmark: batched appends of 1 KiB records with `os` and
+//! `interval(5)` durability, printed beside the raw sequential write
+//! bandwidth of the same disk measured in the same run, and the p50/p99
+//! latency of a single append with `always`.
+//!
+//! Run: `cargo bench -p fjord-log --bench append` (set FJORD_BENCH_DIR to
+//! measure another disk; FJORD_BENCH_MIB to change the volume, default 512).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fjord_core::batch::{self, ProducerInfo};
+use fjord_core::policy::ResolvedPolicy;
+use fjord_core::{Durability, RecordInput};
+use fjord_log::{Partition, PartitionOptions};
+
+const RECORD_BYTES: usize = 1024;
+const RECORDS_PER_BATCH: usize = 100;
+/// Appends in flight at once, as from many producers of a busy node.
+const WRITERS: usize = 32;
+
+fn mib_per_s(bytes: u64, d: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64()
+}
+
+/// Sequential 1 MiB writes then one fsync: what the disk gives a single
+/// streaming writer.
+fn raw_bandwidth(dir: &Path, total: u64) -> f64 {
+    let path = dir.join("raw.bin");
+    let chunk = vec![0xA5u8; 1 << 20];
+    let started = Instant::now();
+    let mut f = File::create(&path).unwrap();
+    let mut written = 0;
+    while written < total {
+        f.write_all(&chunk).unwrap();
+        written += chunk.len() as u64;
+    }
+    f.sync_all().unwrap();
+    let bw = mib_per_s(written, started.elapsed());
+    std::fs::remove_file(path).unwrap();
+    bw
+}
+
+fn records(seed: u8) -> Vec<RecordInput> {
+    (0..RECORDS_PER_BATCH)
+        .map(|i| RecordInput {
+            key: Some(Bytes::from(format!("device-{i}"))),
+            value: Some(Bytes::from(vec![seed.wrapping_add(i as u8); RECORD_BYTES])),
+            headers: vec![],
+            event_ts: None,
+        })
+        .collect()
+}
+
+async fn batched(dir: &Path, durability: Durability, total: u64) -> (f64, u64) {
+    let policy = ResolvedPolicy {
+        durability,
+        ..Default::default()
+    };
+    let (p, _) = Partition::open_disk(dir, policy, PartitionOptions::default()).unwrap();
+    let batch_bytes = batch::encode(0, 0, ProducerInfo::default(), &records(0)).len() as u64;
+    let batches = total / batch_bytes;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let recs = records(w as u8);
+            for _ in 0..batches / WRITERS as u64 {
+                // Encoding is part of every produce, so it is measured too.
+                let b = batch::encode(0, 0, ProducerInfo::default(), &recs);
+                p.append(b).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    p.flush().await.unwrap();
+    let elapsed = started.elapsed();
+    let bytes = (batches / WRITERS as u64) * WRITERS as u64 * batch_bytes;
+    (mib_per_s(bytes, elapsed), p.high_watermark() as u64)
+}
+
+async fn always_latency(dir: &Path, n: usize) -> (Duration, Duration) {
+    let policy = ResolvedPolicy {
+        durability: Durability::Always,
+        ..Default::default()
+    };
+    let (p, _) = Partition::open_disk(dir, policy, PartitionOptions::default()).unwrap();
+    let one = vec![RecordInput {
+        value: Some(Bytes::from(vec![7u8; RECORD_BYTES])),
+        ..Default::default()
+    }];
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let b = batch::encode(0, 0, ProducerInfo::default(), &one);
+        let t = Instant::now();
+        p.append(b).await.unwrap();
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    (lat[n / 2], lat[n * 99 / 100])
+}
+
+fn main() {
+    // `cargo test --all-targets` runs benches in test mode: do nothing then.
+    if std::env::args().any(|a| a == "--test" || a == "--list") {
+        return;
+    }
+    let base = std::env::var("FJORD_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let mib: u64 = std::env::var("FJORD_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let total = mib << 20;
+    let tmp = tempfile::tempdir_in(&base).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    println!("fjord-log append benchmark: {mib} MiB per run, {RECORD_BYTES} B records, {RECORDS_PER_BATCH} per batch, {WRITERS} concurrent writers");
+    println!("dir: {}", tmp.path().display());
+    // Twice, best of both: the first run on a cold disk reads low.
+    let raw = raw_bandwidth(tmp.path(), total).max(raw_bandwidth(tmp.path(), total));
+    println!("{:<34} {:>10.1} MiB/s", "raw sequential write + fsync", raw);
+    for (name, d) in [
+        ("batched appends, durability=os", Durability::Os),
+        (
+            "batched appends, interval(5)",
+            Durability::Interval { ms: 5 },
+        ),
+    ] {
+        let dir = tmp
+            .path()
+            .join(name.replace([' ', ',', '=', '(', ')'], "_"));
+        let (bw, records) = rt.block_on(batched(&dir, d, total));
+        println!(
+            "{name:<34} {bw:>10.1} MiB/s  {:>5.1} % of raw  ({records} records, {:.0} records/s)",
+            100.0 * bw / raw,
+            bw * 1024.0 * 1024.0 / (RECORD_BYTES as f64 + 20.0)
+        );
+    }
+    let (p50, p99) = rt.block_on(always_latency(&tmp.path().join("always"), 2000));
+    println!(
+        "{:<34} p50 {:>8.3} ms   p99 {:>8.3} ms",
+        "single 1 KiB append, always",
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+}

@@ -10,8 +10,9 @@
 //! * `os`: acknowledges at once;
 //! * `always`: fsyncs (outside the lock, so reads go on) and acknowledges
 //!   the whole group: concurrent producers share one fsync;
-//! * `interval(ms)`: parks the acknowledgements until the next fsync, which
-//!   runs at most `ms` after the first parked one.
+//! * `interval(ms)`: parks the acknowledgements until the next fsync; fsyncs
+//!   run at most once per `ms`, and at most `ms` after a record was written
+//!   (at once when the previous fsync is already `ms` ago).
 //!
 //! The high watermark moves only when acknowledgements are released, so no
 //! reader ever sees a record that a crash could still take away.
@@ -118,6 +119,7 @@ impl Partition {
             ephemeral,
             observer: opts.fsync_observer,
             parked: Vec::new(),
+            last_sync: None,
         };
         tokio::spawn(appender.run(rx));
         Self {
@@ -247,6 +249,8 @@ struct Appender {
     observer: Option<FsyncObserver>,
     /// Written but not yet fsynced appends, waiting for their ack.
     parked: Vec<(Reply, AppendInfo)>,
+    /// When the last fsync started.
+    last_sync: Option<tokio::time::Instant>,
 }
 
 impl Appender {
@@ -297,8 +301,18 @@ impl Appender {
                     Durability::Always => self.sync_and_release().await,
                     Durability::Interval { ms } => {
                         if deadline.is_none() && !self.parked.is_empty() {
-                            deadline =
-                                Some(tokio::time::Instant::now() + Duration::from_millis(ms));
+                            // At most one fsync per interval, but no waiting
+                            // when the last one is already an interval ago: a
+                            // lone append is acknowledged after one fsync.
+                            let now = tokio::time::Instant::now();
+                            let due = self
+                                .last_sync
+                                .map_or(now, |t| t + Duration::from_millis(ms));
+                            if due <= now {
+                                self.sync_and_release().await;
+                            } else {
+                                deadline = Some(due);
+                            }
                         }
                     }
                 }
@@ -369,6 +383,7 @@ impl Appender {
             return;
         };
         let started = Instant::now();
+        self.last_sync = Some(tokio::time::Instant::now());
         let res = tokio::task::spawn_blocking(move || file.sync_data()).await;
         if let Some(obs) = &self.observer {
             obs(started.elapsed());

@@ -343,16 +343,13 @@ impl PartitionLog {
                 if keep.len() == n {
                     batches_out.push(b.to_vec());
                 } else if !keep.is_empty() {
-                    batches_out.push(
-                        batch::encode_with_deltas(
-                            h.base_offset,
-                            h.publish_ts(),
-                            h.producer,
-                            &keep,
-                            &deltas,
-                        )
-                        .to_vec(),
-                    );
+                    batches_out.push(batch::encode_with_deltas(
+                        h.base_offset,
+                        h.publish_ts(),
+                        h.producer,
+                        &keep,
+                        &deltas,
+                    ));
                 }
             }
             if dropped == 0 {
@@ -372,13 +369,7 @@ impl LogStore for PartitionLog {
         if let Some(why) = &self.poisoned {
             return Err(LogError::Poisoned(why.clone()));
         }
-        batch::verify_crc(batch)?;
         let h = BatchHeader::parse(batch)?;
-        if h.total_len() != batch.len() {
-            return Err(LogError::InvalidBatch(fjord_core::CoreError::BadLength(
-                h.batch_length,
-            )));
-        }
         if h.record_count < 1 || h.last_offset_delta != h.record_count - 1 {
             return Err(LogError::InvalidBatch(
                 fjord_core::CoreError::MalformedRecord(
@@ -389,6 +380,10 @@ impl LogStore for PartitionLog {
         // Publish times never go backwards within a partition, so the time
         // index stays sorted even when the wall clock steps back.
         let publish_ts = now_ms.max(self.last_publish_ts);
+        // Rolling does not change the next offset, so stamp first: a batch
+        // that fails its CRC changes nothing.
+        let base = self.next_offset();
+        let h = batch::verify_and_stamp(batch, base, publish_ts)?;
         let needs_roll = {
             let a = self.active();
             !a.has_room(batch.len(), self.policy.segment_bytes)
@@ -398,10 +393,6 @@ impl LogStore for PartitionLog {
         if needs_roll {
             self.roll()?;
         }
-        let base = self.next_offset();
-        batch::set_base_offset(batch, base);
-        batch::set_publish_ts(batch, publish_ts);
-        let h = BatchHeader::parse(batch)?;
         self.active_mut().append(batch, &h).inspect_err(|e| {
             if matches!(e, LogError::Corrupt { .. }) {
                 self.poisoned = Some(e.to_string());
@@ -515,11 +506,6 @@ impl LogStore for PartitionLog {
     }
 
     fn flush_all(&mut self) -> Result<(), LogError> {
-        self.active_mut().seal()?;
-        // `seal` drops the index append handles; reopen so appends may go on.
-        let base = self.active().base_offset;
-        let (seg, _) = Segment::open(&self.dir, base, true)?;
-        self.segments.insert(base, seg);
-        Ok(())
+        self.active_mut().checkpoint()
     }
 }

@@ -58,12 +58,8 @@ impl Ring {
 
 impl LogStore for Ring {
     fn append(&mut self, batch_bytes: &mut [u8], now_ms: i64) -> Result<AppendInfo, LogError> {
-        batch::verify_crc(batch_bytes)?;
         let h = BatchHeader::parse(batch_bytes)?;
-        if h.total_len() != batch_bytes.len()
-            || h.record_count < 1
-            || h.last_offset_delta != h.record_count - 1
-        {
+        if h.record_count < 1 || h.last_offset_delta != h.record_count - 1 {
             return Err(LogError::InvalidBatch(
                 fjord_core::CoreError::MalformedRecord(
                     "record count and last offset delta disagree",
@@ -72,13 +68,12 @@ impl LogStore for Ring {
         }
         let publish_ts = now_ms.max(self.last_publish_ts);
         let base = self.next_offset;
-        batch::set_base_offset(batch_bytes, base);
-        batch::set_publish_ts(batch_bytes, publish_ts);
+        let h = batch::verify_and_stamp(batch_bytes, base, publish_ts)?;
         let len = batch_bytes.len() as u64;
         while !self.entries.is_empty() && self.bytes + len > self.policy.ephemeral_bytes_max {
             self.dropped_records += self.drop_oldest().unwrap_or(0);
         }
-        self.next_offset = h.next_offset() - h.base_offset + base;
+        self.next_offset = h.next_offset();
         self.entries.push_back(Entry {
             base_offset: base,
             next_offset: self.next_offset,

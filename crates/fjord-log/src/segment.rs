@@ -344,9 +344,9 @@ impl Segment {
             .map_or(self.base_offset, |rel| self.base_offset + rel as i64)
     }
 
-    /// Makes the segment immutable: index files rewritten whole and
-    /// everything fsynced.
-    pub fn seal(&mut self) -> Result<(), LogError> {
+    /// Makes everything written so far durable: data fsynced, index files
+    /// rewritten whole and fsynced. Appends may go on afterwards.
+    pub fn checkpoint(&mut self) -> Result<(), LogError> {
         self.sync()?;
         self.write_indexes()?;
         for p in [
@@ -357,6 +357,13 @@ impl Segment {
                 .and_then(|f| f.sync_all())
                 .map_err(|e| LogError::io("fsync", p, e))?;
         }
+        Ok(())
+    }
+
+    /// Makes the segment immutable (at roll): a checkpoint, and no more
+    /// index appends.
+    pub fn seal(&mut self) -> Result<(), LogError> {
+        self.checkpoint()?;
         self.index_file = None;
         self.time_file = None;
         Ok(())

@@ -135,7 +135,7 @@ fn run(ops: Vec<Op>) {
                         event_ts: if i % 2 == 0 { Some(now - 5) } else { None },
                     })
                     .collect();
-                let mut b = batch::encode(0, 0, ProducerInfo::default(), &inputs).to_vec();
+                let mut b = batch::encode(0, 0, ProducerInfo::default(), &inputs);
                 let info = log.append(&mut b, now).expect("append");
                 assert_eq!(info.base_offset, next);
                 for (i, inp) in inputs.iter().enumerate() {

@@ -20,7 +20,7 @@ fn batch_of(values: &[&str]) -> Vec<u8> {
             ..Default::default()
         })
         .collect();
-    batch::encode(0, 0, ProducerInfo::default(), &recs).to_vec()
+    batch::encode(0, 0, ProducerInfo::default(), &recs)
 }
 
 fn values(r: &fjord_log::ReadResult) -> Vec<String> {
