@@ -42,13 +42,14 @@ impl LogError {
         }
     }
 
-    /// True when the failure is a full disk (or quota): the client should
-    /// retry later; nothing stored was damaged.
+    /// True when the failure is a full disk, a quota, or the file-size limit
+    /// of the process: the client should retry later; nothing stored was
+    /// damaged.
     pub fn is_disk_full(&self) -> bool {
         match self {
             LogError::Io { source, .. } => matches!(
                 source.raw_os_error(),
-                Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
             ),
             _ => false,
         }
