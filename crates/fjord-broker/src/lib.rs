@@ -7,6 +7,7 @@
 //! never touch the log or the metadata store directly.
 
 mod error;
+mod memory;
 mod metrics;
 mod rate;
 
@@ -28,6 +29,7 @@ use parking_lot::RwLock;
 use serde::Serialize;
 
 pub use error::BrokerError;
+pub use memory::{MemoryBudget, MemoryPermit};
 pub use metrics::Metrics;
 use rate::RateMeter;
 
@@ -41,6 +43,9 @@ pub struct BrokerConfig {
     pub append_queue_depth: usize,
     /// How often retention, age rolls and compaction run.
     pub maintenance_interval: Duration,
+    /// Message bytes the node holds in flight at most (request bodies,
+    /// fetches); beyond it new work waits.
+    pub inflight_bytes_max: u64,
 }
 
 impl BrokerConfig {
@@ -50,6 +55,7 @@ impl BrokerConfig {
             defaults: ResolvedPolicy::default(),
             append_queue_depth: 1024,
             maintenance_interval: Duration::from_secs(30),
+            inflight_bytes_max: 512 * 1024 * 1024,
         }
     }
 }
@@ -113,6 +119,7 @@ pub struct Broker {
     config: BrokerConfig,
     streams: RwLock<HashMap<StreamRef, Arc<StreamState>>>,
     metrics: Arc<Metrics>,
+    memory: MemoryBudget,
     shutting_down: AtomicBool,
 }
 
@@ -123,13 +130,19 @@ impl Broker {
         let meta: Arc<dyn MetaStore> =
             Arc::new(EmbeddedStore::open(&config.data_dir.join("meta"))?);
         fjord_meta::ensure_defaults(meta.as_ref(), now_ms())?;
+        let metrics = Arc::new(Metrics::new());
+        metrics.memory_budget.set(config.inflight_bytes_max as i64);
+        let memory = MemoryBudget::new(config.inflight_bytes_max, metrics.memory_reserved.clone());
         let broker = Arc::new(Self {
             meta,
             config,
             streams: RwLock::new(HashMap::new()),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            memory,
             shutting_down: AtomicBool::new(false),
         });
+        // Files of streams deleted before a crash.
+        let _ = std::fs::remove_dir_all(broker.trash_dir());
         for info in broker.meta.list_all_streams()? {
             let state = broker.open_stream(info)?;
             broker
@@ -142,6 +155,11 @@ impl Broker {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The node's budget for message bytes in flight.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     pub fn meta(&self) -> &Arc<dyn MetaStore> {
@@ -521,18 +539,41 @@ impl Broker {
         let state = self.streams.write().remove(s);
         if let Some(st) = state {
             for p in &st.partitions {
-                let _ = p.flush().await;
+                // Stops the appender so nothing writes into the directory
+                // while it is removed; readers still holding a handle get
+                // `Closed` or read what is already open.
+                let _ = p.close().await;
             }
         }
         let dir = self.stream_dir(s);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BrokerError::Storage(format!(
-                "remove {}: {e}",
-                dir.display()
-            ))),
+        // Renamed away first, so a stream re-created under the same name at
+        // once starts from an empty directory whatever the removal does.
+        let trash = self.trash_dir().join(format!(
+            "{}-{}-{}-{}",
+            s.tenant,
+            s.namespace,
+            s.stream,
+            now_ms()
+        ));
+        let _ = std::fs::create_dir_all(self.trash_dir());
+        match std::fs::rename(&dir, &trash) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                return Err(BrokerError::Storage(format!(
+                    "remove {}: {e}",
+                    dir.display()
+                )))
+            }
         }
+        if let Err(e) = std::fs::remove_dir_all(&trash) {
+            tracing::warn!(dir = %trash.display(), error = %e, "could not remove a deleted stream's files; they are removed at next start");
+        }
+        Ok(())
+    }
+
+    fn trash_dir(&self) -> PathBuf {
+        self.config.data_dir.join("trash")
     }
 
     // ---- produce and fetch -------------------------------------------------------

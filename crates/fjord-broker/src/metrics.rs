@@ -2,7 +2,8 @@
 //! that describe state (end offsets, sizes, lag) are refreshed when scraped.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -18,6 +19,8 @@ pub struct Metrics {
     pub connections_total: IntCounterVec,
     pub append_queue: IntGaugeVec,
     pub fsync_seconds: Histogram,
+    pub memory_reserved: IntGauge,
+    pub memory_budget: IntGauge,
 }
 
 impl Metrics {
@@ -98,6 +101,21 @@ impl Metrics {
         registry
             .register(Box::new(fsync_seconds.clone()))
             .expect("unique metric");
+        let single = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let memory_reserved = single(
+            "fjord_memory_reserved_bytes",
+            "Message bytes in flight, reserved from the memory budget.",
+        );
+        let memory_budget = single(
+            "fjord_memory_budget_bytes",
+            "The node's budget for message bytes in flight.",
+        );
         Self {
             registry,
             appended_records,
@@ -111,6 +129,8 @@ impl Metrics {
             connections_total,
             append_queue,
             fsync_seconds,
+            memory_reserved,
+            memory_budget,
         }
     }
 

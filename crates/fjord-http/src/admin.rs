@@ -34,8 +34,11 @@ pub async fn list_tenants(State(s): State<AppState>) -> ApiResult<impl IntoRespo
     ))
 }
 
-pub async fn create_tenant(State(s): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
-    let req: CreateTenant = parse_json(&body)?;
+pub async fn create_tenant(
+    State(s): State<AppState>,
+    body: crate::memory::RawBody,
+) -> ApiResult<impl IntoResponse> {
+    let req: CreateTenant = parse_json(&crate::memory::body_bytes(body)?)?;
     let t = s.broker.create_tenant(&TenantName::new(req.name)?)?;
     Ok((StatusCode::CREATED, Json(t)))
 }
@@ -75,9 +78,9 @@ pub async fn list_namespaces(
 pub async fn create_namespace(
     State(s): State<AppState>,
     Path(t): Path<String>,
-    body: Bytes,
+    body: crate::memory::RawBody,
 ) -> ApiResult<impl IntoResponse> {
-    let req: CreateNamespace = parse_json(&body)?;
+    let req: CreateNamespace = parse_json(&crate::memory::body_bytes(body)?)?;
     let ns = s.broker.create_namespace(
         &TenantName::new(t)?,
         &NamespaceName::new(req.name)?,
@@ -106,9 +109,9 @@ struct PutNamespace {
 pub async fn put_namespace(
     State(s): State<AppState>,
     Path((t, ns)): Path<(String, String)>,
-    body: Bytes,
+    body: crate::memory::RawBody,
 ) -> ApiResult<impl IntoResponse> {
-    let req: PutNamespace = parse_json(&body)?;
+    let req: PutNamespace = parse_json(&crate::memory::body_bytes(body)?)?;
     Ok(Json(s.broker.set_namespace_policy(
         &TenantName::new(t)?,
         &NamespaceName::new(ns)?,
@@ -147,9 +150,9 @@ pub async fn list_streams(
 pub async fn create_stream(
     State(s): State<AppState>,
     Path((t, ns)): Path<(String, String)>,
-    body: Bytes,
+    body: crate::memory::RawBody,
 ) -> ApiResult<impl IntoResponse> {
-    let req: CreateStream = parse_json(&body)?;
+    let req: CreateStream = parse_json(&crate::memory::body_bytes(body)?)?;
     let r = stream_ref(&t, &ns, &req.name)?;
     let d = s.broker.create_stream(&r, req.partitions, req.policy)?;
     Ok((StatusCode::CREATED, Json(d)))
@@ -188,9 +191,9 @@ struct UpdateStream {
 pub async fn update_stream(
     State(s): State<AppState>,
     Path((t, ns, st)): Path<(String, String, String)>,
-    body: Bytes,
+    body: crate::memory::RawBody,
 ) -> ApiResult<impl IntoResponse> {
-    let req: UpdateStream = parse_json(&body)?;
+    let req: UpdateStream = parse_json(&crate::memory::body_bytes(body)?)?;
     let r = stream_ref(&t, &ns, &st)?;
     Ok(Json(s.broker.update_stream(
         &r,

@@ -8,6 +8,7 @@
 mod admin;
 mod codec;
 mod error;
+mod memory;
 mod ops;
 mod records;
 mod ws;
@@ -87,6 +88,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            memory::reserve_body,
+        ))
         .with_state(state)
 }
 

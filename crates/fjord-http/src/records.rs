@@ -41,9 +41,10 @@ pub async fn produce(
     Path((t, ns, st)): Path<(String, String, String)>,
     query: Result<Query<ProduceQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    body: Bytes,
+    body: crate::memory::RawBody,
 ) -> ApiResult<impl IntoResponse> {
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_argument", e.body_text()))?;
+    let body = crate::memory::body_bytes(body)?;
     let r = stream_ref(&t, &ns, &st)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -157,6 +158,9 @@ pub async fn consume(
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(WAIT_MS_MAX));
     let max_records = q.max_records.unwrap_or(500).clamp(1, MAX_RECORDS_MAX);
     let max_bytes = q.max_bytes.unwrap_or(1024 * 1024).clamp(1, FETCH_BYTES_MAX);
+    // Batches read plus their decoded form: about twice the bytes.
+    let reserve = (2 * max_bytes as u64).min(s.broker.memory().capacity_bytes());
+    let _held = s.broker.memory().reserve(reserve).await?;
     let f = s
         .broker
         .fetch(&r, partition, pos, max_records, max_bytes, wait)
@@ -225,10 +229,10 @@ struct CommitOffset {
 pub async fn commit_consumer(
     State(s): State<AppState>,
     Path((t, ns, st, c)): Path<(String, String, String, String)>,
-    body: Bytes,
+    body: crate::memory::RawBody,
 ) -> ApiResult<impl IntoResponse> {
     let r = stream_ref(&t, &ns, &st)?;
-    let req: CommitBody = parse_json(&body)?;
+    let req: CommitBody = parse_json(&crate::memory::body_bytes(body)?)?;
     let offsets: Vec<(u32, i64)> = req
         .offsets
         .iter()

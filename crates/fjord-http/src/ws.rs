@@ -34,6 +34,8 @@ use crate::{AppState, BODY_BYTES_MAX};
 
 /// Frames appended as one group at most.
 const PUBLISH_GROUP_MAX: usize = 500;
+/// Bytes of frames gathered into one group before it is appended.
+const PUBLISH_GROUP_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Records encoded and waiting for the socket at most, per connection.
 const SUBSCRIBE_QUEUE: usize = 256;
 const FOLLOW_WAIT: Duration = Duration::from_secs(10);
@@ -145,17 +147,36 @@ fn text(v: Value) -> Message {
     Message::Text(Utf8Bytes::from(v.to_string()))
 }
 
+fn frame_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    }
+}
+
 async fn publish(socket: WebSocket, broker: Arc<Broker>, r: StreamRef) {
     let (mut tx, mut rx) = socket.split();
     let mut seq: u64 = 0;
     while let Some(Ok(first)) = rx.next().await {
+        let mut bytes = frame_len(&first);
         let mut frames = vec![first];
-        while frames.len() < PUBLISH_GROUP_MAX {
+        while frames.len() < PUBLISH_GROUP_MAX && bytes < PUBLISH_GROUP_BYTES_MAX {
             match rx.next().now_or_never() {
-                Some(Some(Ok(m))) => frames.push(m),
+                Some(Some(Ok(m))) => {
+                    bytes += frame_len(&m);
+                    frames.push(m);
+                }
                 _ => break,
             }
         }
+        let budget = broker.memory();
+        let Ok(_held) = budget
+            .reserve((bytes as u64).min(budget.capacity_bytes()))
+            .await
+        else {
+            break;
+        };
         // (seq, id, parsed record or the error for it)
         let mut items: Vec<(u64, Value, Result<RecordInput, ApiError>)> = Vec::new();
         let mut closing = false;

@@ -65,6 +65,10 @@ enum Cmd {
     Flush {
         reply: oneshot::Sender<Result<(), LogError>>,
     },
+    /// Flush, answer, and stop: later appends fail with `Closed`.
+    Close {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
 }
 
 struct Inner {
@@ -241,6 +245,20 @@ impl Partition {
     }
 }
 
+impl Partition {
+    /// Flushes like [`Partition::flush`], then stops the appender: the
+    /// partition's files are not touched again (so they can be deleted).
+    pub async fn close(&self) -> Result<(), LogError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Cmd::Close { reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        rx.await.map_err(|_| LogError::Closed)?
+    }
+}
+
 struct Appender {
     store: Store,
     hwm: watch::Sender<i64>,
@@ -271,13 +289,18 @@ impl Appender {
             let Some(first) = cmd else { break };
             let mut appends = Vec::new();
             let mut flushes = Vec::new();
+            let mut closing = false;
             let mut next = Some(first);
             while let Some(c) = next.take() {
                 match c {
                     Cmd::Append { batch, reply } => appends.push((batch, reply)),
                     Cmd::Flush { reply } => flushes.push(reply),
+                    Cmd::Close { reply } => {
+                        flushes.push(reply);
+                        closing = true;
+                    }
                 }
-                if appends.len() < GROUP_APPENDS_MAX {
+                if appends.len() < GROUP_APPENDS_MAX && !closing {
                     next = rx.try_recv().ok();
                 }
             }
@@ -330,6 +353,10 @@ impl Appender {
                     };
                     let _ = reply.send(r);
                 }
+            }
+            if closing {
+                // Appends still queued behind the close fail with `Closed`.
+                return;
             }
         }
         // Every handle is gone: make what was written durable before leaving.

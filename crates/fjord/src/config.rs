@@ -19,6 +19,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub storage: StorageConfig,
+    pub memory: MemoryConfig,
     /// Node-wide policy defaults; namespaces and streams override them.
     pub defaults: Policy,
 }
@@ -48,6 +49,14 @@ pub struct StorageConfig {
     pub maintenance_interval_ms: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Message bytes in flight at most (request bodies, fetches); beyond it
+    /// new work waits instead of allocating.
+    pub inflight_bytes_max: u64,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -62,6 +71,9 @@ impl Default for Config {
             storage: StorageConfig {
                 append_queue_depth: 1024,
                 maintenance_interval_ms: 30_000,
+            },
+            memory: MemoryConfig {
+                inflight_bytes_max: 512 * 1024 * 1024,
             },
             defaults: Policy::default(),
         }

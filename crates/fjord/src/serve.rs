@@ -52,6 +52,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut bc = BrokerConfig::new(&config.data_dir);
     bc.defaults = config.resolved_defaults();
     bc.append_queue_depth = config.storage.append_queue_depth.max(1);
+    bc.inflight_bytes_max = config.memory.inflight_bytes_max.max(64 * 1024);
     bc.maintenance_interval =
         Duration::from_millis(config.storage.maintenance_interval_ms.max(100));
     let broker: Arc<Broker> = Broker::open(bc)

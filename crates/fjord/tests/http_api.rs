@@ -506,3 +506,77 @@ async fn health_readiness_and_ephemeral_streams() {
         (400, Some("invalid_argument"))
     );
 }
+
+#[tokio::test]
+async fn the_memory_budget_makes_bursts_wait_not_fail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let budget = 3 * 1024 * 1024;
+    let node = Node::start_with(tmp.path(), &[], |cmd| {
+        cmd.env("FJORD_MEMORY__INFLIGHT_BYTES_MAX", budget.to_string());
+    });
+    let c = http();
+    let u = node.url.clone();
+    let (s, _) = call(
+        &c,
+        reqwest::Method::POST,
+        &format!("{u}/v1/streams/public/default"),
+        Some(json!({"name": "burst", "partitions": 4, "policy": {"max_message_bytes": 2000000}})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    // 24 concurrent bodies of ~1 MiB: 24 MiB against a 3 MiB budget.
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let c = c.clone();
+        let url = format!("{u}/v1/streams/public/default/burst/records");
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .json(&json!({"key": format!("k{i}"), "value": "v".repeat(1_000_000)}))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    // A body that could never fit is refused with the protocol's error.
+    let r = c
+        .post(format!("{u}/v1/streams/public/default/burst/records"))
+        .json(&json!({"value": "v".repeat(4_000_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "message_too_large");
+    let m = c
+        .get(format!("{u}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(&format!("fjord_memory_budget_bytes {budget}")),
+        "{m}"
+    );
+    assert!(m.contains("fjord_memory_reserved_bytes 0"), "{m}");
+    let (_, d) = call(
+        &c,
+        reqwest::Method::GET,
+        &format!("{u}/v1/streams/public/default/burst"),
+        None,
+    )
+    .await;
+    let total: i64 = d["partition_details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["end_offset"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 24);
+}
