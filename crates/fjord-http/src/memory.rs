@@ -11,9 +11,13 @@ use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use http_body_util::BodyExt;
 
 use crate::error::{ApiError, ApiResult};
 use crate::{AppState, BODY_BYTES_MAX};
+
+/// How long a refused body is read away before the answer goes out.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Reserved for (and the limit of) a body sent without Content-Length.
 pub const UNDECLARED_BODY_BYTES: u64 = 8 * 1024 * 1024;
@@ -36,7 +40,18 @@ pub async fn reserve_body(State(s): State<AppState>, req: Request, next: Next) -
     }
     let permit = match s.broker.memory().reserve(bytes).await {
         Ok(p) => p,
-        Err(e) => return ApiError::from(e).into_response(),
+        Err(e) => {
+            // Larger than the whole budget. Read the body away (a frame at a
+            // time, bounded in time) before answering: a client still
+            // sending when the connection closes would see a reset instead
+            // of the 413 that says why.
+            let mut body = req.into_body();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                while let Some(Ok(_)) = body.frame().await {}
+            })
+            .await;
+            return ApiError::from(e).into_response();
+        }
     };
     let req = if declared.is_none() {
         req.map(|b| Body::new(http_body_util::Limited::new(b, bytes as usize)))
