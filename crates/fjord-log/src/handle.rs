@@ -371,15 +371,9 @@ impl Appender {
     ) -> Vec<(Reply, Result<AppendInfo, LogError>)> {
         let store = self.store.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let mut s = store.write();
-            let now = now_ms();
-            appends
-                .into_iter()
-                .map(|(mut b, reply)| {
-                    let r = s.append(&mut b, now);
-                    (reply, r)
-                })
-                .collect::<Vec<_>>()
+            let (mut batches, replies): (Vec<Vec<u8>>, Vec<Reply>) = appends.into_iter().unzip();
+            let results = store.write().append_group(&mut batches, now_ms());
+            replies.into_iter().zip(results).collect::<Vec<_>>()
         })
         .await;
         // If the blocking task panicked, nothing can be said of the writes;

@@ -19,6 +19,43 @@ use crate::LogError;
 /// their publish time, so consumers catching up still see the delete.
 pub const TOMBSTONE_RETENTION_MS: i64 = 24 * 3600 * 1000;
 
+/// Validates a batch from a producer and stamps its base offset and publish
+/// time (verifying its CRC on the way).
+fn stamp(batch: &mut [u8], base: i64, publish_ts: i64) -> Result<BatchHeader, LogError> {
+    let h = BatchHeader::parse(batch)?;
+    if h.record_count < 1 || h.last_offset_delta != h.record_count - 1 {
+        return Err(LogError::InvalidBatch(
+            fjord_core::CoreError::MalformedRecord("record count and last offset delta disagree"),
+        ));
+    }
+    Ok(batch::verify_and_stamp(batch, base, publish_ts)?)
+}
+
+/// A copy of `e` for another batch that failed the same way (`LogError`
+/// holds an `io::Error`, which is not `Clone`).
+fn same_error(e: &LogError) -> LogError {
+    match e {
+        LogError::Io { op, path, source } => LogError::Io {
+            op,
+            path: path.clone(),
+            source: match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(source.kind(), source.to_string()),
+            },
+        },
+        LogError::Corrupt {
+            path,
+            position,
+            reason,
+        } => LogError::Corrupt {
+            path: path.clone(),
+            position: *position,
+            reason: reason.clone(),
+        },
+        other => LogError::Poisoned(other.to_string()),
+    }
+}
+
 /// Bytes read from a segment in one syscall at most.
 const READ_CHUNK_BYTES_MAX: usize = 1 << 20;
 
@@ -112,6 +149,45 @@ impl PartitionLog {
     /// at or after it.
     pub fn active_base_offset(&self) -> i64 {
         self.active().base_offset
+    }
+
+    /// Writes the pending run to the active segment and records each
+    /// batch's result. On failure every batch of the run gets the error.
+    fn write_run(
+        &mut self,
+        batches: &[Vec<u8>],
+        run: &mut Vec<(usize, BatchHeader)>,
+        results: &mut [Option<Result<AppendInfo, LogError>>],
+        publish_ts: i64,
+    ) -> Result<(), LogError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let slices: Vec<&[u8]> = run.iter().map(|(i, _)| batches[*i].as_slice()).collect();
+        let headers: Vec<BatchHeader> = run.iter().map(|(_, h)| *h).collect();
+        match self.active_mut().append_run(&slices, &headers) {
+            Ok(()) => {
+                self.last_publish_ts = publish_ts;
+                for (i, h) in run.drain(..) {
+                    results[i] = Some(Ok(AppendInfo {
+                        base_offset: h.base_offset,
+                        last_offset: h.last_offset(),
+                        publish_ts,
+                        bytes: h.total_len(),
+                    }));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, LogError::Corrupt { .. }) {
+                    self.poisoned = Some(e.to_string());
+                }
+                for (i, _) in run.drain(..) {
+                    results[i] = Some(Err(same_error(&e)));
+                }
+                Err(e)
+            }
+        }
     }
 
     pub fn segment_count(&self) -> usize {
@@ -365,46 +441,82 @@ impl PartitionLog {
 }
 
 impl LogStore for PartitionLog {
-    fn append(&mut self, batch: &mut [u8], now_ms: i64) -> Result<AppendInfo, LogError> {
+    /// Stamps every batch, then writes runs of them with one vectored write
+    /// per segment touched. A batch that fails validation fails alone; a
+    /// failed write fails its run and every batch after it.
+    fn append_group(
+        &mut self,
+        batches: &mut [Vec<u8>],
+        now_ms: i64,
+    ) -> Vec<Result<AppendInfo, LogError>> {
+        let mut results: Vec<Option<Result<AppendInfo, LogError>>> =
+            std::iter::repeat_with(|| None)
+                .take(batches.len())
+                .collect();
         if let Some(why) = &self.poisoned {
-            return Err(LogError::Poisoned(why.clone()));
-        }
-        let h = BatchHeader::parse(batch)?;
-        if h.record_count < 1 || h.last_offset_delta != h.record_count - 1 {
-            return Err(LogError::InvalidBatch(
-                fjord_core::CoreError::MalformedRecord(
-                    "record count and last offset delta disagree",
-                ),
-            ));
+            return batches
+                .iter()
+                .map(|_| Err(LogError::Poisoned(why.clone())))
+                .collect();
         }
         // Publish times never go backwards within a partition, so the time
         // index stays sorted even when the wall clock steps back.
         let publish_ts = now_ms.max(self.last_publish_ts);
-        // Rolling does not change the next offset, so stamp first: a batch
-        // that fails its CRC changes nothing.
-        let base = self.next_offset();
-        let h = batch::verify_and_stamp(batch, base, publish_ts)?;
-        let needs_roll = {
-            let a = self.active();
-            !a.has_room(batch.len(), self.policy.segment_bytes)
-                || a.first_ts
-                    .is_some_and(|t| publish_ts.saturating_sub(t) >= self.policy.segment_ms)
-        };
-        if needs_roll {
-            self.roll()?;
-        }
-        self.active_mut().append(batch, &h).inspect_err(|e| {
-            if matches!(e, LogError::Corrupt { .. }) {
-                self.poisoned = Some(e.to_string());
+        let mut next = self.next_offset();
+        let mut run: Vec<(usize, BatchHeader)> = Vec::new();
+        let mut run_bytes = 0u64;
+        let mut failure: Option<LogError> = None;
+        for i in 0..batches.len() {
+            if let Some(e) = &failure {
+                results[i] = Some(Err(same_error(e)));
+                continue;
             }
-        })?;
-        self.last_publish_ts = publish_ts;
-        Ok(AppendInfo {
-            base_offset: base,
-            last_offset: h.last_offset(),
-            publish_ts,
-            bytes: batch.len(),
-        })
+            let h = match stamp(&mut batches[i], next, publish_ts) {
+                Ok(h) => h,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            let needs_roll = {
+                let a = self.active();
+                let size = a.size + run_bytes;
+                let first_ts = a.first_ts.or(if run.is_empty() {
+                    None
+                } else {
+                    Some(publish_ts)
+                });
+                (size > 0
+                    && (size + h.total_len() as u64 > self.policy.segment_bytes
+                        || size + h.total_len() as u64 >= u32::MAX as u64))
+                    || first_ts
+                        .is_some_and(|t| publish_ts.saturating_sub(t) >= self.policy.segment_ms)
+            };
+            if needs_roll {
+                if let Err(e) = self
+                    .write_run(batches, &mut run, &mut results, publish_ts)
+                    .and_then(|()| self.roll())
+                {
+                    results[i] = Some(Err(same_error(&e)));
+                    failure = Some(e);
+                    continue;
+                }
+                run_bytes = 0;
+            }
+            run_bytes += h.total_len() as u64;
+            next = h.next_offset();
+            run.push((i, h));
+        }
+        if failure.is_none() {
+            if let Err(e) = self.write_run(batches, &mut run, &mut results, publish_ts) {
+                failure = Some(e);
+            }
+        }
+        drop(failure);
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(LogError::Poisoned("batch was not processed".into()))))
+            .collect()
     }
 
     fn read(

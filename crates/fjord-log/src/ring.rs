@@ -54,10 +54,13 @@ impl Ring {
             .map_or(self.next_offset, |f| f.base_offset);
         Some((e.next_offset - e.base_offset) as u64)
     }
-}
 
-impl LogStore for Ring {
-    fn append(&mut self, batch_bytes: &mut [u8], now_ms: i64) -> Result<AppendInfo, LogError> {
+    /// Stores the batch, taking its buffer (no copy).
+    fn append_one(
+        &mut self,
+        batch_bytes: &mut Vec<u8>,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
         let h = BatchHeader::parse(batch_bytes)?;
         if h.record_count < 1 || h.last_offset_delta != h.record_count - 1 {
             return Err(LogError::InvalidBatch(
@@ -78,7 +81,7 @@ impl LogStore for Ring {
             base_offset: base,
             next_offset: self.next_offset,
             publish_ts,
-            bytes: Bytes::copy_from_slice(batch_bytes),
+            bytes: Bytes::from(std::mem::take(batch_bytes)),
         });
         self.bytes += len;
         self.last_publish_ts = publish_ts;
@@ -88,6 +91,19 @@ impl LogStore for Ring {
             publish_ts,
             bytes: len as usize,
         })
+    }
+}
+
+impl LogStore for Ring {
+    fn append_group(
+        &mut self,
+        batches: &mut [Vec<u8>],
+        now_ms: i64,
+    ) -> Vec<Result<AppendInfo, LogError>> {
+        batches
+            .iter_mut()
+            .map(|b| self.append_one(b, now_ms))
+            .collect()
     }
 
     fn read(

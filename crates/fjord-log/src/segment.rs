@@ -44,8 +44,7 @@ pub struct Segment {
     file: Arc<File>,
     index: Vec<OffsetEntry>,
     time_index: Vec<TimeEntry>,
-    index_file: Option<File>,
-    time_file: Option<File>,
+    /// Bytes appended since the last index entry.
     since_index: u64,
 }
 
@@ -66,14 +65,15 @@ impl Segment {
         let file = open_rw(&path, true)?;
         file.set_len(0)
             .map_err(|e| LogError::io("truncate", &path, e))?;
-        let index_file = open_rw(&index_path(dir, base_offset), true)?;
-        index_file
-            .set_len(0)
-            .map_err(|e| LogError::io("truncate", index_path(dir, base_offset), e))?;
-        let time_file = open_rw(&time_path(dir, base_offset), true)?;
-        time_file
-            .set_len(0)
-            .map_err(|e| LogError::io("truncate", time_path(dir, base_offset), e))?;
+        // Stale index files of an earlier segment at this offset must not
+        // outlive it; the new ones are written when the segment is sealed.
+        for p in [index_path(dir, base_offset), time_path(dir, base_offset)] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(LogError::io("remove", p, e)),
+            }
+        }
         Ok(Self {
             base_offset,
             next_offset: base_offset,
@@ -85,8 +85,6 @@ impl Segment {
             file: Arc::new(file),
             index: Vec::new(),
             time_index: Vec::new(),
-            index_file: Some(index_file),
-            time_file: Some(time_file),
             since_index: INDEX_INTERVAL_BYTES,
         })
     }
@@ -117,8 +115,6 @@ impl Segment {
             file: Arc::new(file),
             index: Vec::new(),
             time_index: Vec::new(),
-            index_file: None,
-            time_file: None,
             since_index: 0,
         };
         let mut truncated = None;
@@ -159,8 +155,6 @@ impl Segment {
             }
         }
         if active {
-            seg.index_file = Some(open_rw(&index_path(dir, base_offset), true)?);
-            seg.time_file = Some(open_rw(&time_path(dir, base_offset), true)?);
             seg.since_index = if seg.size == 0 {
                 INDEX_INTERVAL_BYTES
             } else {
@@ -257,14 +251,22 @@ impl Segment {
         }
     }
 
-    /// Appends one whole batch whose offsets are already assigned. On a failed
-    /// write the partial bytes are cut off again, so the segment stays a
-    /// sequence of whole batches.
-    pub fn append(&mut self, batch: &[u8], h: &BatchHeader) -> Result<(), LogError> {
-        debug_assert_eq!(h.total_len(), batch.len());
-        debug_assert!(h.base_offset >= self.next_offset);
+    /// Appends a run of whole batches whose offsets are already assigned,
+    /// with one vectored write. On a failed write the partial bytes are cut
+    /// off again, so the segment stays a sequence of whole batches, and no
+    /// batch of the run counts as appended.
+    ///
+    /// The active segment's indexes live in memory and reach the disk when
+    /// the segment is sealed or checkpointed: recovery rebuilds them for the
+    /// active segment anyway, so writing them per append would be waste.
+    pub fn append_run(
+        &mut self,
+        batches: &[&[u8]],
+        headers: &[BatchHeader],
+    ) -> Result<(), LogError> {
+        debug_assert_eq!(batches.len(), headers.len());
         let pos = self.size;
-        if let Err(e) = self.file.write_all_at(batch, pos) {
+        if let Err(e) = write_all_vectored_at(&self.file, batches, pos) {
             let err = LogError::io("write", self.path(), e);
             if let Err(e2) = self.file.set_len(pos) {
                 return Err(LogError::Corrupt {
@@ -277,47 +279,32 @@ impl Segment {
             }
             return Err(err);
         }
-        self.size += batch.len() as u64;
-        self.next_offset = h.next_offset();
-        self.last_base = Some(h.base_offset);
-        let ts = h.publish_ts();
-        self.first_ts.get_or_insert(ts);
-        self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
-        if self.since_index >= INDEX_INTERVAL_BYTES {
-            let rel = (h.base_offset - self.base_offset) as u32;
-            let oe = OffsetEntry {
-                rel_offset: rel,
-                position: pos as u32,
-            };
-            let te = TimeEntry {
-                ts_ms: self.max_ts.unwrap_or(ts),
-                rel_offset: rel,
-            };
-            // Index files are hints rebuilt at recovery, so a failed index
-            // write does not fail the append.
-            if let Some(f) = &self.index_file {
-                let _ = f.write_all_at(&oe.encode(), (self.index.len() * OFFSET_ENTRY_LEN) as u64);
+        let mut at = pos;
+        for (batch, h) in batches.iter().zip(headers) {
+            debug_assert_eq!(h.total_len(), batch.len());
+            debug_assert!(h.base_offset >= self.next_offset);
+            self.next_offset = h.next_offset();
+            self.last_base = Some(h.base_offset);
+            let ts = h.publish_ts();
+            self.first_ts.get_or_insert(ts);
+            self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
+            if self.since_index >= INDEX_INTERVAL_BYTES {
+                let rel = (h.base_offset - self.base_offset) as u32;
+                self.index.push(OffsetEntry {
+                    rel_offset: rel,
+                    position: at as u32,
+                });
+                self.time_index.push(TimeEntry {
+                    ts_ms: self.max_ts.unwrap_or(ts),
+                    rel_offset: rel,
+                });
+                self.since_index = 0;
             }
-            if let Some(f) = &self.time_file {
-                let _ = f.write_all_at(
-                    &te.encode(),
-                    (self.time_index.len() * TIME_ENTRY_LEN) as u64,
-                );
-            }
-            self.index.push(oe);
-            self.time_index.push(te);
-            self.since_index = 0;
+            self.since_index += batch.len() as u64;
+            at += batch.len() as u64;
         }
-        self.since_index += batch.len() as u64;
+        self.size = at;
         Ok(())
-    }
-
-    /// Whether one more batch of `len` bytes still fits the u32 positions of
-    /// the index and the configured size.
-    pub fn has_room(&self, len: usize, segment_bytes: u64) -> bool {
-        self.size == 0
-            || (self.size + len as u64 <= segment_bytes
-                && self.size + (len as u64) < u32::MAX as u64)
     }
 
     pub fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>, LogError> {
@@ -360,13 +347,9 @@ impl Segment {
         Ok(())
     }
 
-    /// Makes the segment immutable (at roll): a checkpoint, and no more
-    /// index appends.
+    /// Makes the segment immutable (at roll).
     pub fn seal(&mut self) -> Result<(), LogError> {
-        self.checkpoint()?;
-        self.index_file = None;
-        self.time_file = None;
-        Ok(())
+        self.checkpoint()
     }
 
     pub fn sync(&self) -> Result<(), LogError> {
@@ -442,9 +425,93 @@ impl Segment {
     }
 }
 
+/// `pwritev` until every byte of `bufs` is written at `pos`.
+fn write_all_vectored_at(file: &File, bufs: &[&[u8]], mut pos: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const IOV_MAX: usize = 1024;
+    let mut first = 0usize; // buffers fully written
+    let mut skip = 0usize; // bytes of bufs[first] already written
+    while first < bufs.len() {
+        let iov: Vec<libc::iovec> = bufs[first..]
+            .iter()
+            .take(IOV_MAX)
+            .enumerate()
+            .map(|(i, b)| {
+                let b = if i == 0 { &b[skip..] } else { b };
+                libc::iovec {
+                    iov_base: b.as_ptr() as *mut libc::c_void,
+                    iov_len: b.len(),
+                }
+            })
+            .collect();
+        // SAFETY: every iovec points into a live slice of `bufs`, which
+        // outlives the call; pwritev only reads them.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                pos as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let mut n = n as usize;
+        pos += n as u64;
+        while n > 0 && first < bufs.len() {
+            let left = bufs[first].len() - skip;
+            if n >= left {
+                n -= left;
+                first += 1;
+                skip = 0;
+            } else {
+                skip += n;
+                n = 0;
+            }
+        }
+        while first < bufs.len() && bufs[first].len() == skip {
+            first += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
+}
+
 /// fsync a directory so created, renamed or deleted entries survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| LogError::io("fsync directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectored_write_handles_more_buffers_than_iov_max_and_empty_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("v"))
+            .unwrap();
+        let bufs: Vec<Vec<u8>> = (0..3000u32)
+            .map(|i| vec![(i % 251) as u8; (i % 7) as usize])
+            .collect();
+        let slices: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+        write_all_vectored_at(&f, &slices, 5).unwrap();
+        let want: Vec<u8> = std::iter::repeat_n(0u8, 5).chain(bufs.concat()).collect();
+        assert_eq!(fs::read(dir.path().join("v")).unwrap(), want);
+    }
 }

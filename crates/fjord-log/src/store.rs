@@ -41,9 +41,21 @@ pub struct MaintenanceReport {
 }
 
 pub trait LogStore: Send + Sync {
-    /// Assigns offsets and the publish time to `batch` (a whole, CRC-valid
-    /// RecordBatch v2), then stores it. Not yet durable.
-    fn append(&mut self, batch: &mut [u8], now_ms: i64) -> Result<AppendInfo, LogError>;
+    /// Assigns offsets and the publish time to each batch (whole, CRC-valid
+    /// RecordBatch v2), then stores them in order, one result each. Not yet
+    /// durable.
+    fn append_group(
+        &mut self,
+        batches: &mut [Vec<u8>],
+        now_ms: i64,
+    ) -> Vec<Result<AppendInfo, LogError>>;
+    /// [`LogStore::append_group`] of one batch.
+    fn append(&mut self, batch: &mut Vec<u8>, now_ms: i64) -> Result<AppendInfo, LogError> {
+        let mut one = [std::mem::take(batch)];
+        let r = self.append_group(&mut one, now_ms).pop();
+        *batch = std::mem::take(&mut one[0]);
+        r.unwrap_or(Err(LogError::Closed))
+    }
     /// Reads whole batches from the one holding `offset`, up to `max_bytes`
     /// (at least one batch), never past `high_watermark`.
     fn read(

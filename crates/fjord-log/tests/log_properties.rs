@@ -17,6 +17,8 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 enum Op {
     Append(Vec<(Option<u8>, Vec<u8>)>),
+    /// Several batches in one group (one vectored write per segment).
+    AppendGroup(Vec<Vec<(Option<u8>, Vec<u8>)>>),
     Roll,
     Restart,
     RetainBytes(u64),
@@ -29,6 +31,10 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => proptest::collection::vec((proptest::option::of(0u8..6), proptest::collection::vec(any::<u8>(), 0..120)), 1..6).prop_map(Op::Append),
+        3 => proptest::collection::vec(
+            proptest::collection::vec((proptest::option::of(0u8..6), proptest::collection::vec(any::<u8>(), 0..120)), 1..4),
+            1..6
+        ).prop_map(Op::AppendGroup),
         1 => Just(Op::Roll),
         2 => Just(Op::Restart),
         1 => (200u64..3000).prop_map(Op::RetainBytes),
@@ -110,6 +116,33 @@ fn check(log: &PartitionLog, model: &[Rec], next: i64) {
     }
 }
 
+fn encode(recs: &[(Option<u8>, Vec<u8>)], now: i64) -> (Vec<RecordInput>, Vec<u8>) {
+    let inputs: Vec<RecordInput> = recs
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| RecordInput {
+            key: k.map(|k| Bytes::from(vec![k])),
+            value: Some(Bytes::from(v.clone())),
+            headers: vec![],
+            event_ts: if i % 2 == 0 { Some(now - 5) } else { None },
+        })
+        .collect();
+    let b = batch::encode(0, 0, ProducerInfo::default(), &inputs);
+    (inputs, b)
+}
+
+fn record(model: &mut Vec<Rec>, inputs: &[RecordInput], base: i64, now: i64) {
+    for (i, inp) in inputs.iter().enumerate() {
+        model.push(Rec {
+            offset: base + i as i64,
+            key: inp.key.as_ref().map(|k| k.to_vec()),
+            value: inp.value.as_ref().unwrap().to_vec(),
+            publish_ts: now,
+            event_ts: inp.event_ts.unwrap_or(now),
+        });
+    }
+}
+
 fn reopen(dir: &Path, p: ResolvedPolicy) -> PartitionLog {
     PartitionLog::open(dir, p).expect("reopen").0
 }
@@ -125,29 +158,22 @@ fn run(ops: Vec<Op>) {
     for op in ops {
         match op {
             Op::Append(recs) => {
-                let inputs: Vec<RecordInput> = recs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, (k, v))| RecordInput {
-                        key: k.map(|k| Bytes::from(vec![k])),
-                        value: Some(Bytes::from(v.clone())),
-                        headers: vec![],
-                        event_ts: if i % 2 == 0 { Some(now - 5) } else { None },
-                    })
-                    .collect();
-                let mut b = batch::encode(0, 0, ProducerInfo::default(), &inputs);
+                let (inputs, mut b) = encode(&recs, now);
                 let info = log.append(&mut b, now).expect("append");
                 assert_eq!(info.base_offset, next);
-                for (i, inp) in inputs.iter().enumerate() {
-                    model.push(Rec {
-                        offset: next + i as i64,
-                        key: inp.key.as_ref().map(|k| k.to_vec()),
-                        value: inp.value.as_ref().unwrap().to_vec(),
-                        publish_ts: now,
-                        event_ts: inp.event_ts.unwrap_or(now),
-                    });
-                }
+                record(&mut model, &inputs, next, now);
                 next += inputs.len() as i64;
+            }
+            Op::AppendGroup(groups) => {
+                let encoded: Vec<_> = groups.iter().map(|recs| encode(recs, now)).collect();
+                let mut batches: Vec<Vec<u8>> = encoded.iter().map(|(_, b)| b.clone()).collect();
+                let results = log.append_group(&mut batches, now);
+                for ((inputs, _), r) in encoded.iter().zip(results) {
+                    let info = r.expect("append in a group");
+                    assert_eq!(info.base_offset, next);
+                    record(&mut model, inputs, next, now);
+                    next += inputs.len() as i64;
+                }
             }
             Op::Roll => log.roll().unwrap(),
             Op::Restart => {
