@@ -55,21 +55,31 @@ fn records(seed: u8) -> Vec<RecordInput> {
         .collect()
 }
 
-async fn batched(dir: &Path, durability: Durability, total: u64) -> (f64, u64) {
+async fn batched(dir: &Path, durability: Durability, writers: usize, total: u64) -> (f64, u64) {
     let policy = ResolvedPolicy {
         durability,
         ..Default::default()
     };
-    let (p, _) = Partition::open_disk(dir, policy, PartitionOptions::default()).unwrap();
+    let fsyncs = std::sync::Arc::new(std::sync::Mutex::new((0u64, Duration::ZERO)));
+    let f2 = fsyncs.clone();
+    let opts = PartitionOptions {
+        fsync_observer: Some(std::sync::Arc::new(move |d: Duration| {
+            let mut g = f2.lock().unwrap();
+            g.0 += 1;
+            g.1 += d;
+        })),
+        ..PartitionOptions::default()
+    };
+    let (p, _) = Partition::open_disk(dir, policy, opts).unwrap();
     let batch_bytes = batch::encode(0, 0, ProducerInfo::default(), &records(0)).len() as u64;
     let batches = total / batch_bytes;
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..WRITERS {
+    for w in 0..writers {
         let p = p.clone();
         tasks.push(tokio::spawn(async move {
             let recs = records(w as u8);
-            for _ in 0..batches / WRITERS as u64 {
+            for _ in 0..batches / writers as u64 {
                 // Encoding is part of every produce, so it is measured too.
                 let b = batch::encode(0, 0, ProducerInfo::default(), &recs);
                 p.append(b).await.unwrap();
@@ -81,7 +91,15 @@ async fn batched(dir: &Path, durability: Durability, total: u64) -> (f64, u64) {
     }
     p.flush().await.unwrap();
     let elapsed = started.elapsed();
-    let bytes = (batches / WRITERS as u64) * WRITERS as u64 * batch_bytes;
+    let (n, t) = *fsyncs.lock().unwrap();
+    if n > 0 {
+        eprintln!(
+            "  {n} fsyncs, {:.2} ms each on average, {:.0} % of the run",
+            t.as_secs_f64() * 1e3 / n as f64,
+            100.0 * t.as_secs_f64() / elapsed.as_secs_f64()
+        );
+    }
+    let bytes = (batches / writers as u64) * writers as u64 * batch_bytes;
     (mib_per_s(bytes, elapsed), p.high_watermark() as u64)
 }
 
@@ -125,22 +143,28 @@ fn main() {
         .build()
         .unwrap();
 
-    println!("fjord-log append benchmark: {mib} MiB per run, {RECORD_BYTES} B records, {RECORDS_PER_BATCH} per batch, {WRITERS} concurrent writers");
+    println!("fjord-log append benchmark: {mib} MiB per run, {RECORD_BYTES} B records, {RECORDS_PER_BATCH} per batch (batched appends)");
     println!("dir: {}", tmp.path().display());
     // Twice, best of both: the first run on a cold disk reads low.
     let raw = raw_bandwidth(tmp.path(), total).max(raw_bandwidth(tmp.path(), total));
     println!("{:<34} {:>10.1} MiB/s", "raw sequential write + fsync", raw);
-    for (name, d) in [
-        ("batched appends, durability=os", Durability::Os),
+    for (name, d, writers) in [
+        ("os, 32 in flight", Durability::Os, WRITERS),
         (
-            "batched appends, interval(5)",
+            "interval(5), 32 in flight",
             Durability::Interval { ms: 5 },
+            WRITERS,
+        ),
+        (
+            "interval(5), 256 in flight",
+            Durability::Interval { ms: 5 },
+            256,
         ),
     ] {
         let dir = tmp
             .path()
             .join(name.replace([' ', ',', '=', '(', ')'], "_"));
-        let (bw, records) = rt.block_on(batched(&dir, d, total));
+        let (bw, records) = rt.block_on(batched(&dir, d, writers, total));
         println!(
             "{name:<34} {bw:>10.1} MiB/s  {:>5.1} % of raw  ({records} records, {:.0} records/s)",
             100.0 * bw / raw,

@@ -3,23 +3,14 @@
 //! durability policy (group commit), and a high watermark that readers wait
 //! on.
 //!
-//! Flow: `append` sends on a bounded channel, so a producer that outruns the
-//! disk waits here (back pressure), never growing a buffer. The appender
-//! drains whatever is queued, writes it under the store's lock on a blocking
-//! thread, then
-//! * `os`: acknowledges at once;
-//! * `always`: fsyncs (outside the lock, so reads go on) and acknowledges
-//!   the whole group: concurrent producers share one fsync;
-//! * `interval(ms)`: parks the acknowledgements until the next fsync; fsyncs
-//!   run at most once per `ms`, and at most `ms` after a record was written
-//!   (at once when the previous fsync is already `ms` ago).
+//! The appender (group commit, fsync pipelining) is in `appender.rs`.
 //!
 //! The high watermark moves only when acknowledgements are released, so no
 //! reader ever sees a record that a crash could still take away.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fjord_core::policy::ResolvedPolicy;
 use fjord_core::time::now_ms;
@@ -27,6 +18,7 @@ use fjord_core::Durability;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::appender::{Appender, Cmd};
 use crate::partition::{PartitionLog, RecoveryReport};
 use crate::ring::Ring;
 use crate::store::{AppendInfo, LogStore, MaintenanceReport, ReadResult};
@@ -51,25 +43,7 @@ impl Default for PartitionOptions {
     }
 }
 
-/// Appends written per group at most (bounds the time the lock is held).
-const GROUP_APPENDS_MAX: usize = 512;
-
-type Store = Arc<RwLock<Box<dyn LogStore>>>;
-type Reply = oneshot::Sender<Result<AppendInfo, LogError>>;
-
-enum Cmd {
-    Append {
-        batch: Vec<u8>,
-        reply: Reply,
-    },
-    Flush {
-        reply: oneshot::Sender<Result<(), LogError>>,
-    },
-    /// Flush, answer, and stop: later appends fail with `Closed`.
-    Close {
-        reply: oneshot::Sender<Result<(), LogError>>,
-    },
-}
+pub(crate) type Store = Arc<RwLock<Box<dyn LogStore>>>;
 
 struct Inner {
     store: Store,
@@ -116,15 +90,13 @@ impl Partition {
         let next = store.read().next_offset();
         let (hwm_tx, hwm_rx) = watch::channel(next);
         let durability = Arc::new(Mutex::new(durability));
-        let appender = Appender {
-            store: store.clone(),
-            hwm: hwm_tx,
-            durability: durability.clone(),
+        let appender = Appender::new(
+            store.clone(),
+            hwm_tx,
+            durability.clone(),
             ephemeral,
-            observer: opts.fsync_observer,
-            parked: Vec::new(),
-            last_sync: None,
-        };
+            opts.fsync_observer,
+        );
         tokio::spawn(appender.run(rx));
         Self {
             inner: Arc::new(Inner {
@@ -256,174 +228,5 @@ impl Partition {
             .await
             .map_err(|_| LogError::Closed)?;
         rx.await.map_err(|_| LogError::Closed)?
-    }
-}
-
-struct Appender {
-    store: Store,
-    hwm: watch::Sender<i64>,
-    durability: Arc<Mutex<Durability>>,
-    ephemeral: bool,
-    observer: Option<FsyncObserver>,
-    /// Written but not yet fsynced appends, waiting for their ack.
-    parked: Vec<(Reply, AppendInfo)>,
-    /// When the last fsync started.
-    last_sync: Option<tokio::time::Instant>,
-}
-
-impl Appender {
-    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let cmd = match deadline {
-                Some(d) => tokio::select! {
-                    c = rx.recv() => c,
-                    _ = tokio::time::sleep_until(d) => {
-                        deadline = None;
-                        self.sync_and_release().await;
-                        continue;
-                    }
-                },
-                None => rx.recv().await,
-            };
-            let Some(first) = cmd else { break };
-            let mut appends = Vec::new();
-            let mut flushes = Vec::new();
-            let mut closing = false;
-            let mut next = Some(first);
-            while let Some(c) = next.take() {
-                match c {
-                    Cmd::Append { batch, reply } => appends.push((batch, reply)),
-                    Cmd::Flush { reply } => flushes.push(reply),
-                    Cmd::Close { reply } => {
-                        flushes.push(reply);
-                        closing = true;
-                    }
-                }
-                if appends.len() < GROUP_APPENDS_MAX && !closing {
-                    next = rx.try_recv().ok();
-                }
-            }
-            if !appends.is_empty() {
-                let written = self.write(appends).await;
-                let mode = if self.ephemeral {
-                    Durability::Os
-                } else {
-                    *self.durability.lock()
-                };
-                for (reply, res) in written {
-                    match res {
-                        Ok(info) => self.parked.push((reply, info)),
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                        }
-                    }
-                }
-                match mode {
-                    Durability::Os => self.release(),
-                    Durability::Always => self.sync_and_release().await,
-                    Durability::Interval { ms } => {
-                        if deadline.is_none() && !self.parked.is_empty() {
-                            // At most one fsync per interval, but no waiting
-                            // when the last one is already an interval ago: a
-                            // lone append is acknowledged after one fsync.
-                            let now = tokio::time::Instant::now();
-                            let due = self
-                                .last_sync
-                                .map_or(now, |t| t + Duration::from_millis(ms));
-                            if due <= now {
-                                self.sync_and_release().await;
-                            } else {
-                                deadline = Some(due);
-                            }
-                        }
-                    }
-                }
-            }
-            if !flushes.is_empty() {
-                deadline = None;
-                self.sync_and_release().await;
-                let store = self.store.clone();
-                let res = tokio::task::spawn_blocking(move || store.write().flush_all()).await;
-                for reply in flushes {
-                    let r = match &res {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(LogError::Poisoned(format!("flush failed: {e}"))),
-                        Err(_) => Err(LogError::Closed),
-                    };
-                    let _ = reply.send(r);
-                }
-            }
-            if closing {
-                // Appends still queued behind the close fail with `Closed`.
-                return;
-            }
-        }
-        // Every handle is gone: make what was written durable before leaving.
-        self.sync_and_release().await;
-        let store = self.store.clone();
-        let _ = tokio::task::spawn_blocking(move || store.write().flush_all()).await;
-    }
-
-    async fn write(
-        &self,
-        appends: Vec<(Vec<u8>, Reply)>,
-    ) -> Vec<(Reply, Result<AppendInfo, LogError>)> {
-        let store = self.store.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let (mut batches, replies): (Vec<Vec<u8>>, Vec<Reply>) = appends.into_iter().unzip();
-            let results = store.write().append_group(&mut batches, now_ms());
-            replies.into_iter().zip(results).collect::<Vec<_>>()
-        })
-        .await;
-        // If the blocking task panicked, nothing can be said of the writes;
-        // the repliers went with it, so callers see `Closed`.
-        res.unwrap_or_default()
-    }
-
-    /// Publishes the new high watermark and acknowledges parked appends.
-    fn release(&mut self) {
-        let next = self.store.read().next_offset();
-        self.hwm.send_if_modified(|h| {
-            let moved = *h != next;
-            *h = next;
-            moved
-        });
-        for (reply, info) in self.parked.drain(..) {
-            let _ = reply.send(Ok(info));
-        }
-    }
-
-    async fn sync_and_release(&mut self) {
-        if self.parked.is_empty() {
-            return;
-        }
-        let target = self.store.read().sync_target();
-        let Some(file) = target else {
-            self.release();
-            return;
-        };
-        let started = Instant::now();
-        self.last_sync = Some(tokio::time::Instant::now());
-        let res = tokio::task::spawn_blocking(move || file.sync_data()).await;
-        if let Some(obs) = &self.observer {
-            obs(started.elapsed());
-        }
-        match res {
-            Ok(Ok(())) => self.release(),
-            failure => {
-                // After a failed fsync the page cache may no longer match the
-                // disk; refuse all further writes rather than ack on top of it.
-                let why = match failure {
-                    Ok(Err(e)) => format!("fsync failed: {e}"),
-                    _ => "fsync task failed".to_string(),
-                };
-                tracing::error!(error = %why, "partition poisoned");
-                self.store.write().poison(&why);
-                for (reply, _) in self.parked.drain(..) {
-                    let _ = reply.send(Err(LogError::Poisoned(why.clone())));
-                }
-            }
-        }
     }
 }

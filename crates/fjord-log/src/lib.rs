@@ -20,6 +20,7 @@
 //! * a failed write (a full disk) is cut back off the segment and reported;
 //!   a failed fsync poisons the partition: it refuses appends until restart.
 
+mod appender;
 mod error;
 mod handle;
 mod index;

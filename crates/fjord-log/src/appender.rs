@@ -1,0 +1,301 @@
+//! The appender task of one partition: group commit with pipelined fsyncs.
+//!
+//! `Partition::append` sends on a bounded channel, so a producer that
+//! outruns the disk waits there (back pressure), never growing a buffer. The
+//! appender drains whatever is queued (up to `GROUP_APPENDS_MAX`), writes it
+//! with one vectored write on a blocking thread, then by durability:
+//!
+//! * `os`: acknowledges at once;
+//! * `always`: starts an fsync at once, or right after the one in flight;
+//! * `interval(ms)`: starts an fsync at most once per `ms`, and at most `ms`
+//!   after a record was written (at once if the last one is `ms` ago).
+//!
+//! An fsync runs beside the next writes rather than in front of them: it
+//! covers everything written before it started, and when it completes
+//! exactly those appends are acknowledged and the high watermark moves to
+//! where it started. Writes that landed meanwhile wait for the next fsync.
+//! So the disk is always either writing or flushing, and concurrent
+//! producers share fsyncs.
+//!
+//! The high watermark moves only when acknowledgements are released, so no
+//! reader ever sees a record that a crash could still take away. A failed
+//! fsync poisons the partition: every waiting append fails, and all later
+//! appends are refused until restart (the page cache may no longer match the
+//! disk; recovery re-reads what the disk really holds).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fjord_core::time::now_ms;
+use fjord_core::Durability;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::handle::{FsyncObserver, Store};
+use crate::store::AppendInfo;
+use crate::LogError;
+
+/// Appends written per group at most (bounds the time the lock is held).
+const GROUP_APPENDS_MAX: usize = 512;
+
+pub(crate) type Reply = oneshot::Sender<Result<AppendInfo, LogError>>;
+
+pub(crate) enum Cmd {
+    Append {
+        batch: Vec<u8>,
+        reply: Reply,
+    },
+    /// Everything queued so far durable, indexes written.
+    Flush {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+    /// A flush, then stop: appends queued behind it fail with `Closed`.
+    Close {
+        reply: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+/// An fsync in flight and what it covers.
+struct Sync {
+    task: JoinHandle<std::io::Result<()>>,
+    /// The log's next offset when the fsync started: everything below it is
+    /// durable once the fsync succeeds.
+    covers: i64,
+    started: Instant,
+}
+
+pub(crate) struct Appender {
+    store: Store,
+    hwm: watch::Sender<i64>,
+    durability: Arc<Mutex<Durability>>,
+    ephemeral: bool,
+    observer: Option<FsyncObserver>,
+    /// Written, not yet covered by a completed fsync, in offset order.
+    parked: VecDeque<(Reply, AppendInfo)>,
+    sync: Option<Sync>,
+    /// When the last fsync started (for `interval`).
+    last_sync: Option<tokio::time::Instant>,
+    /// When the next `interval` fsync is due, if one is waiting.
+    due: Option<tokio::time::Instant>,
+}
+
+impl Appender {
+    pub(crate) fn new(
+        store: Store,
+        hwm: watch::Sender<i64>,
+        durability: Arc<Mutex<Durability>>,
+        ephemeral: bool,
+        observer: Option<FsyncObserver>,
+    ) -> Self {
+        Self {
+            store,
+            hwm,
+            durability,
+            ephemeral,
+            observer,
+            parked: VecDeque::new(),
+            sync: None,
+            last_sync: None,
+            due: None,
+        }
+    }
+
+    fn mode(&self) -> Durability {
+        if self.ephemeral {
+            Durability::Os
+        } else {
+            *self.durability.lock()
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        loop {
+            let cmd = tokio::select! {
+                c = rx.recv() => c,
+                done = async { (&mut self.sync.as_mut().expect("guarded").task).await }, if self.sync.is_some() => {
+                    self.sync_done(done);
+                    self.schedule();
+                    continue;
+                }
+                _ = tokio::time::sleep_until(self.due.unwrap_or_else(tokio::time::Instant::now)), if self.due.is_some() && self.sync.is_none() => {
+                    self.due = None;
+                    self.start_sync();
+                    continue;
+                }
+            };
+            let Some(first) = cmd else { break };
+            let mut appends = Vec::new();
+            let mut flushes = Vec::new();
+            let mut closing = false;
+            let mut next = Some(first);
+            while let Some(c) = next.take() {
+                match c {
+                    Cmd::Append { batch, reply } => appends.push((batch, reply)),
+                    Cmd::Flush { reply } => flushes.push(reply),
+                    Cmd::Close { reply } => {
+                        flushes.push(reply);
+                        closing = true;
+                    }
+                }
+                if appends.len() < GROUP_APPENDS_MAX && !closing {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !appends.is_empty() {
+                for (reply, res) in self.write(appends).await {
+                    match res {
+                        Ok(info) => self.parked.push_back((reply, info)),
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+                if self.mode() == Durability::Os {
+                    let next = self.store.read().next_offset();
+                    self.release_below(next);
+                }
+                self.schedule();
+            }
+            if !flushes.is_empty() {
+                let res = self.flush_all().await;
+                for reply in flushes {
+                    let _ = reply.send(match &res {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(LogError::Poisoned(format!("flush failed: {e}"))),
+                    });
+                }
+            }
+            if closing {
+                return;
+            }
+        }
+        // Every handle is gone: make what was written durable before leaving.
+        let _ = self.flush_all().await;
+    }
+
+    /// Starts an fsync now or sets when one is due, per the durability.
+    fn schedule(&mut self) {
+        if self.parked.is_empty() || self.sync.is_some() {
+            return;
+        }
+        match self.mode() {
+            Durability::Os => {}
+            Durability::Always => self.start_sync(),
+            Durability::Interval { ms } => {
+                if self.due.is_none() {
+                    let now = tokio::time::Instant::now();
+                    let due = self
+                        .last_sync
+                        .map_or(now, |t| t + Duration::from_millis(ms));
+                    if due <= now {
+                        self.start_sync();
+                    } else {
+                        self.due = Some(due);
+                    }
+                }
+            }
+        }
+    }
+
+    fn sync_target(&self) -> (Option<Arc<File>>, i64) {
+        let s = self.store.read();
+        (s.sync_target(), s.next_offset())
+    }
+
+    fn start_sync(&mut self) {
+        debug_assert!(self.sync.is_none());
+        let (target, covers) = self.sync_target();
+        let Some(file) = target else {
+            self.release_below(covers);
+            return;
+        };
+        self.last_sync = Some(tokio::time::Instant::now());
+        self.sync = Some(Sync {
+            task: tokio::task::spawn_blocking(move || file.sync_data()),
+            covers,
+            started: Instant::now(),
+        });
+    }
+
+    fn sync_done(&mut self, done: Result<std::io::Result<()>, tokio::task::JoinError>) {
+        let Some(sync) = self.sync.take() else { return };
+        if let Some(obs) = &self.observer {
+            obs(sync.started.elapsed());
+        }
+        match done {
+            Ok(Ok(())) => self.release_below(sync.covers),
+            failure => {
+                let why = match failure {
+                    Ok(Err(e)) => format!("fsync failed: {e}"),
+                    _ => "fsync task failed".to_string(),
+                };
+                tracing::error!(error = %why, "partition poisoned");
+                self.store.write().poison(&why);
+                for (reply, _) in self.parked.drain(..) {
+                    let _ = reply.send(Err(LogError::Poisoned(why.clone())));
+                }
+            }
+        }
+    }
+
+    /// Acknowledges parked appends below `next` and moves the watermark.
+    fn release_below(&mut self, next: i64) {
+        while self
+            .parked
+            .front()
+            .is_some_and(|(_, info)| info.last_offset < next)
+        {
+            if let Some((reply, info)) = self.parked.pop_front() {
+                let _ = reply.send(Ok(info));
+            }
+        }
+        self.hwm.send_if_modified(|h| {
+            let moved = *h < next;
+            if moved {
+                *h = next;
+            }
+            moved
+        });
+    }
+
+    /// Waits for the fsync in flight, makes everything written durable and
+    /// writes the indexes.
+    async fn flush_all(&mut self) -> Result<(), LogError> {
+        self.due = None;
+        if let Some(sync) = self.sync.as_mut() {
+            let done = (&mut sync.task).await;
+            self.sync_done(done);
+        }
+        if !self.parked.is_empty() {
+            self.start_sync();
+            if let Some(sync) = self.sync.as_mut() {
+                let done = (&mut sync.task).await;
+                self.sync_done(done);
+            }
+        }
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.write().flush_all()).await {
+            Ok(r) => r,
+            Err(_) => Err(LogError::Closed),
+        }
+    }
+
+    async fn write(
+        &self,
+        appends: Vec<(Vec<u8>, Reply)>,
+    ) -> Vec<(Reply, Result<AppendInfo, LogError>)> {
+        let store = self.store.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            let (mut batches, replies): (Vec<Vec<u8>>, Vec<Reply>) = appends.into_iter().unzip();
+            let results = store.write().append_group(&mut batches, now_ms());
+            replies.into_iter().zip(results).collect::<Vec<_>>()
+        })
+        .await;
+        // If the blocking task panicked, nothing can be said of the writes;
+        // the repliers went with it, so callers see `Closed`.
+        res.unwrap_or_default()
+    }
+}
