@@ -178,6 +178,10 @@ fn main() {
             raw_5ms,
         ),
     ] {
+        // FJORD_BENCH_ONLY=<text> runs only the batched runs whose name has it.
+        if std::env::var("FJORD_BENCH_ONLY").is_ok_and(|f| !name.contains(f.as_str())) {
+            continue;
+        }
         let dir = tmp
             .path()
             .join(name.replace([' ', ',', '=', '(', ')'], "_"));
