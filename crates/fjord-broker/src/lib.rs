@@ -256,6 +256,18 @@ impl Broker {
         self.shutting_down.load(Ordering::Acquire)
     }
 
+    /// One partition of a stream; the error says how many there are.
+    fn partition(&self, s: &StreamRef, partition: u32) -> Result<Partition, BrokerError> {
+        let st = self.state(s)?;
+        st.partitions
+            .get(partition as usize)
+            .cloned()
+            .ok_or_else(|| BrokerError::NotFound {
+                kind: "partition",
+                name: format!("{s}#{partition} (the stream has {})", st.partitions.len()),
+            })
+    }
+
     fn check_running(&self) -> Result<(), BrokerError> {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(BrokerError::ShuttingDown);
@@ -705,14 +717,7 @@ impl Broker {
         wait: Duration,
     ) -> Result<Fetched, BrokerError> {
         let st = self.state(s)?;
-        let part = st
-            .partitions
-            .get(partition as usize)
-            .ok_or_else(|| BrokerError::NotFound {
-                kind: "partition",
-                name: format!("{s}#{partition} (the stream has {})", st.partitions.len()),
-            })?
-            .clone();
+        let part = self.partition(s, partition)?;
         let offset = self.resolve_position(&part, from).await?;
         let read = part.read(offset, max_bytes.max(1), wait).await?;
         let ttl = st.policy.message_ttl_ms;
@@ -764,35 +769,12 @@ impl Broker {
         partition: u32,
         from: Position,
     ) -> Result<i64, BrokerError> {
-        let st = self.state(s)?;
-        let part = st
-            .partitions
-            .get(partition as usize)
-            .ok_or_else(|| BrokerError::NotFound {
-                kind: "partition",
-                name: format!("{s}#{partition}"),
-            })?;
-        self.resolve_position(part, from).await
+        let part = self.partition(s, partition)?;
+        self.resolve_position(&part, from).await
     }
 
     pub fn partition_count(&self, s: &StreamRef) -> Result<u32, BrokerError> {
         Ok(self.state(s)?.partitions.len() as u32)
-    }
-
-    /// A receiver that changes when `partition`'s high watermark moves.
-    pub fn watch(
-        &self,
-        s: &StreamRef,
-        partition: u32,
-    ) -> Result<tokio::sync::watch::Receiver<i64>, BrokerError> {
-        let st = self.state(s)?;
-        st.partitions
-            .get(partition as usize)
-            .map(|p| p.watch())
-            .ok_or_else(|| BrokerError::NotFound {
-                kind: "partition",
-                name: format!("{s}#{partition}"),
-            })
     }
 
     // ---- named consumers ----------------------------------------------------------

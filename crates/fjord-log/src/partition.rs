@@ -21,7 +21,7 @@ pub const TOMBSTONE_RETENTION_MS: i64 = 24 * 3600 * 1000;
 
 /// Validates a batch from a producer and stamps its base offset and publish
 /// time (verifying its CRC on the way).
-fn stamp(batch: &mut [u8], base: i64, publish_ts: i64) -> Result<BatchHeader, LogError> {
+pub(crate) fn stamp(batch: &mut [u8], base: i64, publish_ts: i64) -> Result<BatchHeader, LogError> {
     let h = BatchHeader::parse(batch)?;
     if h.record_count < 1 || h.last_offset_delta != h.record_count - 1 {
         return Err(LogError::InvalidBatch(

@@ -8,7 +8,6 @@ use std::fs::File;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fjord_core::batch::{self, BatchHeader};
 use fjord_core::policy::ResolvedPolicy;
 
 use crate::store::{AppendInfo, LogStore, MaintenanceReport, ReadResult};
@@ -61,17 +60,9 @@ impl Ring {
         batch_bytes: &mut Vec<u8>,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
-        let h = BatchHeader::parse(batch_bytes)?;
-        if h.record_count < 1 || h.last_offset_delta != h.record_count - 1 {
-            return Err(LogError::InvalidBatch(
-                fjord_core::CoreError::MalformedRecord(
-                    "record count and last offset delta disagree",
-                ),
-            ));
-        }
         let publish_ts = now_ms.max(self.last_publish_ts);
         let base = self.next_offset;
-        let h = batch::verify_and_stamp(batch_bytes, base, publish_ts)?;
+        let h = crate::partition::stamp(batch_bytes, base, publish_ts)?;
         let len = batch_bytes.len() as u64;
         while !self.entries.is_empty() && self.bytes + len > self.policy.ephemeral_bytes_max {
             self.dropped_records += self.drop_oldest().unwrap_or(0);

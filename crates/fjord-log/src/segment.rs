@@ -235,6 +235,20 @@ impl Segment {
         Ok(())
     }
 
+    /// Writes both index files whole and fsyncs them.
+    fn write_indexes_durably(&mut self) -> Result<(), LogError> {
+        self.write_indexes()?;
+        for p in [
+            index_path(&self.dir, self.base_offset),
+            time_path(&self.dir, self.base_offset),
+        ] {
+            File::open(&p)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| LogError::io("fsync", p, e))?;
+        }
+        Ok(())
+    }
+
     pub fn path(&self) -> PathBuf {
         log_path(&self.dir, self.base_offset)
     }
@@ -335,16 +349,7 @@ impl Segment {
     /// rewritten whole and fsynced. Appends may go on afterwards.
     pub fn checkpoint(&mut self) -> Result<(), LogError> {
         self.sync()?;
-        self.write_indexes()?;
-        for p in [
-            index_path(&self.dir, self.base_offset),
-            time_path(&self.dir, self.base_offset),
-        ] {
-            File::open(&p)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| LogError::io("fsync", p, e))?;
-        }
-        Ok(())
+        self.write_indexes_durably()
     }
 
     /// Makes the segment immutable (at roll).
@@ -412,16 +417,7 @@ impl Segment {
         self.apply_scan(scan);
         // Keep the original end: offsets of removed records are not reused.
         self.next_offset = next;
-        self.write_indexes()?;
-        for p in [
-            index_path(&self.dir, self.base_offset),
-            time_path(&self.dir, self.base_offset),
-        ] {
-            File::open(&p)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| LogError::io("fsync", p, e))?;
-        }
-        Ok(())
+        self.write_indexes_durably()
     }
 }
 
