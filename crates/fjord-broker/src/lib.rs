@@ -6,6 +6,7 @@
 //! Front-ends (HTTP today; MQTT, Kafka, AMQP later) call this narrow API and
 //! never touch the log or the metadata store directly.
 
+mod dedup;
 mod error;
 mod memory;
 mod metrics;
@@ -75,6 +76,10 @@ pub struct Produced {
     pub partition: u32,
     pub offset: i64,
     pub publish_ts: i64,
+    /// The record was a duplicate within the stream's dedup window and was
+    /// not stored again; offset and time are the original's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -110,6 +115,8 @@ struct StreamState {
     info: StreamInfo,
     policy: ResolvedPolicy,
     partitions: Vec<Partition>,
+    /// One window per partition (empty unless the policy deduplicates).
+    dedup: Vec<Arc<dedup::DedupWindow>>,
     round_robin: AtomicU32,
     rate: RateMeter,
 }
@@ -145,6 +152,7 @@ impl Broker {
         let _ = std::fs::remove_dir_all(broker.trash_dir());
         for info in broker.meta.list_all_streams()? {
             let state = broker.open_stream(info)?;
+            seed_dedup(&state).await?;
             broker
                 .streams
                 .write()
@@ -202,10 +210,12 @@ impl Broker {
         for p in 0..info.partitions {
             partitions.push(self.open_partition(&info, &dir, p, &policy)?);
         }
+        let dedup = partitions.iter().map(|_| Arc::default()).collect();
         Ok(Arc::new(StreamState {
             info,
             policy,
             partitions,
+            dedup,
             round_robin: AtomicU32::new(0),
             rate: RateMeter::new(),
         }))
@@ -377,6 +387,7 @@ impl Broker {
                 info,
                 policy,
                 partitions: old.partitions.clone(),
+                dedup: old.dedup.clone(),
                 round_robin: AtomicU32::new(old.round_robin.load(Ordering::Relaxed)),
                 rate: old.rate.clone(),
             });
@@ -498,12 +509,15 @@ impl Broker {
                 })?;
             let mut parts = old.partitions.clone();
             parts.extend(new_partitions);
+            let mut dedup = old.dedup.clone();
+            dedup.resize_with(parts.len(), Arc::default);
             streams.insert(
                 s.clone(),
                 Arc::new(StreamState {
                     info: info.clone(),
                     policy: old.policy.clone(),
                     partitions: parts,
+                    dedup,
                     round_robin: AtomicU32::new(0),
                     rate: old.rate.clone(),
                 }),
@@ -651,13 +665,20 @@ impl Broker {
             groups.entry(p).or_default().push((i, r));
         }
         let total: usize = groups.values().map(|g| g.len()).sum();
+        let dedup = (st.policy.dedup_window_ms > 0)
+            .then_some((st.policy.dedup_window_ms, st.policy.dedup_by));
         let appends = groups.into_iter().map(|(p, group)| {
             let part = st.partitions[p as usize].clone();
+            let window = st.dedup[p as usize].clone();
             async move {
                 let (idx, inputs): (Vec<usize>, Vec<RecordInput>) = group.into_iter().unzip();
-                let b = batch::encode(0, now_ms(), ProducerInfo::default(), &inputs);
-                let info = part.append(b).await?;
-                Ok::<_, BrokerError>((p, idx, info))
+                let produced = match dedup {
+                    None => append_plain(&part, p, inputs).await?,
+                    Some((window_ms, by)) => {
+                        append_dedup(part, p, inputs, window, window_ms, by).await?
+                    }
+                };
+                Ok::<_, BrokerError>((idx, produced))
             }
         });
         let results = futures_util::future::join_all(appends).await;
@@ -665,7 +686,8 @@ impl Broker {
             Produced {
                 partition: 0,
                 offset: -1,
-                publish_ts: 0
+                publish_ts: 0,
+                duplicate: false,
             };
             total
         ];
@@ -673,22 +695,19 @@ impl Broker {
         let mut first_err = None;
         for r in results {
             match r {
-                Ok((p, idx, info)) => {
+                Ok((idx, produced)) => {
+                    let stored = produced.records.iter().filter(|p| !p.duplicate).count() as u64;
                     self.metrics
                         .appended_records
                         .with_label_values(&labels)
-                        .inc_by(idx.len() as u64);
+                        .inc_by(stored);
                     self.metrics
                         .appended_bytes
                         .with_label_values(&labels)
-                        .inc_by(info.bytes as u64);
-                    st.rate.record(idx.len() as u64, info.bytes as u64);
-                    for (k, i) in idx.into_iter().enumerate() {
-                        out[i] = Produced {
-                            partition: p,
-                            offset: info.base_offset + k as i64,
-                            publish_ts: info.publish_ts,
-                        };
+                        .inc_by(produced.bytes as u64);
+                    st.rate.record(stored, produced.bytes as u64);
+                    for (i, p) in idx.into_iter().zip(produced.records) {
+                        out[i] = p;
                     }
                 }
                 Err(e) => {
@@ -923,6 +942,158 @@ impl Broker {
             }
         }
     }
+}
+
+/// What one partition's share of a produce call became.
+struct GroupResult {
+    records: Vec<Produced>,
+    /// Batch bytes written (0 when every record was a duplicate).
+    bytes: usize,
+}
+
+/// Rebuilds a deduplicating stream's windows from the last window of its
+/// log, so a restart does not let a retried record in twice.
+async fn seed_dedup(st: &StreamState) -> Result<(), BrokerError> {
+    let window_ms = st.policy.dedup_window_ms;
+    if window_ms <= 0 || st.policy.ephemeral {
+        return Ok(());
+    }
+    let since = now_ms().saturating_sub(window_ms);
+    for (part, window) in st.partitions.iter().zip(&st.dedup) {
+        let Some(mut offset) = part.offset_for_time(since).await? else {
+            continue;
+        };
+        let end = part.high_watermark();
+        while offset < end {
+            let r = part.read(offset, 4 << 20, Duration::ZERO).await?;
+            let mut records = Vec::new();
+            for b in &r.batches {
+                // Compressed batches (Kafka clients, later) cannot be read
+                // here record by record; their ids are not remembered.
+                if let Ok(recs) = batch::decode_records(b) {
+                    records.extend(recs.into_iter().filter(|rec| rec.offset >= offset));
+                }
+            }
+            window.seed(&records, st.policy.dedup_by);
+            if r.next_offset <= offset {
+                break;
+            }
+            offset = r.next_offset;
+        }
+    }
+    Ok(())
+}
+
+async fn append_plain(
+    part: &Partition,
+    p: u32,
+    inputs: Vec<RecordInput>,
+) -> Result<GroupResult, BrokerError> {
+    let b = batch::encode(0, now_ms(), ProducerInfo::default(), &inputs);
+    let info = part.append(b).await?;
+    let records = (0..inputs.len())
+        .map(|k| Produced {
+            partition: p,
+            offset: info.base_offset + k as i64,
+            publish_ts: info.publish_ts,
+            duplicate: false,
+        })
+        .collect();
+    Ok(GroupResult {
+        records,
+        bytes: info.bytes,
+    })
+}
+
+/// Appends the records whose dedup id is new to the window and answers the
+/// others with their original's offset. The append and the report of its
+/// outcome run as their own task, so a caller that goes away (a closed
+/// connection) cannot leave an id claimed with no outcome.
+async fn append_dedup(
+    part: Partition,
+    p: u32,
+    inputs: Vec<RecordInput>,
+    window: Arc<dedup::DedupWindow>,
+    window_ms: i64,
+    by: fjord_core::DedupBy,
+) -> Result<GroupResult, BrokerError> {
+    let ids: Vec<Option<Bytes>> = inputs.iter().map(|r| dedup::dedup_id(r, by)).collect();
+    let claims = window.claim(&ids, now_ms(), window_ms);
+    let fresh: Vec<usize> = claims
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c, dedup::Claim::Untracked | dedup::Claim::New(_)))
+        .map(|(k, _)| k)
+        .collect();
+    let mut records: Vec<Option<Produced>> = vec![None; inputs.len()];
+    let mut bytes = 0;
+    let mut pending = Vec::new();
+    let mut senders = Vec::new();
+    let mut same_as = Vec::new();
+    for (k, c) in claims.into_iter().enumerate() {
+        match c {
+            dedup::Claim::New(tx) => senders.push((k, tx)),
+            dedup::Claim::Duplicate(rx) => pending.push((k, rx)),
+            dedup::Claim::SameAs(first) => same_as.push((k, first)),
+            dedup::Claim::Untracked => {}
+        }
+    }
+    if !fresh.is_empty() {
+        let batch_inputs: Vec<RecordInput> = fresh.iter().map(|&k| inputs[k].clone()).collect();
+        let fresh_for_task = fresh.clone();
+        let task = tokio::spawn(async move {
+            let b = batch::encode(0, now_ms(), ProducerInfo::default(), &batch_inputs);
+            let result = part.append(b).await;
+            for (k, tx) in senders {
+                let outcome = match &result {
+                    Ok(info) => {
+                        let j = fresh_for_task.iter().position(|&f| f == k).unwrap_or(0);
+                        Ok((info.base_offset + j as i64, info.publish_ts))
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = tx.send(Some(outcome));
+            }
+            result
+        });
+        let info = task.await.map_err(|_| BrokerError::ShuttingDown)??;
+        bytes = info.bytes;
+        for (j, &k) in fresh.iter().enumerate() {
+            records[k] = Some(Produced {
+                partition: p,
+                offset: info.base_offset + j as i64,
+                publish_ts: info.publish_ts,
+                duplicate: false,
+            });
+        }
+    }
+    for (k, rx) in pending {
+        let (offset, publish_ts) = dedup::outcome(rx).await.map_err(|e| {
+            BrokerError::Storage(format!(
+                "the original of a duplicate record was not stored: {e}"
+            ))
+        })?;
+        records[k] = Some(Produced {
+            partition: p,
+            offset,
+            publish_ts,
+            duplicate: true,
+        });
+    }
+    // Same id twice in one call: the later ones answer with the first.
+    for (k, first) in same_as {
+        records[k] = records[first].map(|r| Produced {
+            duplicate: true,
+            ..r
+        });
+    }
+    Ok(GroupResult {
+        records: records
+            .into_iter()
+            .map(|r| r.ok_or_else(|| BrokerError::Storage("a record got no outcome".into())))
+            .collect::<Result<_, _>>()?,
+        bytes,
+    })
 }
 
 /// Convenience for tests and tools: a record with just a value.

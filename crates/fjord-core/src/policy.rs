@@ -75,6 +75,21 @@ pub enum Compaction {
     LatestPerKey,
 }
 
+/// What identifies a record for deduplication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DedupBy {
+    /// The value of header `fjord.dedup_id` (records without it are never
+    /// duplicates).
+    #[default]
+    Id,
+    /// The record key (keyless records are never duplicates).
+    Key,
+}
+
+/// The header that carries a record's deduplication id.
+pub const DEDUP_ID_HEADER: &str = "fjord.dedup_id";
+
 /// Optional settings; `None` means "inherit".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +113,12 @@ pub struct Policy {
     pub message_ttl_ms: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compaction: Option<Compaction>,
+    /// Drop a record whose dedup id was appended to the same partition
+    /// within this window (answering with the original's offset); -1 is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_window_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup_by: Option<DedupBy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_message_bytes: Option<u64>,
     /// Partitions of a stream created without an explicit count.
@@ -121,6 +142,8 @@ pub struct ResolvedPolicy {
     pub retention_bytes: i64,
     pub message_ttl_ms: i64,
     pub compaction: Compaction,
+    pub dedup_window_ms: i64,
+    pub dedup_by: DedupBy,
     pub max_message_bytes: u64,
     pub partitions_default: u32,
     pub segment_bytes: u64,
@@ -138,6 +161,8 @@ impl Default for ResolvedPolicy {
             retention_bytes: -1,
             message_ttl_ms: -1,
             compaction: Compaction::None,
+            dedup_window_ms: -1,
+            dedup_by: DedupBy::Id,
             max_message_bytes: 1024 * 1024,
             partitions_default: 1,
             segment_bytes: 128 * 1024 * 1024,
@@ -149,6 +174,8 @@ impl Default for ResolvedPolicy {
 /// Limits on settings, checked when a policy is stored.
 pub const PARTITIONS_MAX: u32 = 1024;
 pub const MAX_MESSAGE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// A week: the window is held in memory, so it is bounded.
+pub const DEDUP_WINDOW_MS_MAX: i64 = 7 * 24 * 3600 * 1000;
 
 impl Policy {
     /// `self`'s settings where set, otherwise `base`'s.
@@ -164,6 +191,8 @@ impl Policy {
             retention_bytes,
             message_ttl_ms,
             compaction,
+            dedup_window_ms,
+            dedup_by,
             max_message_bytes,
             partitions_default,
             segment_bytes,
@@ -182,6 +211,8 @@ impl Policy {
             retention_bytes: self.retention_bytes.unwrap_or(defaults.retention_bytes),
             message_ttl_ms: self.message_ttl_ms.unwrap_or(defaults.message_ttl_ms),
             compaction: self.compaction.unwrap_or(defaults.compaction),
+            dedup_window_ms: self.dedup_window_ms.unwrap_or(defaults.dedup_window_ms),
+            dedup_by: self.dedup_by.unwrap_or(defaults.dedup_by),
             max_message_bytes: self.max_message_bytes.unwrap_or(defaults.max_message_bytes),
             partitions_default: self
                 .partitions_default
@@ -227,6 +258,15 @@ impl Policy {
         range("retention_ms", self.retention_ms, -1, i64::MAX)?;
         range("retention_bytes", self.retention_bytes, -1, i64::MAX)?;
         range("message_ttl_ms", self.message_ttl_ms, -1, i64::MAX)?;
+        range(
+            "dedup_window_ms",
+            self.dedup_window_ms,
+            -1,
+            DEDUP_WINDOW_MS_MAX,
+        )?;
+        if self.dedup_window_ms == Some(0) {
+            return Err("dedup_window_ms = 0: use -1 to turn deduplication off".into());
+        }
         Ok(())
     }
 }

@@ -580,3 +580,145 @@ async fn the_memory_budget_makes_bursts_wait_not_fail() {
         .sum();
     assert_eq!(total, 24);
 }
+
+#[tokio::test]
+async fn deduplication_within_the_window_survives_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::start(tmp.path());
+    let c = http();
+    let u = node.url.clone();
+    use reqwest::Method as M;
+    let (s, v) = call(
+        &c,
+        M::POST,
+        &format!("{u}/v1/streams/public/default"),
+        Some(json!({"name": "once", "partitions": 2, "policy": {"dedup_window_ms": 600000}})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let url = format!("{u}/v1/streams/public/default/once/records");
+    let rec = |id: &str, v: &str| json!({"key": "meter-1", "value": v, "headers": [{"key": "fjord.dedup_id", "value": id}]});
+
+    let (_, first) = call(
+        &c,
+        M::POST,
+        &url,
+        Some(json!({"records": [rec("r1", "a"), rec("r2", "b"), rec("r1", "a-again")]})),
+    )
+    .await;
+    let o = &first["offsets"];
+    assert_eq!(o[0]["duplicate"], Value::Null);
+    assert_eq!(o[2]["duplicate"], true, "{first}");
+    assert_eq!(o[2]["offset"], o[0]["offset"]);
+    // A retry of a whole request: nothing new stored, same offsets.
+    let (_, retry) = call(
+        &c,
+        M::POST,
+        &url,
+        Some(json!({"records": [rec("r1", "a"), rec("r2", "b")]})),
+    )
+    .await;
+    assert_eq!(retry["offsets"][0]["offset"], o[0]["offset"]);
+    assert_eq!(retry["offsets"][1]["offset"], o[1]["offset"]);
+    assert_eq!(retry["offsets"][1]["duplicate"], true);
+    // Concurrent producers of one id: exactly one is stored.
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let c = c.clone();
+        let url = url.clone();
+        let body = json!({"records": [rec("r3", "c")]});
+        tasks.push(tokio::spawn(async move {
+            c.post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }));
+    }
+    let mut offsets = std::collections::BTreeSet::new();
+    let mut stored = 0;
+    for t in tasks {
+        let v = t.await.unwrap();
+        offsets.insert(v["offsets"][0]["offset"].as_i64().unwrap());
+        if v["offsets"][0]["duplicate"].is_null() {
+            stored += 1;
+        }
+    }
+    assert_eq!((offsets.len(), stored), (1, 1));
+    // Records without an id are never duplicates.
+    for _ in 0..2 {
+        let (_, v) = call(
+            &c,
+            M::POST,
+            &url,
+            Some(json!({"key": "meter-1", "value": "no id"})),
+        )
+        .await;
+        assert_eq!(v["offsets"][0]["duplicate"], Value::Null);
+    }
+
+    // After a restart the window is rebuilt from the log.
+    assert!(node.terminate().success());
+    let node = Node::start(tmp.path());
+    let url = format!("{}/v1/streams/public/default/once/records", node.url);
+    let (_, v) = call(
+        &c,
+        M::POST,
+        &url,
+        Some(json!({"records": [rec("r2", "b")]})),
+    )
+    .await;
+    assert_eq!(
+        (
+            v["offsets"][0]["offset"].clone(),
+            v["offsets"][0]["duplicate"].clone()
+        ),
+        (o[1]["offset"].clone(), json!(true)),
+        "{v}"
+    );
+    let p = o[0]["partition"].as_u64().unwrap();
+    let (_, all) = call(
+        &c,
+        M::GET,
+        &format!("{url}?partition={p}&from=earliest"),
+        None,
+    )
+    .await;
+    let values: Vec<&str> = all["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values, ["a", "b", "c", "no id", "no id"]);
+
+    // By key instead of an id header.
+    let (s, _) = call(
+        &c,
+        M::POST,
+        &format!("{}/v1/streams/public/default", node.url),
+        Some(json!({"name": "latest", "policy": {"dedup_window_ms": 600000, "dedup_by": "key"}})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let url = format!("{}/v1/streams/public/default/latest/records", node.url);
+    let (_, a) = call(&c, M::POST, &url, Some(json!({"key": "k", "value": 1}))).await;
+    let (_, b) = call(&c, M::POST, &url, Some(json!({"key": "k", "value": 2}))).await;
+    assert_eq!(b["offsets"][0]["duplicate"], true);
+    assert_eq!(b["offsets"][0]["offset"], a["offsets"][0]["offset"]);
+    // A bad window is refused.
+    let (s, v) = call(
+        &c,
+        M::POST,
+        &format!("{}/v1/streams/public/default", node.url),
+        Some(json!({"name": "bad", "policy": {"dedup_window_ms": 0}})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+}
