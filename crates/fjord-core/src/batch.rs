@@ -538,6 +538,26 @@ mod tests {
         ));
     }
 
+    /// Found by the `batch_decode` fuzzer: a CreateTime batch (as a Kafka
+    /// producer may send before the log stamps it) with a record timestamp of
+    /// -1 reads as "no time" for both times, not as a time in 1969.
+    #[test]
+    fn create_time_batch_without_timestamps() {
+        let r = [RecordInput { value: Some(Bytes::from_static(b"v")), ..Default::default() }];
+        let mut b = encode(0, 10, ProducerInfo::default(), &r);
+        // Clear the LogAppendTime bit, as a Kafka producer's batch has it.
+        b[22] &= !(ATTR_TIMESTAMP_LOG_APPEND as u8);
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        let rec = &decode_records(&Bytes::from(b.clone())).unwrap()[0];
+        assert_eq!((rec.event_ts, rec.publish_ts), (NO_TIMESTAMP, NO_TIMESTAMP));
+        // Once the log stamps it, the publish time stands in for both.
+        let h = verify_and_stamp(&mut b, 3, 99).unwrap();
+        assert!(h.is_log_append_time());
+        let rec = &decode_records(&Bytes::from(b)).unwrap()[0];
+        assert_eq!((rec.offset, rec.event_ts, rec.publish_ts), (3, 99, 99));
+    }
+
     #[test]
     fn gaps_in_offsets_survive() {
         let r = vec![
