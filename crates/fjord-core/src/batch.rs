@@ -543,7 +543,10 @@ mod tests {
     /// -1 reads as "no time" for both times, not as a time in 1969.
     #[test]
     fn create_time_batch_without_timestamps() {
-        let r = [RecordInput { value: Some(Bytes::from_static(b"v")), ..Default::default() }];
+        let r = [RecordInput {
+            value: Some(Bytes::from_static(b"v")),
+            ..Default::default()
+        }];
         let mut b = encode(0, 10, ProducerInfo::default(), &r);
         // Clear the LogAppendTime bit, as a Kafka producer's batch has it.
         b[22] &= !(ATTR_TIMESTAMP_LOG_APPEND as u8);

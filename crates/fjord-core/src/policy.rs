@@ -13,8 +13,9 @@ use std::str::FromStr;
 pub enum Durability {
     /// fsync before every acknowledgement (concurrent appends share one fsync).
     Always,
-    /// Group commit: appends are acknowledged after the next periodic fsync,
-    /// which runs at most every `ms` milliseconds.
+    /// Acknowledged once written; fsynced in the background at most every
+    /// `ms` and at most `ms` after the write (a bounded loss window on power
+    /// failure, as Kafka's `flush.ms`).
     Interval { ms: u64 },
     /// Acknowledged once written to the OS page cache; the OS flushes.
     Os,

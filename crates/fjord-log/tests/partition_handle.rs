@@ -206,3 +206,41 @@ async fn ephemeral_ring_stays_bounded_and_drops_oldest() {
     assert_eq!(v.last().unwrap(), &format!("{:0100}", 999));
     assert!(p.read(0, 100, Duration::ZERO).await.is_err());
 }
+
+#[tokio::test]
+async fn interval_acknowledges_on_write_and_fsyncs_soon_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fsyncs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = fsyncs.clone();
+    let opts = PartitionOptions {
+        fsync_observer: Some(std::sync::Arc::new(move |_| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })),
+        ..PartitionOptions::default()
+    };
+    let policy = ResolvedPolicy {
+        durability: Durability::Interval { ms: 20 },
+        ..Default::default()
+    };
+    let (p, _) = Partition::open_disk(tmp.path(), policy, opts).unwrap();
+    for i in 0..5 {
+        p.append(batch_of(&[&format!("v{i}")])).await.unwrap();
+    }
+    // Visible at once...
+    assert_eq!(p.high_watermark(), 5);
+    // ...and fsynced within the interval (polled with a generous deadline).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fsyncs.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no fsync followed the writes"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Nothing written since: once the writes are covered, fsyncs stop. (An
+    // absence can only be checked over a window of time.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = fsyncs.load(std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fsyncs.load(std::sync::atomic::Ordering::SeqCst), after);
+}
