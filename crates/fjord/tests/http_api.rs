@@ -722,3 +722,49 @@ async fn deduplication_within_the_window_survives_restart() {
         (400, Some("invalid_argument"))
     );
 }
+
+#[tokio::test]
+async fn logs_are_json_lines_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut child = std::process::Command::new(common::bin())
+        .args(["serve", "--data-dir"])
+        .arg(tmp.path())
+        .args([
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+            "--log-level",
+            "info",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !common::probe_ok(&format!("{url}/readyz")) {
+        assert!(std::time::Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let ready = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "fjord is ready")
+        .expect("a ready line");
+    assert_eq!(ready["level"], "INFO");
+    assert_eq!(ready["fields"]["http"], format!("127.0.0.1:{port}"));
+    assert!(lines.iter().any(|l| l["fields"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("flushed and fsynced"))));
+}

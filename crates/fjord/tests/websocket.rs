@@ -183,6 +183,23 @@ async fn subscribe_from_every_kind_of_position_and_follow_live() {
     produce(vec!["e"]).await;
     assert_eq!(next_json(&mut ws).await["value"], "e");
 
+    // Open WebSockets are counted.
+    let m = c
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let open: i64 = m
+        .lines()
+        .find(|l| l.starts_with("fjord_connections{protocol=\"websocket\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("a websocket connections gauge");
+    assert!(open >= 1, "{m}");
+
     // From an offset.
     let mut ws2 = connect(&node, "feed", &format!("partition={p}&offset=2")).await;
     assert_eq!(next_json(&mut ws2).await["subscribed"][0]["offset"], 2);
