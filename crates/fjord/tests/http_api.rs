@@ -727,7 +727,7 @@ async fn deduplication_within_the_window_survives_restart() {
 async fn logs_are_json_lines_when_asked() {
     let tmp = tempfile::tempdir().unwrap();
     let port = common::free_port();
-    let mut child = std::process::Command::new(common::bin())
+    let child = std::process::Command::new(common::bin())
         .args(["serve", "--data-dir"])
         .arg(tmp.path())
         .args([
