@@ -21,6 +21,7 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     pub memory_reserved: IntGauge,
     pub memory_budget: IntGauge,
+    pub skipped_records: IntCounterVec,
 }
 
 impl Metrics {
@@ -112,6 +113,11 @@ impl Metrics {
             "fjord_memory_reserved_bytes",
             "Message bytes in flight, reserved from the memory budget.",
         );
+        let skipped_records = counter(
+            "fjord_subscriber_skipped_records_total",
+            "Records a live subscriber never got because retention or an ephemeral ring dropped them first.",
+            &["protocol"],
+        );
         let memory_budget = single(
             "fjord_memory_budget_bytes",
             "The node's budget for message bytes in flight.",
@@ -131,6 +137,7 @@ impl Metrics {
             fsync_seconds,
             memory_reserved,
             memory_budget,
+            skipped_records,
         }
     }
 

@@ -374,6 +374,11 @@ async fn follow(
                 requested, start, ..
             }) if requested < start => {
                 // Retention (or an ephemeral ring) dropped what we had not read yet.
+                broker
+                    .metrics()
+                    .skipped_records
+                    .with_label_values(&["websocket"])
+                    .inc_by((start - requested) as u64);
                 let notice =
                     json!({"skipped": {"partition": partition, "from": requested, "to": start}});
                 if out.send(notice).await.is_err() {
