@@ -1095,11 +1095,4 @@ async fn append_dedup(
         bytes,
     })
 }
-
-/// Convenience for tests and tools: a record with just a value.
-pub fn value_record(v: impl Into<Bytes>) -> RecordInput {
-    RecordInput {
-        value: Some(v.into()),
-        ..Default::default()
-    }
 }
