@@ -1095,4 +1095,3 @@ async fn append_dedup(
         bytes,
     })
 }
-}
