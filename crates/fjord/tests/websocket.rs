@@ -184,21 +184,8 @@ async fn subscribe_from_every_kind_of_position_and_follow_live() {
     assert_eq!(next_json(&mut ws).await["value"], "e");
 
     // Open WebSockets are counted.
-    let m = c
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let open: i64 = m
-        .lines()
-        .find(|l| l.starts_with("fjord_connections{protocol=\"websocket\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .expect("a websocket connections gauge");
-    assert!(open >= 1, "{m}");
+    let open = common::metric(&node.url, "fjord_connections{protocol=\"websocket\"}").await;
+    assert!(open >= 1.0, "{open}");
 
     // From an offset.
     let mut ws2 = connect(&node, "feed", &format!("partition={p}&offset=2")).await;
@@ -289,19 +276,10 @@ async fn a_slow_subscriber_of_an_ephemeral_stream_is_told_what_it_missed() {
             last = o;
         }
     }
-    let m = c
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let n: u64 = m
-        .lines()
-        .find(|l| l.starts_with("fjord_subscriber_skipped_records_total{protocol=\"websocket\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .expect("a skipped-records counter");
-    assert!(n > 0, "{m}");
+    let n = common::metric(
+        &node.url,
+        "fjord_subscriber_skipped_records_total{protocol=\"websocket\"}",
+    )
+    .await;
+    assert!(n > 0.0, "{n}");
 }

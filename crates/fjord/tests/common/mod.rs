@@ -125,3 +125,21 @@ pub fn http() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// The value of the first sample of `series` (name and labels, as printed)
+/// in the node's `/metrics`.
+pub async fn metric(url: &str, series: &str) -> f64 {
+    let text = http()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sample of {series} in:\n{text}"))
+}
