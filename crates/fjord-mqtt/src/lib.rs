@@ -3,7 +3,8 @@
 //! [`codec`] is the pure MQTT 3.1.1 / 5.0 packet codec: bytes in, typed
 //! packets out and back, every "MUST" of the specifications about packet
 //! form checked on decode, no I/O and no broker state, so it can be fuzzed
-//! and property-tested on its own. Sessions, topic mapping and the listener
-//! build on it.
+//! and property-tested on its own. [`mapping`] maps MQTT topics to Fjord
+//! streams and back. Sessions and the listener build on both.
 
 pub mod codec;
+pub mod mapping;
