@@ -8,4 +8,5 @@
 
 pub mod codec;
 pub mod mapping;
+pub mod state;
 pub mod tree;
