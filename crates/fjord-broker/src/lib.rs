@@ -127,6 +127,12 @@ pub struct Broker {
     streams: RwLock<HashMap<StreamRef, Arc<StreamState>>>,
     metrics: Arc<Metrics>,
     memory: MemoryBudget,
+    /// Announces every stream created, so readers that follow "all streams
+    /// of a namespace" (MQTT wildcard subscriptions) pick new ones up.
+    created: tokio::sync::broadcast::Sender<StreamRef>,
+    /// Serializes stream creation, so a stream is in the map by the time a
+    /// concurrent creator is told it exists.
+    create_lock: parking_lot::Mutex<()>,
     shutting_down: AtomicBool,
 }
 
@@ -146,6 +152,8 @@ impl Broker {
             streams: RwLock::new(HashMap::new()),
             metrics,
             memory,
+            created: tokio::sync::broadcast::channel(1024).0,
+            create_lock: parking_lot::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
         });
         // Files of streams deleted before a crash.
@@ -264,6 +272,28 @@ impl Broker {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Streams created from now on.
+    pub fn stream_created(&self) -> tokio::sync::broadcast::Receiver<StreamRef> {
+        self.created.subscribe()
+    }
+
+    pub fn stream_exists(&self, s: &StreamRef) -> bool {
+        self.streams.read().contains_key(s)
+    }
+
+    /// Creates `s` with its namespace's policy unless it exists (for
+    /// protocols that create streams on first use, as Kafka auto-creates
+    /// topics). Concurrent callers are fine: one creates, the rest find it.
+    pub fn ensure_stream(&self, s: &StreamRef) -> Result<(), BrokerError> {
+        if self.stream_exists(s) {
+            return Ok(());
+        }
+        match self.create_stream(s, None, Policy::default()) {
+            Ok(_) | Err(BrokerError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// One partition of a stream; the error says how many there are.
@@ -406,6 +436,7 @@ impl Broker {
         partitions: Option<u32>,
         policy: Policy,
     ) -> Result<StreamDescription, BrokerError> {
+        let _creating = self.create_lock.lock();
         self.check_running()?;
         policy.validate().map_err(BrokerError::Invalid)?;
         let ns = self.meta.get_namespace(&s.tenant, &s.namespace)?;
@@ -441,6 +472,7 @@ impl Broker {
             }
         };
         self.streams.write().insert(s.clone(), state);
+        let _ = self.created.send(s.clone());
         self.describe_stream(s)
     }
 

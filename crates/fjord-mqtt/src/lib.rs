@@ -8,5 +8,6 @@
 
 pub mod codec;
 pub mod mapping;
+pub mod record;
 pub mod state;
 pub mod tree;
