@@ -7,7 +7,9 @@
 //! streams and back. Sessions and the listener build on both.
 
 pub mod codec;
+pub mod connection;
 pub mod mapping;
 pub mod record;
+pub mod server;
 pub mod state;
 pub mod tree;

@@ -17,6 +17,7 @@ pub struct Config {
     /// Where streams and metadata live.
     pub data_dir: PathBuf,
     pub http: HttpConfig,
+    pub mqtt: MqttListenerConfig,
     pub log: LogConfig,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
@@ -29,6 +30,17 @@ pub struct Config {
 pub struct HttpConfig {
     /// REST, WebSocket, admin, metrics and probes.
     pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttListenerConfig {
+    /// MQTT 3.1.1 and 5.0 over TCP.
+    pub addr: SocketAddr,
+    /// Largest MQTT packet accepted (advertised as Maximum Packet Size).
+    pub max_packet_bytes: u32,
+    /// A connection must send CONNECT within this time.
+    pub connect_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +76,11 @@ impl Default for Config {
             http: HttpConfig {
                 addr: "0.0.0.0:8080".parse().expect("valid address"),
             },
+            mqtt: MqttListenerConfig {
+                addr: "0.0.0.0:1883".parse().expect("valid address"),
+                max_packet_bytes: 1024 * 1024 + 64 * 1024,
+                connect_timeout_ms: 10_000,
+            },
             log: LogConfig {
                 format: "text".into(),
                 level: "info".into(),
@@ -88,6 +105,8 @@ pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
@@ -108,6 +127,9 @@ impl Config {
         }
         if let Some(a) = flags.http_addr {
             fig = fig.merge(("http.addr", a));
+        }
+        if let Some(a) = flags.mqtt_addr {
+            fig = fig.merge(("mqtt.addr", a));
         }
         if let Some(f) = flags.log_format {
             fig = fig.merge(("log.format", f));

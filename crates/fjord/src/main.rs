@@ -37,6 +37,9 @@ pub struct ServeArgs {
     /// HTTP listener address (default 0.0.0.0:8080).
     #[arg(long)]
     http_addr: Option<SocketAddr>,
+    /// MQTT listener address (default 0.0.0.0:1883).
+    #[arg(long)]
+    mqtt_addr: Option<SocketAddr>,
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
@@ -96,6 +99,7 @@ async fn serve_cmd(a: ServeArgs) -> anyhow::Result<()> {
     let flags = config::FlagOverrides {
         data_dir: a.data_dir,
         http_addr: a.http_addr,
+        mqtt_addr: a.mqtt_addr,
         log_format: a.log_format,
         log_level: a.log_level,
     };

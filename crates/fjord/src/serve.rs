@@ -49,6 +49,7 @@ async fn bind(
 
 pub async fn run(config: Config) -> Result<()> {
     let http = bind("HTTP", config.http.addr, "--http-addr", "FJORD_HTTP__ADDR").await?;
+    let mqtt = bind("MQTT", config.mqtt.addr, "--mqtt-addr", "FJORD_MQTT__ADDR").await?;
     let mut bc = BrokerConfig::new(&config.data_dir);
     bc.defaults = config.resolved_defaults();
     bc.append_queue_depth = config.storage.append_queue_depth.max(1);
@@ -62,10 +63,22 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(
         data_dir = %config.data_dir.display(),
         http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        mqtt = %mqtt.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         version = env!("CARGO_PKG_VERSION"),
         "fjord is ready"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mqtt_config = fjord_mqtt::server::MqttConfig {
+        max_packet_bytes: config.mqtt.max_packet_bytes.max(1024),
+        connect_timeout: Duration::from_millis(config.mqtt.connect_timeout_ms.max(100)),
+        ..Default::default()
+    };
+    let mqtt_server = tokio::spawn(fjord_mqtt::server::serve(
+        mqtt,
+        broker.clone(),
+        mqtt_config,
+        stop_rx.clone(),
+    ));
     let metrics = broker.metrics().clone();
     let app = fjord_http::router(broker.clone());
     let listener = axum::serve::ListenerExt::tap_io(http, move |_| {
@@ -93,6 +106,7 @@ pub async fn run(config: Config) -> Result<()> {
         tracing::warn!("open connections did not finish within {DRAIN_TIMEOUT:?}; closing them");
         server.abort();
     }
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, mqtt_server).await;
     broker.shutdown().await;
     maintenance.abort();
     tracing::info!("all partitions flushed and fsynced; bye");

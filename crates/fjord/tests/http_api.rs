@@ -429,7 +429,12 @@ async fn a_taken_port_fails_start_with_a_clear_message() {
     let out = std::process::Command::new(common::bin())
         .args(["serve", "--data-dir"])
         .arg(tmp.path())
-        .args(["--http-addr", &addr])
+        .args([
+            "--http-addr",
+            &addr,
+            "--mqtt-addr",
+            &format!("127.0.0.1:{}", common::free_port()),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -731,6 +736,8 @@ async fn logs_are_json_lines_when_asked() {
         .args(["serve", "--data-dir"])
         .arg(tmp.path())
         .args([
+            "--mqtt-addr",
+            &format!("127.0.0.1:{}", common::free_port()),
             "--http-addr",
             &format!("127.0.0.1:{port}"),
             "--log-format",

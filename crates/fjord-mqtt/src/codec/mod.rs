@@ -175,6 +175,12 @@ pub fn decode(
     protocol: Option<Protocol>,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
+    // Before CONNECT, the very first byte must be CONNECT's (MQTT-3.1.0-1):
+    // refuse other bytes at once instead of waiting for a "length" of
+    // garbage to arrive.
+    if protocol.is_none() && buf.first().is_some_and(|&b| b != 0x10) {
+        return Err(DecodeError::Protocol("the first packet must be CONNECT"));
+    }
     let Some((header_len, remaining)) = peek_len(buf)? else {
         // A fixed header that cannot be complete within the limit is refused
         // before waiting for more bytes.

@@ -11,6 +11,8 @@ pub struct Node {
     pub child: Child,
     pub url: String,
     pub addr: String,
+    /// host:port of the MQTT listener.
+    pub mqtt: String,
     pub data_dir: PathBuf,
 }
 
@@ -35,10 +37,18 @@ impl Node {
     pub fn start_with(data_dir: &Path, extra: &[&str], tweak: impl FnOnce(&mut Command)) -> Node {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
+        let mqtt = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--data-dir"])
             .arg(data_dir)
-            .args(["--http-addr", &addr, "--log-level", "warn"])
+            .args([
+                "--http-addr",
+                &addr,
+                "--mqtt-addr",
+                &mqtt,
+                "--log-level",
+                "warn",
+            ])
             .args(extra)
             .env_remove("FJORD_URL")
             .stdout(Stdio::null())
@@ -49,6 +59,7 @@ impl Node {
             child,
             url: format!("http://{addr}"),
             addr,
+            mqtt,
             data_dir: data_dir.to_path_buf(),
         };
         node.wait_ready();

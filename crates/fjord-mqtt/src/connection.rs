@@ -1,0 +1,929 @@
+//! One MQTT connection: the session loop.
+//!
+//! Reads packets with the codec, stores PUBLISHes in streams through the
+//! broker (acknowledging once they are as durable as the stream's policy
+//! says), follows the partitions its subscriptions select and delivers
+//! matching records, and keeps the protocol's per-connection state.
+//!
+//! Scope today (issue 3 in progress, see docs/design-mqtt.md): clean
+//! sessions only (a session ends with its connection), no retained-message
+//! store, no shared subscriptions; all three are refused or advertised as
+//! unavailable rather than silently ignored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fjord_broker::{BrokerError, Position};
+use fjord_core::time::now_ms;
+use fjord_core::{Record, RecordInput, StreamName, StreamRef};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::codec::{
+    self, reason, topic, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
+    Properties, Protocol, Publish, QoS, SubAck, UnsubAck,
+};
+use crate::mapping::{Selection, TopicMap};
+use crate::record::{from_record, to_record};
+use crate::server::Shared;
+use crate::state::{InboundAliases, OutboundAliases, PacketIds, Qos2Received, Window};
+use crate::tree::SubscriptionTree;
+
+/// Records read ahead of the socket per connection at most.
+const DELIVERY_QUEUE: usize = 256;
+const FOLLOW_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Decode(#[from] DecodeError),
+    #[error("no CONNECT within the connect timeout")]
+    ConnectTimeout,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SubOpts {
+    qos: QoS,
+    no_local: bool,
+    retain_as_published: bool,
+    id: Option<u32>,
+}
+
+/// An outgoing QoS 1/2 delivery, by the packet it waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AwaitingPub {
+    Ack,
+    Rec,
+    Comp,
+}
+
+/// What woke the session loop.
+enum Event {
+    /// Bytes read; 0 means the peer closed (or the read failed).
+    Read(usize),
+    Delivery((StreamName, Record)),
+    Created(StreamRef),
+    KeepAliveExpired,
+    TakenOver,
+    Shutdown,
+}
+
+/// Why the loop ends.
+enum End {
+    /// DISCONNECT from the client; `with_will` for 5.0 reason 0x04.
+    Clean { with_will: bool },
+    /// Anything else: the will is published.
+    Abnormal,
+}
+
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnError> {
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let mut inbuf = BytesMut::new();
+    let cfg = &shared.config;
+    // CONNECT, within the connect timeout (slowloris).
+    let connect = match tokio::time::timeout(
+        cfg.connect_timeout,
+        read_connect(&mut rd, &mut inbuf, cfg.max_packet_bytes as usize),
+    )
+    .await
+    {
+        Err(_) => return Err(ConnError::ConnectTimeout),
+        Ok(Err(ConnError::Decode(e @ DecodeError::UnsupportedProtocol(_))))
+        | Ok(Err(ConnError::Decode(e @ DecodeError::BadProtocolName(_)))) => {
+            // MQTT-3.1.2-2: answer with "unacceptable protocol version", in
+            // the 3.1.1 form every client understands, then close.
+            let mut out = BytesMut::new();
+            codec::encode(
+                &Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code: reason::v311::UNACCEPTABLE_PROTOCOL_VERSION,
+                    properties: Properties::default(),
+                }),
+                Protocol::V311,
+                &mut out,
+            );
+            let _ = wr.write_all(&out).await;
+            return Err(e.into());
+        }
+        Ok(r) => r?,
+    };
+    let mut session = match Session::accept(shared.clone(), *connect, &mut wr).await? {
+        Some(s) => s,
+        None => return Ok(()),
+    };
+    let end = session.run(&mut rd, &mut wr, inbuf, shutdown).await;
+    session.finish(end).await;
+    Ok(())
+}
+
+async fn read_connect<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Box<Connect>, ConnError> {
+    loop {
+        if let Some(p) = codec::decode(buf, None, max)? {
+            return match p {
+                Packet::Connect(c) => Ok(c),
+                _ => Err(DecodeError::Protocol("the first packet must be CONNECT").into()),
+            };
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    protocol: Protocol,
+    client_id: String,
+    token: u64,
+    takeover: watch::Receiver<bool>,
+    keep_alive: Duration,
+    will: Option<LastWill>,
+    map: TopicMap,
+    subs: HashMap<String, SubOpts>,
+    tree: SubscriptionTree<String>,
+    follow_all: bool,
+    followed: HashMap<StreamName, Vec<AbortHandle>>,
+    deliveries_tx: mpsc::Sender<(StreamName, Record)>,
+    deliveries_rx: mpsc::Receiver<(StreamName, Record)>,
+    in_aliases: InboundAliases,
+    out_aliases: OutboundAliases,
+    ids: PacketIds,
+    in_window: Window,
+    out_window: Window,
+    outgoing: HashMap<u16, AwaitingPub>,
+    qos2: Qos2Received,
+    client_max_packet: usize,
+    out: BytesMut,
+}
+
+impl Session {
+    /// Checks CONNECT, answers CONNACK; `None` when the connection was
+    /// refused.
+    async fn accept<W: AsyncWrite + Unpin>(
+        shared: Arc<Shared>,
+        c: Connect,
+        wr: &mut W,
+    ) -> Result<Option<Session>, ConnError> {
+        let v5 = c.protocol == Protocol::V5;
+        let cfg = shared.config.clone();
+        let mut out = BytesMut::new();
+        let refuse = |code_v5: u8, code_v311: u8, out: &mut BytesMut| {
+            let code = if v5 { code_v5 } else { code_v311 };
+            codec::encode(
+                &Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code,
+                    properties: Properties::default(),
+                }),
+                c.protocol,
+                out,
+            );
+        };
+        // An empty client id needs a clean session (MQTT-3.1.3-8); the
+        // server then assigns one (MQTT-3.1.3-6).
+        let mut assigned = None;
+        let client_id = if c.client_id.is_empty() {
+            if !v5 && !c.clean_start {
+                refuse(
+                    reason::CLIENT_IDENTIFIER_NOT_VALID,
+                    reason::v311::IDENTIFIER_REJECTED,
+                    &mut out,
+                );
+                wr.write_all(&out).await?;
+                return Ok(None);
+            }
+            let id = format!("fjord-{:016x}", random_u64());
+            assigned = Some(id.clone());
+            id
+        } else {
+            c.client_id.clone()
+        };
+        if c.properties.authentication_method.is_some() {
+            // Enhanced authentication arrives with the security issue.
+            refuse(
+                reason::BAD_AUTHENTICATION_METHOD,
+                reason::v311::NOT_AUTHORIZED,
+                &mut out,
+            );
+            wr.write_all(&out).await?;
+            return Ok(None);
+        }
+        let (token, takeover) = shared.registry.claim(&client_id);
+        let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
+        let mut props = Properties::default();
+        if v5 {
+            props.receive_maximum = Some(cfg.receive_maximum);
+            props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            props.maximum_packet_size = Some(cfg.max_packet_bytes);
+            // Honest advertisement of what this build serves.
+            props.retain_available = Some(0);
+            props.shared_subscription_available = Some(0);
+            props.wildcard_subscription_available = Some(1);
+            props.subscription_identifier_available = Some(1);
+            // Sessions end with the connection for now.
+            props.session_expiry_interval = c.properties.session_expiry_interval.map(|_| 0);
+            props.assigned_client_identifier = assigned;
+        }
+        codec::encode(
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: reason::SUCCESS,
+                properties: props,
+            }),
+            c.protocol,
+            &mut out,
+        );
+        wr.write_all(&out).await?;
+        out.clear();
+        let (deliveries_tx, deliveries_rx) = mpsc::channel(DELIVERY_QUEUE);
+        Ok(Some(Session {
+            protocol: c.protocol,
+            client_id,
+            token,
+            takeover,
+            // MQTT-3.1.2-24: one and a half times the keep alive.
+            keep_alive: Duration::from_millis(c.keep_alive as u64 * 1500),
+            will: c.will,
+            map: TopicMap::default(),
+            subs: HashMap::new(),
+            tree: SubscriptionTree::default(),
+            follow_all: false,
+            followed: HashMap::new(),
+            deliveries_tx,
+            deliveries_rx,
+            in_aliases: InboundAliases::new(if v5 { cfg.topic_alias_maximum } else { 0 }),
+            out_aliases: OutboundAliases::new(c.properties.topic_alias_maximum.unwrap_or(0)),
+            ids: PacketIds::default(),
+            in_window: Window::new(cfg.receive_maximum),
+            out_window: Window::new(client_receive_max.min(cfg.outbound_inflight_max)),
+            outgoing: HashMap::new(),
+            qos2: Qos2Received::default(),
+            client_max_packet: c
+                .properties
+                .maximum_packet_size
+                .map_or(usize::MAX, |m| m as usize),
+            out,
+            shared,
+        }))
+    }
+
+    fn v5(&self) -> bool {
+        self.protocol == Protocol::V5
+    }
+
+    fn send(&mut self, p: &Packet) {
+        codec::encode(p, self.protocol, &mut self.out);
+    }
+
+    /// A 5.0 DISCONNECT with `code` (3.1.1 has none: the connection just
+    /// closes).
+    fn disconnect(&mut self, code: u8, why: &str) {
+        if self.v5() {
+            let props = Properties {
+                reason_string: Some(why.to_string()),
+                ..Default::default()
+            };
+            self.send(&Packet::Disconnect(Disconnect {
+                reason: code,
+                properties: props,
+            }));
+        }
+    }
+
+    async fn run<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &mut self,
+        rd: &mut R,
+        wr: &mut W,
+        mut inbuf: BytesMut,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> End {
+        let max = self.shared.config.max_packet_bytes as usize;
+        let mut created = self.shared.broker.stream_created();
+        let mut deadline = Instant::now() + self.keep_alive;
+        loop {
+            if !self.out.is_empty() {
+                if wr.write_all(&self.out).await.is_err() {
+                    return End::Abnormal;
+                }
+                self.out.clear();
+                if self.out.capacity() > 64 * 1024 {
+                    // Give a burst's buffer back: idle connections stay small.
+                    self.out = BytesMut::new();
+                }
+            }
+            // Handle every complete packet already read.
+            loop {
+                match codec::decode(&mut inbuf, Some(self.protocol), max) {
+                    Ok(Some(packets_first)) => {
+                        let mut packets = vec![packets_first];
+                        while let Ok(Some(p)) = codec::decode(&mut inbuf, Some(self.protocol), max)
+                        {
+                            packets.push(p);
+                            if packets.len() >= 256 {
+                                break;
+                            }
+                        }
+                        if let Some(end) = self.handle(packets).await {
+                            let _ = wr.write_all(&self.out).await;
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.shared
+                            .broker
+                            .metrics()
+                            .produce_errors
+                            .with_label_values(&["mqtt_bad_packet"])
+                            .inc();
+                        self.disconnect(e.reason_code(), &e.to_string());
+                        let _ = wr.write_all(&self.out).await;
+                        return End::Abnormal;
+                    }
+                }
+            }
+            if !self.out.is_empty() {
+                continue;
+            }
+            if inbuf.capacity() > 64 * 1024 && inbuf.is_empty() {
+                inbuf = BytesMut::new();
+            }
+            let keep_alive = !self.keep_alive.is_zero();
+            let room = self.out_window.available() > 0;
+            let event = tokio::select! {
+                n = rd.read_buf(&mut inbuf) => Event::Read(n.unwrap_or(0)),
+                Some(d) = self.deliveries_rx.recv(), if room => Event::Delivery(d),
+                Ok(s) = created.recv() => Event::Created(s),
+                _ = tokio::time::sleep_until(deadline), if keep_alive => Event::KeepAliveExpired,
+                _ = self.takeover.wait_for(|t| *t) => Event::TakenOver,
+                _ = shutdown.wait_for(|s| *s) => Event::Shutdown,
+            };
+            match event {
+                Event::Read(0) => return End::Abnormal,
+                Event::Read(_) => deadline = Instant::now() + self.keep_alive,
+                Event::Delivery((stream, rec)) => {
+                    self.deliver(&stream, &rec);
+                    // Drain what is queued, as far as the window allows.
+                    while self.out_window.available() > 0 && self.out.len() < 64 * 1024 {
+                        match self.deliveries_rx.try_recv() {
+                            Ok((s, r)) => self.deliver(&s, &r),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Event::Created(s) => self.on_stream_created(s).await,
+                Event::KeepAliveExpired => {
+                    self.disconnect(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+                    let _ = wr.write_all(&self.out).await;
+                    return End::Abnormal;
+                }
+                Event::TakenOver => {
+                    self.disconnect(
+                        reason::SESSION_TAKEN_OVER,
+                        "another connection took this client id",
+                    );
+                    let _ = wr.write_all(&self.out).await;
+                    return End::Abnormal;
+                }
+                Event::Shutdown => {
+                    self.disconnect(reason::SERVER_SHUTTING_DOWN, "the server is shutting down");
+                    let _ = wr.write_all(&self.out).await;
+                    return End::Abnormal;
+                }
+            }
+        }
+    }
+
+    /// Handles a run of packets; `Some` ends the connection.
+    async fn handle(&mut self, packets: Vec<Packet>) -> Option<End> {
+        let mut publishes: Vec<Publish> = Vec::new();
+        for p in packets {
+            if let Packet::Publish(p) = p {
+                publishes.push(p);
+                continue;
+            }
+            if !publishes.is_empty() {
+                if let Some(end) = self.publish(std::mem::take(&mut publishes)).await {
+                    return Some(end);
+                }
+            }
+            match p {
+                Packet::PingReq => self.send(&Packet::PingResp),
+                Packet::Disconnect(d) => {
+                    return Some(End::Clean {
+                        with_will: d.reason == reason::DISCONNECT_WITH_WILL,
+                    })
+                }
+                Packet::Subscribe(s) => self.subscribe(s).await,
+                Packet::Unsubscribe(u) => self.unsubscribe(u),
+                Packet::PubAck(a) => self.acked(a.packet_id, AwaitingPub::Ack),
+                Packet::PubRec(a) => {
+                    if self.outgoing.get(&a.packet_id) == Some(&AwaitingPub::Rec) {
+                        if a.reason >= 0x80 {
+                            // The client refused it: the exchange ends here.
+                            self.acked(a.packet_id, AwaitingPub::Rec);
+                        } else {
+                            self.outgoing.insert(a.packet_id, AwaitingPub::Comp);
+                            self.send(&Packet::PubRel(Ack {
+                                packet_id: a.packet_id,
+                                reason: reason::SUCCESS,
+                                properties: Properties::default(),
+                            }));
+                        }
+                    }
+                }
+                Packet::PubComp(a) => self.acked(a.packet_id, AwaitingPub::Comp),
+                Packet::PubRel(a) => {
+                    let known = self.qos2.release(a.packet_id);
+                    if known {
+                        self.in_window.release();
+                    }
+                    let code = if known {
+                        reason::SUCCESS
+                    } else {
+                        reason::PACKET_IDENTIFIER_NOT_FOUND
+                    };
+                    self.send(&Packet::PubComp(Ack {
+                        packet_id: a.packet_id,
+                        reason: code,
+                        properties: Properties::default(),
+                    }));
+                }
+                Packet::Auth(_) => {
+                    self.disconnect(
+                        reason::PROTOCOL_ERROR,
+                        "AUTH without an authentication method in CONNECT",
+                    );
+                    return Some(End::Abnormal);
+                }
+                // Server-to-client packets from a client (and CONNECT, which
+                // the codec already refuses after the first).
+                Packet::Connect(_)
+                | Packet::ConnAck(_)
+                | Packet::SubAck(_)
+                | Packet::UnsubAck(_)
+                | Packet::PingResp
+                | Packet::Publish(_) => {
+                    self.disconnect(reason::PROTOCOL_ERROR, "a packet only a server sends");
+                    return Some(End::Abnormal);
+                }
+            }
+        }
+        if !publishes.is_empty() {
+            return self.publish(publishes).await;
+        }
+        None
+    }
+
+    fn acked(&mut self, id: u16, expected: AwaitingPub) {
+        if self.outgoing.get(&id) == Some(&expected) {
+            self.outgoing.remove(&id);
+            self.ids.release(id);
+            self.out_window.release();
+        }
+    }
+
+    /// Stores a run of PUBLISH packets: consecutive ones for the same stream
+    /// in one produce call (one group commit), then acknowledges each in
+    /// order.
+    async fn publish(&mut self, publishes: Vec<Publish>) -> Option<End> {
+        struct Item {
+            qos: QoS,
+            id: Option<u16>,
+            /// Index into `runs` of the stored record, `None` for a QoS 2
+            /// retransmission (acknowledged, not stored again).
+            run: Option<(usize, usize)>,
+        }
+        let mut items = Vec::with_capacity(publishes.len());
+        let mut runs: Vec<(StreamName, Vec<RecordInput>)> = Vec::new();
+        for p in publishes {
+            let topic_name = match self.in_aliases.resolve(&p.topic, p.properties.topic_alias) {
+                Ok(t) => t,
+                Err(code) => {
+                    self.disconnect(code, "invalid topic alias");
+                    return Some(End::Abnormal);
+                }
+            };
+            if p.qos != QoS::AtMostOnce && !self.in_window.acquire() {
+                self.disconnect(
+                    reason::RECEIVE_MAXIMUM_EXCEEDED,
+                    "more unacknowledged QoS 1/2 publications than Receive Maximum",
+                );
+                return Some(End::Abnormal);
+            }
+            if p.qos == QoS::ExactlyOnce {
+                let id = p.packet_id.unwrap_or(0);
+                if !self.qos2.first_receipt(id) {
+                    // Retransmission: PUBREC again, nothing stored twice.
+                    self.in_window.release();
+                    items.push(Item {
+                        qos: p.qos,
+                        id: p.packet_id,
+                        run: None,
+                    });
+                    continue;
+                }
+            }
+            let stream = self.map.stream_for(&topic_name);
+            let rec = to_record(
+                &topic_name,
+                p.qos,
+                p.retain,
+                p.payload,
+                &p.properties,
+                &self.client_id,
+            );
+            let n_runs = runs.len();
+            let run = match runs.last_mut() {
+                Some((s, recs)) if *s == stream => {
+                    recs.push(rec);
+                    (n_runs - 1, recs.len() - 1)
+                }
+                _ => {
+                    runs.push((stream, vec![rec]));
+                    (runs.len() - 1, 0)
+                }
+            };
+            items.push(Item {
+                qos: p.qos,
+                id: p.packet_id,
+                run: Some(run),
+            });
+        }
+        let mut results: Vec<Result<(), String>> = Vec::with_capacity(runs.len());
+        for (stream, recs) in runs {
+            let sref = StreamRef {
+                tenant: self.shared.config.tenant.clone(),
+                namespace: self.shared.config.namespace.clone(),
+                stream,
+            };
+            let r = match self.shared.broker.ensure_stream(&sref) {
+                Ok(()) => self
+                    .shared
+                    .broker
+                    .produce(&sref, recs, None)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            results.push(r.map_err(|e: BrokerError| e.to_string()));
+        }
+        for item in items {
+            let outcome = item.run.map_or(Ok(()), |(r, _)| results[r].clone());
+            let id = item.id.unwrap_or(0);
+            match (item.qos, outcome) {
+                (QoS::AtMostOnce, Ok(())) => {}
+                (QoS::AtMostOnce, Err(e)) => {
+                    tracing::warn!(client = %self.client_id, error = %e, "QoS 0 publish not stored")
+                }
+                (qos, Ok(())) => {
+                    let ack = Ack {
+                        packet_id: id,
+                        reason: reason::SUCCESS,
+                        properties: Properties::default(),
+                    };
+                    if qos == QoS::AtLeastOnce {
+                        self.in_window.release();
+                        self.send(&Packet::PubAck(ack));
+                    } else {
+                        self.send(&Packet::PubRec(ack));
+                    }
+                }
+                (qos, Err(e)) => {
+                    if !self.v5() {
+                        // 3.1.1 has no negative acknowledgement: closing
+                        // makes the client retry (MQTT-4.4.0-1).
+                        return Some(End::Abnormal);
+                    }
+                    let props = Properties {
+                        reason_string: Some(e),
+                        ..Default::default()
+                    };
+                    let ack = Ack {
+                        packet_id: id,
+                        reason: reason::UNSPECIFIED_ERROR,
+                        properties: props,
+                    };
+                    if qos == QoS::AtLeastOnce {
+                        self.in_window.release();
+                        self.send(&Packet::PubAck(ack));
+                    } else {
+                        // A refused QoS 2 message ends its exchange.
+                        self.qos2.release(id);
+                        self.in_window.release();
+                        self.send(&Packet::PubRec(ack));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    async fn subscribe(&mut self, s: codec::Subscribe) {
+        let v5 = self.v5();
+        let mut codes = Vec::with_capacity(s.filters.len());
+        for req in s.filters {
+            let code = if topic::validate_filter(&req.filter).is_err() {
+                if v5 {
+                    reason::TOPIC_FILTER_INVALID
+                } else {
+                    reason::v311::SUBACK_FAILURE
+                }
+            } else if topic::shared(&req.filter).is_some() {
+                if v5 {
+                    reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+                } else {
+                    reason::v311::SUBACK_FAILURE
+                }
+            } else {
+                let opts = SubOpts {
+                    qos: req.qos,
+                    no_local: req.no_local,
+                    retain_as_published: req.retain_as_published,
+                    id: s.properties.subscription_identifiers.first().copied(),
+                };
+                if self.subs.insert(req.filter.clone(), opts).is_none() {
+                    self.tree.insert(&req.filter, req.filter.clone());
+                }
+                self.follow(&req.filter).await;
+                req.qos as u8
+            };
+            codes.push(code);
+        }
+        self.send(&Packet::SubAck(SubAck {
+            packet_id: s.packet_id,
+            codes,
+            properties: Properties::default(),
+        }));
+    }
+
+    fn unsubscribe(&mut self, u: codec::Unsubscribe) {
+        let codes = u
+            .filters
+            .iter()
+            .map(|f| {
+                if self.subs.remove(f).is_some() {
+                    self.tree.remove(f, f);
+                    reason::SUCCESS
+                } else {
+                    reason::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        if self.subs.is_empty() {
+            for (_, handles) in self.followed.drain() {
+                handles.iter().for_each(AbortHandle::abort);
+            }
+            self.follow_all = false;
+        }
+        let codes = if self.v5() { codes } else { Vec::new() };
+        self.send(&Packet::UnsubAck(UnsubAck {
+            packet_id: u.packet_id,
+            codes,
+            properties: Properties::default(),
+        }));
+    }
+
+    /// Starts reading every stream `filter` can match, from now.
+    async fn follow(&mut self, filter: &str) {
+        let broker = self.shared.broker.clone();
+        let (tenant, ns) = (&self.shared.config.tenant, &self.shared.config.namespace);
+        let streams: Vec<StreamName> = match self.map.streams_for_filter(filter) {
+            Selection::All => {
+                self.follow_all = true;
+                broker
+                    .list_streams(tenant, ns)
+                    .map(|v| v.into_iter().map(|s| s.name).collect())
+                    .unwrap_or_default()
+            }
+            Selection::Streams(set) => set.into_iter().collect(),
+        };
+        for stream in streams {
+            self.follow_stream(stream, Position::Latest).await;
+        }
+    }
+
+    async fn follow_stream(&mut self, stream: StreamName, from: Position) {
+        if self.followed.contains_key(&stream) {
+            return;
+        }
+        let sref = StreamRef {
+            tenant: self.shared.config.tenant.clone(),
+            namespace: self.shared.config.namespace.clone(),
+            stream: stream.clone(),
+        };
+        let broker = self.shared.broker.clone();
+        // A stream that does not exist yet is picked up when created.
+        let Ok(n) = broker.partition_count(&sref) else {
+            return;
+        };
+        let mut handles = Vec::with_capacity(n as usize);
+        for p in 0..n {
+            // Resolved before SUBACK is sent: everything published after the
+            // client learns of its subscription is delivered.
+            let Ok(start) = broker.resolve(&sref, p, from).await else {
+                continue;
+            };
+            let tx = self.deliveries_tx.clone();
+            let broker = broker.clone();
+            let sref = sref.clone();
+            let task = tokio::spawn(async move {
+                let mut next = start;
+                loop {
+                    match broker
+                        .fetch(&sref, p, Position::Offset(next), 500, 1 << 20, FOLLOW_WAIT)
+                        .await
+                    {
+                        Ok(f) => {
+                            for rec in f.records {
+                                if tx.send((sref.stream.clone(), rec)).await.is_err() {
+                                    return;
+                                }
+                            }
+                            next = f.next_offset;
+                        }
+                        Err(BrokerError::OffsetOutOfRange {
+                            requested, start, ..
+                        }) if requested < start => {
+                            broker
+                                .metrics()
+                                .skipped_records
+                                .with_label_values(&["mqtt"])
+                                .inc_by((start - requested) as u64);
+                            next = start;
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+            handles.push(task.abort_handle());
+        }
+        self.followed.insert(stream, handles);
+    }
+
+    async fn on_stream_created(&mut self, s: StreamRef) {
+        if s.tenant != self.shared.config.tenant
+            || s.namespace != self.shared.config.namespace
+            || self.subs.is_empty()
+        {
+            return;
+        }
+        let wanted = self.follow_all
+            || self
+                .subs
+                .keys()
+                .any(|f| match self.map.streams_for_filter(f) {
+                    Selection::All => true,
+                    Selection::Streams(set) => set.contains(&s.stream),
+                });
+        if wanted {
+            // Everything in a new stream came after the subscription.
+            self.follow_stream(s.stream, Position::Earliest).await;
+        }
+    }
+
+    /// Sends a record to the client if a subscription matches it.
+    fn deliver(&mut self, stream: &StreamName, rec: &Record) {
+        let msg = from_record(stream.as_str(), rec, now_ms());
+        if !msg.live {
+            return;
+        }
+        let mut matched = Vec::new();
+        self.tree.matches(&msg.topic, &mut matched);
+        let own = msg.client_id.as_deref() == Some(self.client_id.as_str());
+        let mut best: Option<SubOpts> = None;
+        let mut sub_ids = Vec::new();
+        let mut rap = false;
+        for f in matched {
+            let Some(o) = self.subs.get(&f).copied() else {
+                continue;
+            };
+            if o.no_local && own {
+                continue;
+            }
+            if let Some(id) = o.id {
+                sub_ids.push(id);
+            }
+            rap |= o.retain_as_published;
+            best = Some(match best {
+                Some(b) if b.qos >= o.qos => b,
+                _ => o,
+            });
+        }
+        let Some(best) = best else { return };
+        let qos = msg.qos.min(best.qos);
+        let mut props = if self.v5() {
+            msg.properties
+        } else {
+            Properties::default()
+        };
+        props.subscription_identifiers = if self.v5() { sub_ids } else { Vec::new() };
+        let (alias, with_topic) = if self.v5() {
+            self.out_aliases.assign(&msg.topic)
+        } else {
+            (None, true)
+        };
+        props.topic_alias = alias;
+        let packet_id = if qos == QoS::AtMostOnce {
+            None
+        } else {
+            match self.ids.allocate() {
+                Some(id) => Some(id),
+                None => return,
+            }
+        };
+        let publish = Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: rap && msg.retain,
+            topic: if with_topic { msg.topic } else { String::new() },
+            packet_id,
+            payload: msg.payload,
+            properties: props,
+        });
+        // MQTT-3.1.2-25: never send more than the client's Maximum Packet
+        // Size; such a message is dropped for this client.
+        if codec::encoded_len(&publish, self.protocol) > self.client_max_packet {
+            if let Some(id) = packet_id {
+                self.ids.release(id);
+            }
+            return;
+        }
+        if let Some(id) = packet_id {
+            self.out_window.acquire();
+            self.outgoing.insert(
+                id,
+                if qos == QoS::AtLeastOnce {
+                    AwaitingPub::Ack
+                } else {
+                    AwaitingPub::Rec
+                },
+            );
+        }
+        self.send(&publish);
+    }
+
+    /// Publishes the will unless the client disconnected cleanly, stops the
+    /// readers and frees the client id.
+    async fn finish(&mut self, end: End) {
+        for (_, handles) in self.followed.drain() {
+            handles.iter().for_each(AbortHandle::abort);
+        }
+        self.shared.registry.release(&self.client_id, self.token);
+        let publish_will = match end {
+            End::Clean { with_will } => with_will,
+            End::Abnormal => true,
+        };
+        if let (true, Some(w)) = (publish_will, self.will.take()) {
+            // Sessions end with the connection for now, so a Will Delay
+            // Interval is cut short by the session's end (MQTT-3.1.3-9).
+            let stream = self.map.stream_for(&w.topic);
+            let sref = StreamRef {
+                tenant: self.shared.config.tenant.clone(),
+                namespace: self.shared.config.namespace.clone(),
+                stream,
+            };
+            let rec = to_record(
+                &w.topic,
+                w.qos,
+                w.retain,
+                w.payload,
+                &w.properties,
+                &self.client_id,
+            );
+            let r = match self.shared.broker.ensure_stream(&sref) {
+                Ok(()) => self
+                    .shared
+                    .broker
+                    .produce(&sref, vec![rec], None)
+                    .await
+                    .map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                tracing::warn!(client = %self.client_id, error = %e, "will not published");
+            }
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms() as u64);
+    h.finish()
+}

@@ -1,0 +1,134 @@
+//! The MQTT listener: accepts connections and runs one session task each.
+//! Owns what sessions share: the configuration and the registry of
+//! connected client ids (for session takeover, MQTT-3.1.4-3).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_broker::Broker;
+use fjord_core::{NamespaceName, TenantName};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::connection;
+
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// Tenant and namespace of connections (authentication, which picks
+    /// them per client, comes with the security issue).
+    pub tenant: TenantName,
+    pub namespace: NamespaceName,
+    /// Largest packet accepted, advertised as Maximum Packet Size.
+    pub max_packet_bytes: u32,
+    /// A connection must send CONNECT within this time.
+    pub connect_timeout: Duration,
+    /// QoS 1/2 publications a client may have unacknowledged (advertised as
+    /// Receive Maximum).
+    pub receive_maximum: u16,
+    /// Topic aliases a client may use towards us.
+    pub topic_alias_maximum: u16,
+    /// Our unacknowledged QoS 1/2 deliveries per client at most, whatever
+    /// the client allows.
+    pub outbound_inflight_max: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            tenant: TenantName::new(fjord_core::names::PUBLIC_TENANT).expect("valid"),
+            namespace: NamespaceName::new(fjord_core::names::DEFAULT_NAMESPACE).expect("valid"),
+            max_packet_bytes: 1024 * 1024 + 64 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            receive_maximum: 1024,
+            topic_alias_maximum: 64,
+            outbound_inflight_max: 1024,
+        }
+    }
+}
+
+/// Connected client ids, each with a way to tell its connection to go.
+#[derive(Default)]
+pub struct Registry {
+    clients: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
+    next: Mutex<u64>,
+}
+
+impl Registry {
+    /// Registers `client_id`, taking over (closing) any connection that has
+    /// it. Returns this connection's token and its takeover signal.
+    pub fn claim(&self, client_id: &str) -> (u64, watch::Receiver<bool>) {
+        let token = {
+            let mut n = self.next.lock();
+            *n += 1;
+            *n
+        };
+        let (tx, rx) = watch::channel(false);
+        if let Some((_, old)) = self
+            .clients
+            .lock()
+            .insert(client_id.to_string(), (token, tx))
+        {
+            let _ = old.send(true);
+        }
+        (token, rx)
+    }
+
+    /// Forgets `client_id` if this connection (token) still holds it.
+    pub fn release(&self, client_id: &str, token: u64) {
+        let mut c = self.clients.lock();
+        if c.get(client_id).is_some_and(|(t, _)| *t == token) {
+            c.remove(client_id);
+        }
+    }
+}
+
+pub struct Shared {
+    pub broker: Arc<Broker>,
+    pub config: MqttConfig,
+    pub registry: Registry,
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: MqttConfig,
+    shutdown: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared {
+        broker,
+        config,
+        registry: Registry::default(),
+    });
+    let mut stop = shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                let _ = socket.set_nodelay(true);
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let metrics = shared.broker.metrics().clone();
+                    metrics.connections_total.with_label_values(&["mqtt"]).inc();
+                    let gauge = metrics.connections.with_label_values(&["mqtt"]);
+                    gauge.inc();
+                    if let Err(e) = connection::run(socket, shared, shutdown).await {
+                        tracing::debug!(%peer, error = %e, "mqtt connection ended");
+                    }
+                    gauge.dec();
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(error = %e, "mqtt accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

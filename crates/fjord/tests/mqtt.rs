@@ -1,0 +1,323 @@
+//! MQTT with a real client nobody here wrote (`rumqttc`, 3.1.1 and 5.0
+//! APIs): publish into streams, live subscriptions with wildcards, QoS 0/1/2,
+//! MQTT ↔ HTTP both ways, and bad input that closes only its connection.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{http, Node};
+use serde_json::{json, Value};
+
+fn host_port(node: &Node) -> (String, u16) {
+    let (h, p) = node.mqtt.rsplit_once(':').unwrap();
+    (h.to_string(), p.parse().unwrap())
+}
+
+/// Polls a v3.1.1 event loop until `f` says stop, with a deadline.
+async fn poll_until(ev: &mut rumqttc::EventLoop, mut f: impl FnMut(&rumqttc::Event) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = tokio::time::timeout_at(deadline, ev.poll())
+            .await
+            .expect("an MQTT event in time")
+            .expect("connection ok");
+        if f(&e) {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v311_publish_subscribe_and_cross_protocol() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let (host, port) = host_port(&node);
+
+    let mut sub_opts = MqttOptions::new("sub-1", host.clone(), port);
+    sub_opts.set_keep_alive(Duration::from_secs(5));
+    let (sub, mut sub_ev) = AsyncClient::new(sub_opts, 100);
+    sub.subscribe("plant1/+/temp", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    poll_until(&mut sub_ev, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await;
+
+    let mut pub_opts = MqttOptions::new("pub-1", host.clone(), port);
+    pub_opts.set_keep_alive(Duration::from_secs(5));
+    let (publisher, mut pub_ev) = AsyncClient::new(pub_opts, 200);
+    // Drive the publisher's event loop for the whole test, counting acks.
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = pub_ev.poll().await {
+            if let Event::Incoming(Packet::PubAck(_)) = e {
+                let _ = acks_tx.send(());
+            }
+        }
+    });
+    for i in 0..50 {
+        publisher
+            .publish(
+                "plant1/line4/temp",
+                QoS::AtLeastOnce,
+                false,
+                format!("t{i}"),
+            )
+            .await
+            .unwrap();
+        publisher
+            .publish("plant1/line4/hum", QoS::AtMostOnce, false, "no match")
+            .await
+            .unwrap();
+        publisher
+            .publish("plant2/line4/temp", QoS::AtMostOnce, false, "no match")
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    poll_until(&mut sub_ev, |e| {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            assert_eq!(p.topic, "plant1/line4/temp");
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+        got.len() == 50
+    })
+    .await;
+    assert_eq!(
+        got,
+        (0..50).map(|i| format!("t{i}")).collect::<Vec<_>>(),
+        "all, once, in order"
+    );
+    for _ in 0..50 {
+        tokio::time::timeout(Duration::from_secs(20), acks.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    // MQTT → HTTP: the stream named by the first level holds the messages,
+    // topic and QoS in headers, keyed by topic.
+    let c = http();
+    let v: Value = c
+        .get(format!(
+            "{}/v1/streams/public/default/plant1/records?from=earliest&max_records=1000",
+            node.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let recs = v["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 100);
+    let first = recs.iter().find(|r| r["value"] == "t0").unwrap();
+    assert_eq!(first["key"], "plant1/line4/temp");
+    let header = |r: &Value, k: &str| {
+        r["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["key"] == k)
+            .map(|h| h["value"].clone())
+    };
+    assert_eq!(
+        header(first, "mqtt.topic"),
+        Some(json!("plant1/line4/temp"))
+    );
+    assert_eq!(header(first, "mqtt.qos"), Some(json!("1")));
+
+    // HTTP → MQTT: a record keyed `line9/temp` routes as `plant1/line9/temp`.
+    let r = c
+        .post(format!(
+            "{}/v1/streams/public/default/plant1/records",
+            node.url
+        ))
+        .json(&json!({"key": "line9/temp", "value": "from http"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    poll_until(&mut sub_ev, |e| match e {
+        Event::Incoming(Packet::Publish(p)) => {
+            assert_eq!(
+                (p.topic.as_str(), &p.payload[..]),
+                ("plant1/line9/temp", &b"from http"[..])
+            );
+            true
+        }
+        _ => false,
+    })
+    .await;
+
+    // A wildcard subscription also sees streams created after it.
+    sub.subscribe("#", QoS::AtMostOnce).await.unwrap();
+    poll_until(&mut sub_ev, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await;
+    publisher
+        .publish("brand-new/x", QoS::AtLeastOnce, false, "fresh")
+        .await
+        .unwrap();
+    poll_until(&mut sub_ev, |e| matches!(e, Event::Incoming(Packet::Publish(p)) if p.topic == "brand-new/x" && &p.payload[..] == b"fresh")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_properties_and_qos2() {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let (host, port) = host_port(&node);
+    let mut opts = MqttOptions::new("v5-sub", host.clone(), port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (sub, mut sub_ev) = AsyncClient::new(opts, 100);
+    sub.subscribe("sensors/#", QoS::ExactlyOnce).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Event::Incoming(Packet::SubAck(a)) = tokio::time::timeout_at(deadline, sub_ev.poll())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            assert_eq!(a.return_codes.len(), 1);
+            break;
+        }
+    }
+    let mut opts = MqttOptions::new("v5-pub", host, port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (publisher, mut pub_ev) = AsyncClient::new(opts, 100);
+    tokio::spawn(async move { while pub_ev.poll().await.is_ok() {} });
+    let props = PublishProperties {
+        content_type: Some("application/json".into()),
+        response_topic: Some("replies/1".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr")),
+        user_properties: vec![
+            ("site".into(), "north".into()),
+            ("site".into(), "south".into()),
+        ],
+        ..Default::default()
+    };
+    publisher
+        .publish_with_properties(
+            "sensors/t1",
+            QoS::ExactlyOnce,
+            false,
+            r#"{"t":1}"#,
+            props.clone(),
+        )
+        .await
+        .unwrap();
+    loop {
+        if let Event::Incoming(Packet::Publish(p)) =
+            tokio::time::timeout_at(deadline, sub_ev.poll())
+                .await
+                .unwrap()
+                .unwrap()
+        {
+            assert_eq!(&p.topic[..], b"sensors/t1");
+            assert_eq!(p.qos, QoS::ExactlyOnce);
+            let got = p.properties.expect("properties forwarded");
+            assert_eq!(got.content_type, props.content_type);
+            assert_eq!(got.response_topic, props.response_topic);
+            assert_eq!(got.correlation_data, props.correlation_data);
+            assert_eq!(got.user_properties, props.user_properties);
+            break;
+        }
+    }
+}
+
+/// Raw bytes: what a broken or hostile client sends.
+fn raw(node: &Node) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(&node.mqtt).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn closed(mut s: std::net::TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    rest
+}
+
+const CONNECT_V311: [u8; 16] = [
+    0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 0b10, 0, 30, 0, 2, b'c', b'1',
+];
+const CONNECT_V5: [u8; 17] = [
+    0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 0b10, 0, 30, 0, 0, 2, b'c', b'2',
+];
+
+#[tokio::test]
+async fn bad_input_closes_only_that_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start_with(tmp.path(), &[], |cmd| {
+        cmd.env("FJORD_MQTT__CONNECT_TIMEOUT_MS", "300");
+    });
+
+    // A CONNECT that never finishes (slowloris) is dropped after the
+    // connect timeout.
+    let mut s = raw(&node);
+    s.write_all(&CONNECT_V311[..5]).unwrap();
+    let started = std::time::Instant::now();
+    assert!(closed(s).is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed by the connect timeout"
+    );
+
+    // Not MQTT at all.
+    let mut s = raw(&node);
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(closed(s).is_empty());
+
+    // Unsupported protocol level: CONNACK "unacceptable protocol version".
+    let mut s = raw(&node);
+    let mut c = CONNECT_V311;
+    c[8] = 9;
+    s.write_all(&c).unwrap();
+    assert_eq!(closed(s), [0x20, 2, 0, 1]);
+
+    // 3.1.1: a wildcard in a PUBLISH topic closes the connection.
+    let mut s = raw(&node);
+    s.write_all(&CONNECT_V311).unwrap();
+    s.write_all(&[0x30, 5, 0, 3, b'a', b'/', b'#']).unwrap();
+    let rest = closed(s);
+    assert_eq!(&rest[..4], &[0x20, 2, 0, 0], "CONNACK, then the close");
+    assert_eq!(rest.len(), 4);
+
+    // 5.0: the same gets DISCONNECT "topic name invalid" (0x90) first.
+    let mut s = raw(&node);
+    s.write_all(&CONNECT_V5).unwrap();
+    s.write_all(&[0x30, 6, 0, 3, b'a', b'/', b'+', 0]).unwrap();
+    let rest = closed(s);
+    let connack_len = 2 + rest[1] as usize;
+    assert_eq!(rest[connack_len], 0xe0, "a DISCONNECT follows the CONNACK");
+    assert_eq!(rest[connack_len + 2], 0x90);
+
+    // Invalid UTF-8 in a topic: malformed (0x81).
+    let mut s = raw(&node);
+    s.write_all(&CONNECT_V5).unwrap();
+    s.write_all(&[0x30, 4, 0, 1, 0xff, 0]).unwrap();
+    let rest = closed(s);
+    let connack_len = 2 + rest[1] as usize;
+    assert_eq!((rest[connack_len], rest[connack_len + 2]), (0xe0, 0x81));
+
+    // A packet before CONNECT.
+    let mut s = raw(&node);
+    s.write_all(&[0xc0, 0]).unwrap();
+    assert!(closed(s).is_empty());
+
+    // The broker still serves.
+    let mut s = raw(&node);
+    s.write_all(&CONNECT_V311).unwrap();
+    s.write_all(&[0xc0, 0]).unwrap();
+    let mut buf = [0u8; 6];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, [0x20, 2, 0, 0, 0xd0, 0], "CONNACK then PINGRESP");
+}
