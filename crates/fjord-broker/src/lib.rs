@@ -287,10 +287,21 @@ impl Broker {
     /// protocols that create streams on first use, as Kafka auto-creates
     /// topics). Concurrent callers are fine: one creates, the rest find it.
     pub fn ensure_stream(&self, s: &StreamRef) -> Result<(), BrokerError> {
+        self.ensure_stream_with(s, None, Policy::default())
+    }
+
+    /// [`Broker::ensure_stream`] with explicit partitions and policy
+    /// overrides for the case it creates the stream.
+    pub fn ensure_stream_with(
+        &self,
+        s: &StreamRef,
+        partitions: Option<u32>,
+        policy: Policy,
+    ) -> Result<(), BrokerError> {
         if self.stream_exists(s) {
             return Ok(());
         }
-        match self.create_stream(s, None, Policy::default()) {
+        match self.create_stream(s, partitions, policy) {
             Ok(_) | Err(BrokerError::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(e),
         }

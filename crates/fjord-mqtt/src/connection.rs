@@ -27,7 +27,7 @@ use crate::codec::{
     self, reason, topic, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
     Properties, Protocol, Publish, QoS, SubAck, UnsubAck,
 };
-use crate::mapping::{Selection, TopicMap};
+use crate::mapping::{Selection, TopicMap, RESERVED_STREAMS};
 use crate::record::{from_record, to_record};
 use crate::server::Shared;
 use crate::state::{InboundAliases, OutboundAliases, PacketIds, Qos2Received, Window};
@@ -156,6 +156,9 @@ struct Session {
     subs: HashMap<String, SubOpts>,
     tree: SubscriptionTree<String>,
     follow_all: bool,
+    /// Retained messages owed to new subscriptions, sent as the window
+    /// allows.
+    backlog: std::collections::VecDeque<Record>,
     followed: HashMap<StreamName, Vec<AbortHandle>>,
     deliveries_tx: mpsc::Sender<(StreamName, Record)>,
     deliveries_rx: mpsc::Receiver<(StreamName, Record)>,
@@ -229,8 +232,8 @@ impl Session {
             props.receive_maximum = Some(cfg.receive_maximum);
             props.topic_alias_maximum = Some(cfg.topic_alias_maximum);
             props.maximum_packet_size = Some(cfg.max_packet_bytes);
-            // Honest advertisement of what this build serves.
-            props.retain_available = Some(0);
+            // Honest advertisement of what this build serves (retained
+            // messages are, so Retain Available is left at its default).
             props.shared_subscription_available = Some(0);
             props.wildcard_subscription_available = Some(1);
             props.subscription_identifier_available = Some(1);
@@ -262,6 +265,7 @@ impl Session {
             subs: HashMap::new(),
             tree: SubscriptionTree::default(),
             follow_all: false,
+            backlog: std::collections::VecDeque::new(),
             followed: HashMap::new(),
             deliveries_tx,
             deliveries_rx,
@@ -362,6 +366,16 @@ impl Session {
             if inbuf.capacity() > 64 * 1024 && inbuf.is_empty() {
                 inbuf = BytesMut::new();
             }
+            if !self.backlog.is_empty() && self.out_window.available() > 0 {
+                let stream = self.shared.retained.stream_name().clone();
+                while self.out_window.available() > 0 && self.out.len() < 64 * 1024 {
+                    let Some(rec) = self.backlog.pop_front() else {
+                        break;
+                    };
+                    self.deliver(&stream, &rec, true);
+                }
+                continue;
+            }
             let keep_alive = !self.keep_alive.is_zero();
             let room = self.out_window.available() > 0;
             let event = tokio::select! {
@@ -376,11 +390,11 @@ impl Session {
                 Event::Read(0) => return End::Abnormal,
                 Event::Read(_) => deadline = Instant::now() + self.keep_alive,
                 Event::Delivery((stream, rec)) => {
-                    self.deliver(&stream, &rec);
+                    self.deliver(&stream, &rec, false);
                     // Drain what is queued, as far as the window allows.
                     while self.out_window.available() > 0 && self.out.len() < 64 * 1024 {
                         match self.deliveries_rx.try_recv() {
-                            Ok((s, r)) => self.deliver(&s, &r),
+                            Ok((s, r)) => self.deliver(&s, &r, false),
                             Err(_) => break,
                         }
                     }
@@ -507,6 +521,8 @@ impl Session {
             /// Index into `runs` of the stored record, `None` for a QoS 2
             /// retransmission (acknowledged, not stored again).
             run: Option<(usize, usize)>,
+            /// The retained-message update this PUBLISH makes, if any.
+            retain: Option<RecordInput>,
         }
         let mut items = Vec::with_capacity(publishes.len());
         let mut runs: Vec<(StreamName, Vec<RecordInput>)> = Vec::new();
@@ -534,6 +550,7 @@ impl Session {
                         qos: p.qos,
                         id: p.packet_id,
                         run: None,
+                        retain: None,
                     });
                     continue;
                 }
@@ -547,6 +564,7 @@ impl Session {
                 &p.properties,
                 &self.client_id,
             );
+            let retain = p.retain.then(|| rec.clone());
             let n_runs = runs.len();
             let run = match runs.last_mut() {
                 Some((s, recs)) if *s == stream => {
@@ -562,6 +580,7 @@ impl Session {
                 qos: p.qos,
                 id: p.packet_id,
                 run: Some(run),
+                retain,
             });
         }
         let mut results: Vec<Result<(), String>> = Vec::with_capacity(runs.len());
@@ -583,7 +602,14 @@ impl Session {
             results.push(r.map_err(|e: BrokerError| e.to_string()));
         }
         for item in items {
-            let outcome = item.run.map_or(Ok(()), |(r, _)| results[r].clone());
+            let mut outcome = item.run.map_or(Ok(()), |(r, _)| results[r].clone());
+            if let (Ok(()), Some(rec)) = (&outcome, item.retain) {
+                // The message is stored; now it becomes (or, empty, stops
+                // being) the topic's retained message (MQTT-3.3.1-5, -6).
+                if let Err(e) = self.shared.retained.set(rec).await {
+                    outcome = Err(e.to_string());
+                }
+            }
             let id = item.id.unwrap_or(0);
             match (item.qos, outcome) {
                 (QoS::AtMostOnce, Ok(())) => {}
@@ -656,10 +682,17 @@ impl Session {
                     retain_as_published: req.retain_as_published,
                     id: s.properties.subscription_identifiers.first().copied(),
                 };
-                if self.subs.insert(req.filter.clone(), opts).is_none() {
+                let is_new = self.subs.insert(req.filter.clone(), opts).is_none();
+                if is_new {
                     self.tree.insert(&req.filter, req.filter.clone());
                 }
                 self.follow(&req.filter).await;
+                // Retain handling: 0 always, 1 only for a new subscription,
+                // 2 never (MQTT-3.3.1-9, -10, -11).
+                if req.retain_handling == 0 || (req.retain_handling == 1 && is_new) {
+                    self.backlog
+                        .extend(self.shared.retained.matching(&req.filter));
+                }
                 req.qos as u8
             };
             codes.push(code);
@@ -713,7 +746,9 @@ impl Session {
             Selection::Streams(set) => set.into_iter().collect(),
         };
         for stream in streams {
-            self.follow_stream(stream, Position::Latest).await;
+            if !RESERVED_STREAMS.contains(&stream.as_str()) {
+                self.follow_stream(stream, Position::Latest).await;
+            }
         }
     }
 
@@ -790,14 +825,15 @@ impl Session {
                     Selection::All => true,
                     Selection::Streams(set) => set.contains(&s.stream),
                 });
-        if wanted {
+        if wanted && !RESERVED_STREAMS.contains(&s.stream.as_str()) {
             // Everything in a new stream came after the subscription.
             self.follow_stream(s.stream, Position::Earliest).await;
         }
     }
 
-    /// Sends a record to the client if a subscription matches it.
-    fn deliver(&mut self, stream: &StreamName, rec: &Record) {
+    /// Sends a record to the client if a subscription matches it;
+    /// `retained` marks a retained message sent on subscribe.
+    fn deliver(&mut self, stream: &StreamName, rec: &Record, retained: bool) {
         let msg = from_record(stream.as_str(), rec, now_ms());
         if !msg.live {
             return;
@@ -849,7 +885,9 @@ impl Session {
         let publish = Packet::Publish(Publish {
             dup: false,
             qos,
-            retain: rap && msg.retain,
+            // MQTT-3.3.1-8/9: retained on subscribe keeps the flag; live
+            // messages keep it only for Retain As Published.
+            retain: retained || (rap && msg.retain),
             topic: if with_topic { msg.topic } else { String::new() },
             packet_id,
             payload: msg.payload,

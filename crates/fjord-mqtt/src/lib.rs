@@ -10,6 +10,7 @@ pub mod codec;
 pub mod connection;
 pub mod mapping;
 pub mod record;
+pub mod retained;
 pub mod server;
 pub mod state;
 pub mod tree;

@@ -23,6 +23,10 @@ use crate::codec::topic;
 
 /// The stream topics go to when their first level cannot name one.
 pub const FALLBACK_STREAM: &str = "mqtt";
+/// Streams of a namespace that topics never map to (they hold broker
+/// state, such as retained messages).
+pub const RESERVED_STREAMS: &[&str] = &[crate::retained::RETAINED_STREAM];
+
 /// The header holding a record's full MQTT topic.
 pub const TOPIC_HEADER: &str = "mqtt.topic";
 
@@ -120,7 +124,7 @@ impl TopicMap {
 /// The default rule alone.
 pub fn default_stream(topic_name: &str) -> StreamName {
     let first = topic_name.split('/').next().unwrap_or("");
-    if first.starts_with('$') {
+    if first.starts_with('$') || RESERVED_STREAMS.contains(&first) {
         return fallback();
     }
     StreamName::new(first).unwrap_or_else(|_| fallback())
@@ -177,6 +181,7 @@ mod tests {
         assert_eq!(m.stream_for("température/x"), s("mqtt"));
         assert_eq!(m.stream_for("a.b/c"), s("mqtt"));
         assert_eq!(m.stream_for(&"x".repeat(65)), s("mqtt"));
+        assert_eq!(m.stream_for("mqtt-retained/x"), s("mqtt"), "reserved");
     }
 
     #[test]

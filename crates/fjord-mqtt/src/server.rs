@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fjord_broker::Broker;
+use fjord_broker::{Broker, BrokerError};
 use fjord_core::{NamespaceName, TenantName};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::connection;
+use crate::retained::Retained;
 
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
@@ -88,20 +89,33 @@ pub struct Shared {
     pub broker: Arc<Broker>,
     pub config: MqttConfig,
     pub registry: Registry,
+    pub retained: Retained,
 }
 
-/// Accepts connections until `shutdown` turns true.
-pub async fn serve(
+/// Loads what the listener needs (retained messages), then accepts
+/// connections until `shutdown` turns true.
+pub async fn start(
     listener: TcpListener,
     broker: Arc<Broker>,
     config: MqttConfig,
     shutdown: watch::Receiver<bool>,
-) {
+) -> Result<tokio::task::JoinHandle<()>, BrokerError> {
+    let retained = Retained::open(
+        broker.clone(),
+        config.tenant.clone(),
+        config.namespace.clone(),
+    )
+    .await?;
     let shared = Arc::new(Shared {
         broker,
         config,
         registry: Registry::default(),
+        retained,
     });
+    Ok(tokio::spawn(serve(listener, shared, shutdown)))
+}
+
+async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
     let mut stop = shutdown.clone();
     loop {
         let accepted = tokio::select! {

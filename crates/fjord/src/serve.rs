@@ -60,25 +60,24 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
     let maintenance = broker.spawn_maintenance();
-    tracing::info!(
-        data_dir = %config.data_dir.display(),
-        http = %http.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        mqtt = %mqtt.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        version = env!("CARGO_PKG_VERSION"),
-        "fjord is ready"
-    );
+    let http_local = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mqtt_local = mqtt.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mqtt_config = fjord_mqtt::server::MqttConfig {
         max_packet_bytes: config.mqtt.max_packet_bytes.max(1024),
         connect_timeout: Duration::from_millis(config.mqtt.connect_timeout_ms.max(100)),
         ..Default::default()
     };
-    let mqtt_server = tokio::spawn(fjord_mqtt::server::serve(
-        mqtt,
-        broker.clone(),
-        mqtt_config,
-        stop_rx.clone(),
-    ));
+    let mqtt_server = fjord_mqtt::server::start(mqtt, broker.clone(), mqtt_config, stop_rx.clone())
+        .await
+        .context("loading MQTT retained messages")?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        http = %http_local,
+        mqtt = %mqtt_local,
+        version = env!("CARGO_PKG_VERSION"),
+        "fjord is ready"
+    );
     let metrics = broker.metrics().clone();
     let app = fjord_http::router(broker.clone());
     let listener = axum::serve::ListenerExt::tap_io(http, move |_| {

@@ -321,3 +321,77 @@ async fn bad_input_closes_only_that_connection() {
     s.read_exact(&mut buf).unwrap();
     assert_eq!(buf, [0x20, 2, 0, 0, 0xd0, 0], "CONNACK then PINGRESP");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_set_clear_and_survive_restart() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::start(tmp.path());
+
+    async fn client(node: &Node, id: &str) -> (AsyncClient, rumqttc::EventLoop) {
+        let (host, port) = host_port(node);
+        let mut o = MqttOptions::new(id, host, port);
+        o.set_keep_alive(Duration::from_secs(5));
+        AsyncClient::new(o, 100)
+    }
+    async fn publish_acked(node: &Node, topic: &str, payload: &str, retain: bool) {
+        let (c, mut ev) = client(node, "setter").await;
+        c.publish(topic, QoS::AtLeastOnce, retain, payload.to_string())
+            .await
+            .unwrap();
+        poll_until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_)))).await;
+        c.disconnect().await.unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while ev.poll().await.is_ok() {}
+        })
+        .await;
+    }
+    /// Subscribes and returns the first message that arrives.
+    async fn first_after_subscribe(
+        node: &Node,
+        id: &str,
+        filter: &str,
+        then_publish: Option<&str>,
+    ) -> rumqttc::Publish {
+        let (c, mut ev) = client(node, id).await;
+        c.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        poll_until(&mut ev, |e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await;
+        if let Some(t) = then_publish {
+            publish_acked(node, t, "marker", false).await;
+        }
+        let mut got = None;
+        poll_until(&mut ev, |e| {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                got = Some(p.clone());
+                true
+            } else {
+                false
+            }
+        })
+        .await;
+        got.unwrap()
+    }
+
+    publish_acked(&node, "state/dev1", "on", true).await;
+    let p = first_after_subscribe(&node, "s1", "state/+", None).await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.retain),
+        ("state/dev1", &b"on"[..], true)
+    );
+
+    // An empty retained payload clears it; a new subscriber then gets only
+    // what is published after it subscribed.
+    publish_acked(&node, "state/dev1", "", true).await;
+    let p = first_after_subscribe(&node, "s2", "state/#", Some("state/marker")).await;
+    assert_eq!((p.topic.as_str(), p.retain), ("state/marker", false));
+
+    // Retained messages survive a restart.
+    publish_acked(&node, "state/dev2", "off", true).await;
+    assert!(node.terminate().success());
+    let node = Node::start(tmp.path());
+    let p = first_after_subscribe(&node, "s3", "state/+", None).await;
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.retain),
+        ("state/dev2", &b"off"[..], true)
+    );
+}
