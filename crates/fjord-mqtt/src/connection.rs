@@ -112,7 +112,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 Protocol::V311,
                 &mut out,
             );
-            let _ = wr.write_all(&out).await;
+            let _ = write_out(&mut wr, &out).await;
             return Err(e.into());
         }
         Ok(r) => r?,
@@ -124,6 +124,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let end = session.run(&mut rd, &mut wr, inbuf, shutdown).await;
     session.finish(end).await;
     Ok(())
+}
+
+/// Writes and flushes (a WebSocket sends only on flush).
+async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    wr.write_all(bytes).await?;
+    wr.flush().await
 }
 
 async fn read_connect<R: AsyncRead + Unpin>(
@@ -206,7 +212,7 @@ impl Session {
                     reason::v311::IDENTIFIER_REJECTED,
                     &mut out,
                 );
-                wr.write_all(&out).await?;
+                write_out(&mut *wr, &out).await?;
                 return Ok(None);
             }
             let id = format!("fjord-{:016x}", random_u64());
@@ -222,7 +228,7 @@ impl Session {
                 reason::v311::NOT_AUTHORIZED,
                 &mut out,
             );
-            wr.write_all(&out).await?;
+            write_out(&mut *wr, &out).await?;
             return Ok(None);
         }
         let (token, takeover) = shared.registry.claim(&client_id);
@@ -250,7 +256,7 @@ impl Session {
             c.protocol,
             &mut out,
         );
-        wr.write_all(&out).await?;
+        write_out(&mut *wr, &out).await?;
         out.clear();
         let (deliveries_tx, deliveries_rx) = mpsc::channel(DELIVERY_QUEUE);
         Ok(Some(Session {
@@ -320,7 +326,7 @@ impl Session {
         let mut deadline = Instant::now() + self.keep_alive;
         loop {
             if !self.out.is_empty() {
-                if wr.write_all(&self.out).await.is_err() {
+                if write_out(&mut *wr, &self.out).await.is_err() {
                     return End::Abnormal;
                 }
                 self.out.clear();
@@ -342,7 +348,7 @@ impl Session {
                             }
                         }
                         if let Some(end) = self.handle(packets).await {
-                            let _ = wr.write_all(&self.out).await;
+                            let _ = write_out(&mut *wr, &self.out).await;
                             return end;
                         }
                     }
@@ -355,7 +361,7 @@ impl Session {
                             .with_label_values(&["mqtt_bad_packet"])
                             .inc();
                         self.disconnect(e.reason_code(), &e.to_string());
-                        let _ = wr.write_all(&self.out).await;
+                        let _ = write_out(&mut *wr, &self.out).await;
                         return End::Abnormal;
                     }
                 }
@@ -402,7 +408,7 @@ impl Session {
                 Event::Created(s) => self.on_stream_created(s).await,
                 Event::KeepAliveExpired => {
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
-                    let _ = wr.write_all(&self.out).await;
+                    let _ = write_out(&mut *wr, &self.out).await;
                     return End::Abnormal;
                 }
                 Event::TakenOver => {
@@ -410,12 +416,12 @@ impl Session {
                         reason::SESSION_TAKEN_OVER,
                         "another connection took this client id",
                     );
-                    let _ = wr.write_all(&self.out).await;
+                    let _ = write_out(&mut *wr, &self.out).await;
                     return End::Abnormal;
                 }
                 Event::Shutdown => {
                     self.disconnect(reason::SERVER_SHUTTING_DOWN, "the server is shutting down");
-                    let _ = wr.write_all(&self.out).await;
+                    let _ = write_out(&mut *wr, &self.out).await;
                     return End::Abnormal;
                 }
             }

@@ -14,3 +14,4 @@ pub mod retained;
 pub mod server;
 pub mod state;
 pub mod tree;
+pub mod ws;

@@ -12,8 +12,8 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::connection;
 use crate::retained::Retained;
+use crate::{connection, ws};
 
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
@@ -92,10 +92,12 @@ pub struct Shared {
     pub retained: Retained,
 }
 
-/// Loads what the listener needs (retained messages), then accepts
-/// connections until `shutdown` turns true.
+/// Loads what the listeners need (retained messages), then accepts MQTT
+/// connections on `tcp`, and MQTT over WebSocket on `ws`, until `shutdown`
+/// turns true.
 pub async fn start(
-    listener: TcpListener,
+    tcp: TcpListener,
+    ws: Option<TcpListener>,
     broker: Arc<Broker>,
     config: MqttConfig,
     shutdown: watch::Receiver<bool>,
@@ -112,10 +114,34 @@ pub async fn start(
         registry: Registry::default(),
         retained,
     });
-    Ok(tokio::spawn(serve(listener, shared, shutdown)))
+    let ws_task = ws.map(|l| {
+        tokio::spawn(serve(
+            l,
+            shared.clone(),
+            shutdown.clone(),
+            Transport::WebSocket,
+        ))
+    });
+    Ok(tokio::spawn(async move {
+        serve(tcp, shared, shutdown, Transport::Tcp).await;
+        if let Some(t) = ws_task {
+            let _ = t.await;
+        }
+    }))
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    transport: Transport,
+) {
     let mut stop = shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -128,11 +154,33 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Rece
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
+                    let label = match transport {
+                        Transport::Tcp => "mqtt",
+                        Transport::WebSocket => "mqtt-ws",
+                    };
                     let metrics = shared.broker.metrics().clone();
-                    metrics.connections_total.with_label_values(&["mqtt"]).inc();
-                    let gauge = metrics.connections.with_label_values(&["mqtt"]);
+                    metrics.connections_total.with_label_values(&[label]).inc();
+                    let gauge = metrics.connections.with_label_values(&[label]);
                     gauge.inc();
-                    if let Err(e) = connection::run(socket, shared, shutdown).await {
+                    let result = match transport {
+                        Transport::Tcp => connection::run(socket, shared, shutdown).await,
+                        Transport::WebSocket => {
+                            let timeout = shared.config.connect_timeout;
+                            match tokio::time::timeout(
+                                timeout,
+                                tokio_tungstenite::accept_hdr_async(socket, ws::check_handshake),
+                            )
+                            .await
+                            {
+                                Ok(Ok(stream)) => {
+                                    connection::run(ws::WsIo::new(stream), shared, shutdown).await
+                                }
+                                Ok(Err(e)) => Err(std::io::Error::other(e).into()),
+                                Err(_) => Err(connection::ConnError::ConnectTimeout),
+                            }
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(%peer, error = %e, "mqtt connection ended");
                     }
                     gauge.dec();

@@ -37,6 +37,8 @@ pub struct HttpConfig {
 pub struct MqttListenerConfig {
     /// MQTT 3.1.1 and 5.0 over TCP.
     pub addr: SocketAddr,
+    /// MQTT over WebSocket (path `/mqtt`, subprotocol `mqtt`).
+    pub ws_addr: SocketAddr,
     /// Largest MQTT packet accepted (advertised as Maximum Packet Size).
     pub max_packet_bytes: u32,
     /// A connection must send CONNECT within this time.
@@ -78,6 +80,7 @@ impl Default for Config {
             },
             mqtt: MqttListenerConfig {
                 addr: "0.0.0.0:1883".parse().expect("valid address"),
+                ws_addr: "0.0.0.0:8083".parse().expect("valid address"),
                 max_packet_bytes: 1024 * 1024 + 64 * 1024,
                 connect_timeout_ms: 10_000,
             },
@@ -107,6 +110,8 @@ pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub mqtt_ws_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
@@ -130,6 +135,9 @@ impl Config {
         }
         if let Some(a) = flags.mqtt_addr {
             fig = fig.merge(("mqtt.addr", a));
+        }
+        if let Some(a) = flags.mqtt_ws_addr {
+            fig = fig.merge(("mqtt.ws_addr", a));
         }
         if let Some(f) = flags.log_format {
             fig = fig.merge(("log.format", f));

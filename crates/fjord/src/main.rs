@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// MQTT listener address (default 0.0.0.0:1883).
     #[arg(long)]
     mqtt_addr: Option<SocketAddr>,
+    /// MQTT over WebSocket listener address (default 0.0.0.0:8083).
+    #[arg(long)]
+    mqtt_ws_addr: Option<SocketAddr>,
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
@@ -100,6 +103,7 @@ async fn serve_cmd(a: ServeArgs) -> anyhow::Result<()> {
         data_dir: a.data_dir,
         http_addr: a.http_addr,
         mqtt_addr: a.mqtt_addr,
+        mqtt_ws_addr: a.mqtt_ws_addr,
         log_format: a.log_format,
         log_level: a.log_level,
     };

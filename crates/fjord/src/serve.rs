@@ -50,6 +50,13 @@ async fn bind(
 pub async fn run(config: Config) -> Result<()> {
     let http = bind("HTTP", config.http.addr, "--http-addr", "FJORD_HTTP__ADDR").await?;
     let mqtt = bind("MQTT", config.mqtt.addr, "--mqtt-addr", "FJORD_MQTT__ADDR").await?;
+    let mqtt_ws = bind(
+        "MQTT over WebSocket",
+        config.mqtt.ws_addr,
+        "--mqtt-ws-addr",
+        "FJORD_MQTT__WS_ADDR",
+    )
+    .await?;
     let mut bc = BrokerConfig::new(&config.data_dir);
     bc.defaults = config.resolved_defaults();
     bc.append_queue_depth = config.storage.append_queue_depth.max(1);
@@ -62,19 +69,30 @@ pub async fn run(config: Config) -> Result<()> {
     let maintenance = broker.spawn_maintenance();
     let http_local = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let mqtt_local = mqtt.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mqtt_ws_local = mqtt_ws
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mqtt_config = fjord_mqtt::server::MqttConfig {
         max_packet_bytes: config.mqtt.max_packet_bytes.max(1024),
         connect_timeout: Duration::from_millis(config.mqtt.connect_timeout_ms.max(100)),
         ..Default::default()
     };
-    let mqtt_server = fjord_mqtt::server::start(mqtt, broker.clone(), mqtt_config, stop_rx.clone())
-        .await
-        .context("loading MQTT retained messages")?;
+    let mqtt_server = fjord_mqtt::server::start(
+        mqtt,
+        Some(mqtt_ws),
+        broker.clone(),
+        mqtt_config,
+        stop_rx.clone(),
+    )
+    .await
+    .context("loading MQTT retained messages")?;
     tracing::info!(
         data_dir = %config.data_dir.display(),
         http = %http_local,
         mqtt = %mqtt_local,
+        mqtt_ws = %mqtt_ws_local,
         version = env!("CARGO_PKG_VERSION"),
         "fjord is ready"
     );

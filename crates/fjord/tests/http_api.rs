@@ -738,6 +738,8 @@ async fn logs_are_json_lines_when_asked() {
         .args([
             "--mqtt-addr",
             &format!("127.0.0.1:{}", common::free_port()),
+            "--mqtt-ws-addr",
+            &format!("127.0.0.1:{}", common::free_port()),
             "--http-addr",
             &format!("127.0.0.1:{port}"),
             "--log-format",

@@ -395,3 +395,56 @@ async fn retained_messages_set_clear_and_survive_restart() {
         ("state/dev2", &b"off"[..], true)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_websocket_meets_mqtt_over_tcp() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    // A WebSocket subscriber (rumqttc takes the ws:// URL as the host).
+    let (ws_host, ws_port) = node.mqtt_ws.rsplit_once(':').unwrap();
+    let mut o = MqttOptions::new(
+        "ws-sub",
+        format!("ws://{ws_host}:{ws_port}/mqtt"),
+        ws_port.parse().unwrap(),
+    );
+    o.set_transport(Transport::Ws);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (sub, mut sub_ev) = AsyncClient::new(o, 100);
+    sub.subscribe("ws/#", QoS::AtLeastOnce).await.unwrap();
+    poll_until(&mut sub_ev, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await;
+    // A TCP publisher.
+    let (host, port) = host_port(&node);
+    let mut o = MqttOptions::new("tcp-pub", host, port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (publisher, mut pub_ev) = AsyncClient::new(o, 100);
+    tokio::spawn(async move { while pub_ev.poll().await.is_ok() {} });
+    for i in 0..20 {
+        publisher
+            .publish("ws/a", QoS::AtLeastOnce, false, format!("m{i}"))
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    poll_until(&mut sub_ev, |e| {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+        got.len() == 20
+    })
+    .await;
+    assert_eq!(got, (0..20).map(|i| format!("m{i}")).collect::<Vec<_>>());
+
+    // Wrong path or no `mqtt` subprotocol: refused at the handshake.
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/elsewhere", node.mqtt_ws))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/mqtt", node.mqtt_ws))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("400"), "{err}");
+}

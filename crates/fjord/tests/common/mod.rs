@@ -13,6 +13,8 @@ pub struct Node {
     pub addr: String,
     /// host:port of the MQTT listener.
     pub mqtt: String,
+    /// host:port of the MQTT over WebSocket listener.
+    pub mqtt_ws: String,
     pub data_dir: PathBuf,
 }
 
@@ -38,6 +40,7 @@ impl Node {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let mqtt = format!("127.0.0.1:{}", free_port());
+        let mqtt_ws = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--data-dir"])
             .arg(data_dir)
@@ -46,6 +49,8 @@ impl Node {
                 &addr,
                 "--mqtt-addr",
                 &mqtt,
+                "--mqtt-ws-addr",
+                &mqtt_ws,
                 "--log-level",
                 "warn",
             ])
@@ -60,6 +65,7 @@ impl Node {
             url: format!("http://{addr}"),
             addr,
             mqtt,
+            mqtt_ws,
             data_dir: data_dir.to_path_buf(),
         };
         node.wait_ready();
