@@ -36,47 +36,59 @@ impl Node {
         Self::start_with(data_dir, &[], |_| {})
     }
 
-    pub fn start_with(data_dir: &Path, extra: &[&str], tweak: impl FnOnce(&mut Command)) -> Node {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let mqtt = format!("127.0.0.1:{}", free_port());
-        let mqtt_ws = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(bin());
-        cmd.args(["serve", "--data-dir"])
-            .arg(data_dir)
-            .args([
-                "--http-addr",
-                &addr,
-                "--mqtt-addr",
-                &mqtt,
-                "--mqtt-ws-addr",
-                &mqtt_ws,
-                "--log-level",
-                "warn",
-            ])
-            .args(extra)
-            .env_remove("FJORD_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        tweak(&mut cmd);
-        let child = cmd.spawn().expect("spawn fjord");
-        let node = Node {
-            child,
-            url: format!("http://{addr}"),
-            addr,
-            mqtt,
-            mqtt_ws,
-            data_dir: data_dir.to_path_buf(),
-        };
-        node.wait_ready();
-        node
+    /// Starts a node with `extra` flags, `tweak` applied to its command.
+    ///
+    /// Ports are picked free and then bound by the node, so another process
+    /// (an outgoing client connection, say) can take one in between; a node
+    /// that exits at start is therefore retried with new ports.
+    pub fn start_with(data_dir: &Path, extra: &[&str], tweak: impl Fn(&mut Command)) -> Node {
+        for _ in 0..5 {
+            let addr = format!("127.0.0.1:{}", free_port());
+            let mqtt = format!("127.0.0.1:{}", free_port());
+            let mqtt_ws = format!("127.0.0.1:{}", free_port());
+            let mut cmd = Command::new(bin());
+            cmd.args(["serve", "--data-dir"])
+                .arg(data_dir)
+                .args([
+                    "--http-addr",
+                    &addr,
+                    "--mqtt-addr",
+                    &mqtt,
+                    "--mqtt-ws-addr",
+                    &mqtt_ws,
+                    "--log-level",
+                    "warn",
+                ])
+                .args(extra)
+                .env_remove("FJORD_URL")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            tweak(&mut cmd);
+            let child = cmd.spawn().expect("spawn fjord");
+            let mut node = Node {
+                child,
+                url: format!("http://{addr}"),
+                addr,
+                mqtt,
+                mqtt_ws,
+                data_dir: data_dir.to_path_buf(),
+            };
+            if node.wait_ready() {
+                return node;
+            }
+        }
+        panic!("fjord did not start over {}", data_dir.display());
     }
 
-    pub fn wait_ready(&self) {
+    /// Waits until the node answers ready (true) or exits (false).
+    pub fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if probe_ok(&format!("{}/readyz", self.url)) {
-                return;
+                return true;
+            }
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
