@@ -22,6 +22,7 @@ pub struct Metrics {
     pub memory_reserved: IntGauge,
     pub memory_budget: IntGauge,
     pub skipped_records: IntCounterVec,
+    pub protocol_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -118,6 +119,11 @@ impl Metrics {
             "Records a live subscriber never got because retention or an ephemeral ring dropped them first.",
             &["protocol"],
         );
+        let protocol_errors = counter(
+            "fjord_protocol_errors_total",
+            "Connections closed for bad input, by protocol and reason (MQTT: the 5.0 reason code).",
+            &["protocol", "reason"],
+        );
         let memory_budget = single(
             "fjord_memory_budget_bytes",
             "The node's budget for message bytes in flight.",
@@ -138,6 +144,7 @@ impl Metrics {
             memory_reserved,
             memory_budget,
             skipped_records,
+            protocol_errors,
         }
     }
 

@@ -97,7 +97,10 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await
     {
-        Err(_) => return Err(ConnError::ConnectTimeout),
+        Err(_) => {
+            count_error(&shared, "connect_timeout");
+            return Err(ConnError::ConnectTimeout);
+        }
         Ok(Err(ConnError::Decode(e @ DecodeError::UnsupportedProtocol(_))))
         | Ok(Err(ConnError::Decode(e @ DecodeError::BadProtocolName(_)))) => {
             // MQTT-3.1.2-2: answer with "unacceptable protocol version", in
@@ -113,6 +116,11 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 &mut out,
             );
             let _ = write_out(&mut wr, &out).await;
+            count_error(&shared, &format!("{:#04x}", e.reason_code()));
+            return Err(e.into());
+        }
+        Ok(Err(ConnError::Decode(e))) => {
+            count_error(&shared, &format!("{:#04x}", e.reason_code()));
             return Err(e.into());
         }
         Ok(r) => r?,
@@ -124,6 +132,15 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let end = session.run(&mut rd, &mut wr, inbuf, shutdown).await;
     session.finish(end).await;
     Ok(())
+}
+
+fn count_error(shared: &Shared, reason: &str) {
+    shared
+        .broker
+        .metrics()
+        .protocol_errors
+        .with_label_values(&["mqtt", reason])
+        .inc();
 }
 
 /// Writes and flushes (a WebSocket sends only on flush).
@@ -357,8 +374,8 @@ impl Session {
                         self.shared
                             .broker
                             .metrics()
-                            .produce_errors
-                            .with_label_values(&["mqtt_bad_packet"])
+                            .protocol_errors
+                            .with_label_values(&["mqtt", &format!("{:#04x}", e.reason_code())])
                             .inc();
                         self.disconnect(e.reason_code(), &e.to_string());
                         let _ = write_out(&mut *wr, &self.out).await;

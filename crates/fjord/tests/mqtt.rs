@@ -320,6 +320,14 @@ async fn bad_input_closes_only_that_connection() {
     let mut buf = [0u8; 6];
     s.read_exact(&mut buf).unwrap();
     assert_eq!(buf, [0x20, 2, 0, 0, 0xd0, 0], "CONNACK then PINGRESP");
+
+    // The closes are counted, by reason.
+    let bad_topics = common::metric(
+        &node.url,
+        "fjord_protocol_errors_total{protocol=\"mqtt\",reason=\"0x90\"}",
+    )
+    .await;
+    assert!(bad_topics >= 2.0, "{bad_topics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
