@@ -13,6 +13,7 @@ pub mod partitioner;
 pub mod policy;
 pub mod record;
 pub mod time;
+pub mod topic;
 mod varint;
 
 pub use error::CoreError;

@@ -91,6 +91,19 @@ pub enum DedupBy {
 /// The header that carries a record's deduplication id.
 pub const DEDUP_ID_HEADER: &str = "fjord.dedup_id";
 
+/// One MQTT topic mapping rule: topics matching `filter` are stored in
+/// `stream` (ARCHITECTURE §3). Rules are tried in order; unmatched topics
+/// follow the default rule (first topic level names the stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTopicRule {
+    pub filter: String,
+    pub stream: crate::StreamName,
+}
+
+/// Rules per namespace at most.
+pub const MQTT_TOPIC_RULES_MAX: usize = 1000;
+
 /// Optional settings; `None` means "inherit".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +144,9 @@ pub struct Policy {
     /// Roll the active segment once it is this old.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_ms: Option<i64>,
+    /// MQTT topic → stream rules (meaningful on a namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_topic_rules: Option<Vec<MqttTopicRule>>,
 }
 
 /// Every setting with a concrete value.
@@ -149,6 +165,7 @@ pub struct ResolvedPolicy {
     pub partitions_default: u32,
     pub segment_bytes: u64,
     pub segment_ms: i64,
+    pub mqtt_topic_rules: Vec<MqttTopicRule>,
 }
 
 impl Default for ResolvedPolicy {
@@ -168,6 +185,7 @@ impl Default for ResolvedPolicy {
             partitions_default: 1,
             segment_bytes: 128 * 1024 * 1024,
             segment_ms: 24 * 3600 * 1000,
+            mqtt_topic_rules: Vec::new(),
         }
     }
 }
@@ -182,7 +200,7 @@ impl Policy {
     /// `self`'s settings where set, otherwise `base`'s.
     pub fn merged_over(&self, base: &Policy) -> Policy {
         macro_rules! pick {
-            ($($f:ident),*) => { Policy { $($f: self.$f.or(base.$f)),* } };
+            ($($f:ident),*) => { Policy { $($f: self.$f.clone().or_else(|| base.$f.clone())),* } };
         }
         pick!(
             durability,
@@ -197,7 +215,8 @@ impl Policy {
             max_message_bytes,
             partitions_default,
             segment_bytes,
-            segment_ms
+            segment_ms,
+            mqtt_topic_rules
         )
     }
 
@@ -220,6 +239,10 @@ impl Policy {
                 .unwrap_or(defaults.partitions_default),
             segment_bytes: self.segment_bytes.unwrap_or(defaults.segment_bytes),
             segment_ms: self.segment_ms.unwrap_or(defaults.segment_ms),
+            mqtt_topic_rules: self
+                .mqtt_topic_rules
+                .clone()
+                .unwrap_or_else(|| defaults.mqtt_topic_rules.clone()),
         }
     }
 
@@ -265,6 +288,28 @@ impl Policy {
             -1,
             DEDUP_WINDOW_MS_MAX,
         )?;
+        if let Some(rules) = &self.mqtt_topic_rules {
+            if rules.len() > MQTT_TOPIC_RULES_MAX {
+                return Err(format!(
+                    "mqtt_topic_rules: {} rules, at most {MQTT_TOPIC_RULES_MAX}",
+                    rules.len()
+                ));
+            }
+            for (i, r) in rules.iter().enumerate() {
+                if crate::topic::shared(&r.filter).is_some() {
+                    return Err(format!(
+                        "mqtt_topic_rules[{i}]: {:?} is a shared subscription, not a topic filter",
+                        r.filter
+                    ));
+                }
+                crate::topic::validate_filter(&r.filter).map_err(|e| {
+                    format!(
+                        "mqtt_topic_rules[{i}]: topic filter {:?} is invalid ({e:?})",
+                        r.filter
+                    )
+                })?;
+            }
+        }
         if self.dedup_window_ms == Some(0) {
             return Err("dedup_window_ms = 0: use -1 to turn deduplication off".into());
         }

@@ -276,6 +276,16 @@ impl Session {
         write_out(&mut *wr, &out).await?;
         out.clear();
         let (deliveries_tx, deliveries_rx) = mpsc::channel(DELIVERY_QUEUE);
+        // The namespace's topic mapping rules, as they are now (a change
+        // applies to connections made after it).
+        let map = shared
+            .broker
+            .get_namespace(&cfg.tenant, &cfg.namespace)
+            .ok()
+            .and_then(|ns| {
+                TopicMap::new(ns.policy.resolve(shared.broker.defaults()).mqtt_topic_rules).ok()
+            })
+            .unwrap_or_default();
         Ok(Some(Session {
             protocol: c.protocol,
             client_id,
@@ -284,7 +294,7 @@ impl Session {
             // MQTT-3.1.2-24: one and a half times the keep alive.
             keep_alive: Duration::from_millis(c.keep_alive as u64 * 1500),
             will: c.will,
-            map: TopicMap::default(),
+            map,
             subs: HashMap::new(),
             tree: SubscriptionTree::default(),
             follow_all: false,

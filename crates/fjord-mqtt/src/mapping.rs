@@ -16,7 +16,6 @@
 use std::collections::BTreeSet;
 
 use fjord_core::{Header, StreamName};
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::codec::topic;
@@ -30,12 +29,8 @@ pub const RESERVED_STREAMS: &[&str] = &[crate::retained::RETAINED_STREAM];
 /// The header holding a record's full MQTT topic.
 pub const TOPIC_HEADER: &str = "mqtt.topic";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MappingRule {
-    /// An MQTT topic filter (not a shared one).
-    pub filter: String,
-    pub stream: StreamName,
-}
+/// A namespace's rule, as stored in its policy (`mqtt_topic_rules`).
+pub use fjord_core::policy::MqttTopicRule as MappingRule;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MappingError {

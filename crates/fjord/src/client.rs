@@ -57,6 +57,29 @@ pub enum StreamCmd {
     },
 }
 
+#[derive(Subcommand)]
+pub enum MqttCmd {
+    /// Show, or with --set/--clear replace, a namespace's topic → stream
+    /// rules (tried in order; unmatched topics use their first level).
+    Rules {
+        /// `namespace` or `tenant/namespace`.
+        #[arg(default_value = "default")]
+        namespace: String,
+        /// A rule `FILTER=STREAM`; repeat in the order they apply.
+        #[arg(long = "set", value_parser = parse_rule)]
+        set: Vec<(String, String)>,
+        /// Remove every rule.
+        #[arg(long, conflicts_with = "set")]
+        clear: bool,
+    },
+}
+
+fn parse_rule(s: &str) -> Result<(String, String), String> {
+    s.rsplit_once('=')
+        .map(|(f, st)| (f.to_string(), st.to_string()))
+        .ok_or_else(|| format!("rule {s:?} is not FILTER=STREAM"))
+}
+
 #[derive(Args)]
 pub struct ProduceArgs {
     #[command(flatten)]
@@ -267,6 +290,54 @@ pub async fn stream(conn: Conn, cmd: StreamCmd) -> Result<()> {
             .await?;
             println!("deleted stream {t}/{ns}/{s}");
         }
+    }
+    Ok(())
+}
+
+pub async fn mqtt(conn: Conn, cmd: MqttCmd) -> Result<()> {
+    let c = Client::new(&conn)?;
+    let MqttCmd::Rules {
+        namespace,
+        set,
+        clear,
+    } = cmd;
+    let (t, ns) = match namespace.split_once('/') {
+        Some((t, ns)) => (t.to_string(), ns.to_string()),
+        None => ("public".to_string(), namespace),
+    };
+    let path = format!("/v1/tenants/{t}/namespaces/{ns}");
+    let mut info = c.call(reqwest::Method::GET, &path, None).await?;
+    if clear || !set.is_empty() {
+        let mut policy = info["policy"].clone();
+        if !policy.is_object() {
+            policy = json!({});
+        }
+        let rules: Vec<Value> = set
+            .iter()
+            .map(|(f, s)| json!({"filter": f, "stream": s}))
+            .collect();
+        if clear {
+            policy.as_object_mut().map(|o| o.remove("mqtt_topic_rules"));
+        } else {
+            policy["mqtt_topic_rules"] = Value::Array(rules);
+        }
+        info = c
+            .call(reqwest::Method::PUT, &path, Some(json!({"policy": policy})))
+            .await?;
+    }
+    let rules = info["policy"]["mqtt_topic_rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if rules.is_empty() {
+        println!("no rules in {t}/{ns}: a topic's first level names its stream");
+    }
+    for r in rules {
+        println!(
+            "{}\t→ {}",
+            r["filter"].as_str().unwrap_or(""),
+            r["stream"].as_str().unwrap_or("")
+        );
     }
     Ok(())
 }

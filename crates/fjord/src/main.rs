@@ -66,6 +66,13 @@ enum Command {
     Produce(client::ProduceArgs),
     /// Consume records, optionally following the tail.
     Consume(client::ConsumeArgs),
+    /// MQTT settings of a namespace.
+    Mqtt {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        cmd: client::MqttCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +94,7 @@ fn main() -> ExitCode {
             Some(Command::Stream { conn, cmd }) => client::stream(conn, cmd).await,
             Some(Command::Produce(a)) => client::produce(a).await,
             Some(Command::Consume(a)) => client::consume(a).await,
+            Some(Command::Mqtt { conn, cmd }) => client::mqtt(conn, cmd).await,
         }
     });
     match result {

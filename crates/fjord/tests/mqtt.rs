@@ -456,3 +456,81 @@ async fn mqtt_over_websocket_meets_mqtt_over_tcp() {
         .unwrap_err();
     assert!(err.to_string().contains("400"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_mapping_rules_from_the_admin_api_and_cli() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    // Through the CLI.
+    let out = std::process::Command::new(common::bin())
+        .args([
+            "mqtt",
+            "rules",
+            "default",
+            "--set",
+            "factory/+/alarms/#=alarms",
+            "--set",
+            "factory/#=telemetry",
+        ])
+        .env("FJORD_URL", &node.url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        shown,
+        "factory/+/alarms/#\t→ alarms\nfactory/#\t→ telemetry\n"
+    );
+    // A bad rule is refused by the admin API with a clear error.
+    let r = http()
+        .put(format!("{}/v1/tenants/public/namespaces/default", node.url))
+        .json(&json!({"policy": {"mqtt_topic_rules": [{"filter": "a/#/b", "stream": "x"}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("mqtt_topic_rules[0]"));
+
+    let (host, port) = host_port(&node);
+    let mut o = MqttOptions::new("rules", host, port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (c, mut ev) = AsyncClient::new(o, 100);
+    c.subscribe("factory/#", QoS::AtLeastOnce).await.unwrap();
+    poll_until(&mut ev, |e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await;
+    c.publish("factory/f1/alarms/fire", QoS::AtLeastOnce, false, "fire!")
+        .await
+        .unwrap();
+    c.publish("factory/f1/temp", QoS::AtLeastOnce, false, "20C")
+        .await
+        .unwrap();
+    let mut topics = Vec::new();
+    poll_until(&mut ev, |e| {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            topics.push(p.topic.clone());
+        }
+        topics.len() == 2
+    })
+    .await;
+    topics.sort();
+    assert_eq!(topics, ["factory/f1/alarms/fire", "factory/f1/temp"]);
+    // Each landed in the stream its rule names.
+    for (stream, value) in [("alarms", "fire!"), ("telemetry", "20C")] {
+        let v: Value = http()
+            .get(format!(
+                "{}/v1/streams/public/default/{stream}/records?from=earliest",
+                node.url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["records"][0]["value"], value, "{stream}: {v}");
+    }
+}

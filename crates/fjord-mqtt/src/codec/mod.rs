@@ -12,7 +12,7 @@
 mod packets;
 pub mod primitives;
 pub mod properties;
-pub mod topic;
+pub use fjord_core::topic;
 
 pub use packets::*;
 pub use properties::{Context, Properties};

@@ -1,4 +1,6 @@
-//! Topic names and topic filters (MQTT 5.0 §4.7, 3.1.1 §4.7).
+//! MQTT topic names and topic filters (MQTT 5.0 §4.7, 3.1.1 §4.7). In the
+//! core because namespace policies hold topic mapping rules; the MQTT codec
+//! uses the same rules.
 
 /// Why a topic name or filter is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
