@@ -17,6 +17,8 @@ const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespace
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 /// Key `tenant/ns/stream/consumer/partition` → committed offset.
 const CURSORS: TableDefinition<&str, i64> = TableDefinition::new("cursors");
+/// Key `tenant/client id` → opaque session state.
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 
 pub struct EmbeddedStore {
     db: Database,
@@ -56,6 +58,7 @@ impl EmbeddedStore {
         tx.open_table(NAMESPACES)?;
         tx.open_table(STREAMS)?;
         tx.open_table(CURSORS)?;
+        tx.open_table(SESSIONS)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -432,6 +435,51 @@ impl MetaStore for EmbeddedStore {
         }
         Ok(out)
     }
+
+    fn put_session(
+        &self,
+        tenant: &TenantName,
+        client_id: &str,
+        state: &[u8],
+    ) -> Result<(), MetaError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SESSIONS)?
+            .insert(format!("{tenant}/{client_id}").as_str(), state)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_session(
+        &self,
+        tenant: &TenantName,
+        client_id: &str,
+    ) -> Result<Option<Vec<u8>>, MetaError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SESSIONS)?;
+        let v = t.get(format!("{tenant}/{client_id}").as_str())?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    fn delete_session(&self, tenant: &TenantName, client_id: &str) -> Result<(), MetaError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(SESSIONS)?
+            .remove(format!("{tenant}/{client_id}").as_str())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_sessions(&self, tenant: &TenantName) -> Result<Vec<(String, Vec<u8>)>, MetaError> {
+        let prefix = format!("{tenant}/");
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SESSIONS)?;
+        let (a, b) = prefix_range(&prefix);
+        let mut out = Vec::new();
+        for item in t.range(a.as_str()..b.as_str())? {
+            let (k, v) = item?;
+            out.push((k.value()[prefix.len()..].to_string(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -516,6 +564,27 @@ mod tests {
         s.delete_tenant(&TenantName::new("public").unwrap())
             .unwrap();
         assert!(s.list_tenants().unwrap().is_empty());
+    }
+
+    #[test]
+    fn sessions_are_kept_per_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let a = TenantName::new("a").unwrap();
+        let ab = TenantName::new("a-b").unwrap();
+        s.put_session(&a, "dev/1", b"one").unwrap();
+        s.put_session(&ab, "dev/2", b"two").unwrap();
+        assert_eq!(
+            s.get_session(&a, "dev/1").unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
+        assert_eq!(
+            s.list_sessions(&a).unwrap(),
+            vec![("dev/1".to_string(), b"one".to_vec())]
+        );
+        s.delete_session(&a, "dev/1").unwrap();
+        assert_eq!(s.get_session(&a, "dev/1").unwrap(), None);
+        assert_eq!(s.list_sessions(&ab).unwrap().len(), 1);
     }
 
     #[test]

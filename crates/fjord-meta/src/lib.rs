@@ -71,6 +71,23 @@ pub trait MetaStore: Send + Sync {
     ) -> Result<Vec<(u32, i64)>, MetaError>;
     /// Every consumer of `stream` with its positions.
     fn list_consumers(&self, stream: &StreamRef) -> Result<Vec<ConsumerOffsets>, MetaError>;
+
+    /// Protocol sessions that outlive their connection (MQTT persistent
+    /// sessions), stored opaquely under `(tenant, client id)`.
+    fn put_session(
+        &self,
+        tenant: &TenantName,
+        client_id: &str,
+        state: &[u8],
+    ) -> Result<(), MetaError>;
+    fn get_session(
+        &self,
+        tenant: &TenantName,
+        client_id: &str,
+    ) -> Result<Option<Vec<u8>>, MetaError>;
+    fn delete_session(&self, tenant: &TenantName, client_id: &str) -> Result<(), MetaError>;
+    /// Every session of `tenant`: `(client id, state)`.
+    fn list_sessions(&self, tenant: &TenantName) -> Result<Vec<(String, Vec<u8>)>, MetaError>;
 }
 
 /// Creates tenant `public` with namespace `default` if they are missing.

@@ -30,6 +30,7 @@ use crate::codec::{
 use crate::mapping::{Selection, TopicMap, RESERVED_STREAMS};
 use crate::record::{from_record, to_record};
 use crate::server::Shared;
+use crate::session_store::{StoredCursor, StoredSession, StoredSubscription};
 use crate::state::{InboundAliases, OutboundAliases, PacketIds, Qos2Received, Window};
 use crate::tree::SubscriptionTree;
 
@@ -55,6 +56,32 @@ struct SubOpts {
     id: Option<u32>,
 }
 
+/// Delivery progress on one partition.
+#[derive(Debug, Default)]
+struct Progress {
+    /// Offset after the last record seen.
+    next: i64,
+    /// Offsets delivered at QoS 1/2 and not yet acknowledged.
+    unacked: std::collections::BTreeSet<i64>,
+}
+
+impl Progress {
+    /// Where delivery resumes: the first unacknowledged record, else the
+    /// next one.
+    fn cursor(&self) -> i64 {
+        self.unacked.first().copied().unwrap_or(self.next)
+    }
+}
+
+/// Whether and how the session outlives its connection.
+struct Persistence {
+    /// Session Expiry Interval in seconds; 0: the session ends with the
+    /// connection.
+    expiry_s: u32,
+    dirty: bool,
+    last_save: Instant,
+}
+
 /// An outgoing QoS 1/2 delivery, by the packet it waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AwaitingPub {
@@ -63,11 +90,17 @@ enum AwaitingPub {
     Comp,
 }
 
+/// Where a delivered record came from: stream, partition, offset.
+type Source = (StreamName, u32, i64);
+
+/// A record read for this session: stream, partition, record.
+type Delivery = (StreamName, u32, Record);
+
 /// What woke the session loop.
 enum Event {
     /// Bytes read; 0 means the peer closed (or the read failed).
     Read(usize),
-    Delivery((StreamName, Record)),
+    Delivery(Delivery),
     Created(StreamRef),
     KeepAliveExpired,
     TakenOver,
@@ -173,6 +206,8 @@ struct Session {
     client_id: String,
     token: u64,
     takeover: watch::Receiver<bool>,
+    /// Set when this connection has finished (its session saved).
+    done: watch::Sender<bool>,
     keep_alive: Duration,
     will: Option<LastWill>,
     map: TopicMap,
@@ -183,14 +218,21 @@ struct Session {
     /// allows.
     backlog: std::collections::VecDeque<Record>,
     followed: HashMap<StreamName, Vec<AbortHandle>>,
-    deliveries_tx: mpsc::Sender<(StreamName, Record)>,
-    deliveries_rx: mpsc::Receiver<(StreamName, Record)>,
+    deliveries_tx: mpsc::Sender<Delivery>,
+    deliveries_rx: mpsc::Receiver<Delivery>,
+    /// Per followed partition: what has been seen and what awaits an ack
+    /// (the session's cursor is derived from it).
+    progress: HashMap<(StreamName, u32), Progress>,
+    /// Offsets below which a record was sent before the session resumed
+    /// (redeliveries carry DUP).
+    resent_below: HashMap<(StreamName, u32), i64>,
+    persistence: Persistence,
     in_aliases: InboundAliases,
     out_aliases: OutboundAliases,
     ids: PacketIds,
     in_window: Window,
     out_window: Window,
-    outgoing: HashMap<u16, AwaitingPub>,
+    outgoing: HashMap<u16, (AwaitingPub, Option<Source>)>,
     qos2: Qos2Received,
     client_max_packet: usize,
     out: BytesMut,
@@ -248,7 +290,34 @@ impl Session {
             write_out(&mut *wr, &out).await?;
             return Ok(None);
         }
-        let (token, takeover) = shared.registry.claim(&client_id);
+        let claimed = shared.registry.claim(&client_id);
+        if let Some(mut previous) = claimed.previous {
+            // Let the connection we take over save its session first.
+            let _ = tokio::time::timeout(Duration::from_secs(5), previous.wait_for(|d| *d)).await;
+        }
+        let meta = shared.broker.meta().clone();
+        // 5.0: the client's Session Expiry Interval (capped); 3.1.1: a
+        // session without Clean Session lasts as long as we allow.
+        let max_expiry = cfg.session_expiry_max.as_secs().min(u32::MAX as u64) as u32;
+        let asked = if v5 {
+            c.properties.session_expiry_interval.unwrap_or(0)
+        } else if c.clean_start {
+            0
+        } else {
+            u32::MAX
+        };
+        let expiry_s = asked.min(max_expiry);
+        let stored = if c.clean_start {
+            // MQTT-3.1.2-4: a clean start discards any existing session.
+            let _ = meta.delete_session(&cfg.tenant, &client_id);
+            None
+        } else {
+            meta.get_session(&cfg.tenant, &client_id)
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<StoredSession>(&b).ok())
+                .filter(|st| !st.expired(now_ms()))
+        };
         let client_receive_max = c.properties.receive_maximum.unwrap_or(u16::MAX);
         let mut props = Properties::default();
         if v5 {
@@ -260,13 +329,15 @@ impl Session {
             props.shared_subscription_available = Some(0);
             props.wildcard_subscription_available = Some(1);
             props.subscription_identifier_available = Some(1);
-            // Sessions end with the connection for now.
-            props.session_expiry_interval = c.properties.session_expiry_interval.map(|_| 0);
+            if asked > expiry_s {
+                props.session_expiry_interval = Some(expiry_s);
+            }
             props.assigned_client_identifier = assigned;
         }
         codec::encode(
             &Packet::ConnAck(ConnAck {
-                session_present: false,
+                // MQTT-3.2.2-2/3.
+                session_present: stored.is_some(),
                 code: reason::SUCCESS,
                 properties: props,
             }),
@@ -286,11 +357,19 @@ impl Session {
                 TopicMap::new(ns.policy.resolve(shared.broker.defaults()).mqtt_topic_rules).ok()
             })
             .unwrap_or_default();
-        Ok(Some(Session {
+        let mut session = Session {
             protocol: c.protocol,
             client_id,
-            token,
-            takeover,
+            token: claimed.token,
+            takeover: claimed.takeover,
+            done: claimed.done,
+            progress: HashMap::new(),
+            resent_below: HashMap::new(),
+            persistence: Persistence {
+                expiry_s,
+                dirty: false,
+                last_save: Instant::now(),
+            },
             // MQTT-3.1.2-24: one and a half times the keep alive.
             keep_alive: Duration::from_millis(c.keep_alive as u64 * 1500),
             will: c.will,
@@ -315,7 +394,141 @@ impl Session {
                 .map_or(usize::MAX, |m| m as usize),
             out,
             shared,
-        }))
+        };
+        match stored {
+            Some(st) => session.resume(st).await,
+            // A new persistent session exists from now on (MQTT-3.1.2-5).
+            None => session.save(None),
+        }
+        Ok(Some(session))
+    }
+
+    /// Restores a stored session: subscriptions, QoS 2 exchanges, and
+    /// readers from the cursors (streams created meanwhile from their
+    /// start).
+    async fn resume(&mut self, st: StoredSession) {
+        for c in &st.cursors {
+            let Ok(stream) = StreamName::new(c.stream.clone()) else {
+                continue;
+            };
+            self.progress.insert(
+                (stream.clone(), c.partition),
+                Progress {
+                    next: c.cursor,
+                    ..Default::default()
+                },
+            );
+            self.resent_below.insert((stream, c.partition), c.next);
+        }
+        for id in st.qos2_received {
+            self.qos2.first_receipt(id);
+        }
+        for id in st.pubrel_pending {
+            if self.ids.reserve(id) {
+                self.out_window.acquire();
+                self.outgoing.insert(id, (AwaitingPub::Comp, None));
+                self.send(&Packet::PubRel(Ack {
+                    packet_id: id,
+                    reason: reason::SUCCESS,
+                    properties: Properties::default(),
+                }));
+            }
+        }
+        for sub in st.subscriptions {
+            let Some(qos) = QoS::from_u8(sub.qos) else {
+                continue;
+            };
+            let opts = SubOpts {
+                qos,
+                no_local: sub.no_local,
+                retain_as_published: sub.retain_as_published,
+                id: sub.id,
+            };
+            self.tree.insert(&sub.filter, sub.filter.clone());
+            self.subs.insert(sub.filter.clone(), opts);
+            self.follow(&sub.filter, Position::Earliest).await;
+        }
+    }
+
+    fn persistent(&self) -> bool {
+        self.persistence.expiry_s > 0
+    }
+
+    /// Writes the session to the MetaStore (persistent sessions only);
+    /// `disconnected_ms` when the client has gone.
+    fn save(&mut self, disconnected_ms: Option<i64>) {
+        if !self.persistent() {
+            return;
+        }
+        let st = StoredSession {
+            expiry_s: self.persistence.expiry_s,
+            disconnected_ms,
+            subscriptions: self
+                .subs
+                .iter()
+                .map(|(f, o)| StoredSubscription {
+                    filter: f.clone(),
+                    qos: o.qos as u8,
+                    no_local: o.no_local,
+                    retain_as_published: o.retain_as_published,
+                    id: o.id,
+                })
+                .collect(),
+            cursors: self
+                .progress
+                .iter()
+                .map(|((s, p), pr)| StoredCursor {
+                    stream: s.to_string(),
+                    partition: *p,
+                    cursor: pr.cursor(),
+                    next: pr.next,
+                })
+                .collect(),
+            qos2_received: self.qos2.pending().collect(),
+            pubrel_pending: self
+                .outgoing
+                .iter()
+                .filter(|(_, o)| o.0 == AwaitingPub::Comp)
+                .map(|(id, _)| *id)
+                .collect(),
+        };
+        match serde_json::to_vec(&st) {
+            Ok(bytes) => {
+                if let Err(e) = self.shared.broker.meta().put_session(
+                    &self.shared.config.tenant,
+                    &self.client_id,
+                    &bytes,
+                ) {
+                    tracing::warn!(client = %self.client_id, error = %e, "session not saved");
+                }
+            }
+            Err(e) => tracing::warn!(client = %self.client_id, error = %e, "session not encoded"),
+        }
+        self.persistence.dirty = false;
+        self.persistence.last_save = Instant::now();
+    }
+
+    /// Saves progress at most once a second while deliveries go on, so a
+    /// broker crash redelivers little.
+    fn save_if_due(&mut self) {
+        if self.persistence.dirty && self.persistence.last_save.elapsed() >= Duration::from_secs(1)
+        {
+            self.save(None);
+        }
+    }
+
+    /// Handles a record read from a followed partition.
+    fn deliver_read(&mut self, (stream, p, rec): Delivery) {
+        let key = (stream.clone(), p);
+        let dup = self.resent_below.get(&key).is_some_and(|&b| rec.offset < b);
+        let source = Some((stream.clone(), p, rec.offset));
+        let awaiting = self.deliver(&stream, &rec, false, dup, source);
+        let pr = self.progress.entry(key).or_default();
+        pr.next = pr.next.max(rec.offset + 1);
+        if awaiting {
+            pr.unacked.insert(rec.offset);
+        }
+        self.persistence.dirty = true;
     }
 
     fn v5(&self) -> bool {
@@ -405,7 +618,7 @@ impl Session {
                     let Some(rec) = self.backlog.pop_front() else {
                         break;
                     };
-                    self.deliver(&stream, &rec, true);
+                    self.deliver(&stream, &rec, true, false, None);
                 }
                 continue;
             }
@@ -422,15 +635,16 @@ impl Session {
             match event {
                 Event::Read(0) => return End::Abnormal,
                 Event::Read(_) => deadline = Instant::now() + self.keep_alive,
-                Event::Delivery((stream, rec)) => {
-                    self.deliver(&stream, &rec, false);
+                Event::Delivery(d) => {
+                    self.deliver_read(d);
                     // Drain what is queued, as far as the window allows.
                     while self.out_window.available() > 0 && self.out.len() < 64 * 1024 {
                         match self.deliveries_rx.try_recv() {
-                            Ok((s, r)) => self.deliver(&s, &r, false),
+                            Ok(d) => self.deliver_read(d),
                             Err(_) => break,
                         }
                     }
+                    self.save_if_due();
                 }
                 Event::Created(s) => self.on_stream_created(s).await,
                 Event::KeepAliveExpired => {
@@ -471,20 +685,51 @@ impl Session {
             match p {
                 Packet::PingReq => self.send(&Packet::PingResp),
                 Packet::Disconnect(d) => {
+                    if let Some(x) = d.properties.session_expiry_interval {
+                        // MQTT-3.14.2-2: a session that was to end with the
+                        // connection cannot be made persistent here.
+                        if self.persistence.expiry_s == 0 && x > 0 {
+                            self.disconnect(
+                                reason::PROTOCOL_ERROR,
+                                "session expiry set on DISCONNECT after 0 in CONNECT",
+                            );
+                            return Some(End::Abnormal);
+                        }
+                        let max = self
+                            .shared
+                            .config
+                            .session_expiry_max
+                            .as_secs()
+                            .min(u32::MAX as u64) as u32;
+                        self.persistence.expiry_s = x.min(max);
+                        if x == 0 {
+                            let _ = self
+                                .shared
+                                .broker
+                                .meta()
+                                .delete_session(&self.shared.config.tenant, &self.client_id);
+                        }
+                    }
                     return Some(End::Clean {
                         with_will: d.reason == reason::DISCONNECT_WITH_WILL,
-                    })
+                    });
                 }
                 Packet::Subscribe(s) => self.subscribe(s).await,
                 Packet::Unsubscribe(u) => self.unsubscribe(u),
                 Packet::PubAck(a) => self.acked(a.packet_id, AwaitingPub::Ack),
                 Packet::PubRec(a) => {
-                    if self.outgoing.get(&a.packet_id) == Some(&AwaitingPub::Rec) {
+                    if self.outgoing.get(&a.packet_id).map(|o| o.0) == Some(AwaitingPub::Rec) {
                         if a.reason >= 0x80 {
                             // The client refused it: the exchange ends here.
                             self.acked(a.packet_id, AwaitingPub::Rec);
                         } else {
-                            self.outgoing.insert(a.packet_id, AwaitingPub::Comp);
+                            // Received by the client: the record is settled,
+                            // only the release is left (kept across reconnects).
+                            if let Some((_, source)) =
+                                self.outgoing.insert(a.packet_id, (AwaitingPub::Comp, None))
+                            {
+                                self.settle(source);
+                            }
                             self.send(&Packet::PubRel(Ack {
                                 packet_id: a.packet_id,
                                 reason: reason::SUCCESS,
@@ -537,10 +782,22 @@ impl Session {
     }
 
     fn acked(&mut self, id: u16, expected: AwaitingPub) {
-        if self.outgoing.get(&id) == Some(&expected) {
-            self.outgoing.remove(&id);
+        if self.outgoing.get(&id).map(|o| o.0) == Some(expected) {
+            if let Some((_, source)) = self.outgoing.remove(&id) {
+                self.settle(source);
+            }
             self.ids.release(id);
             self.out_window.release();
+        }
+    }
+
+    /// The client has a delivered record for good: the cursor may pass it.
+    fn settle(&mut self, source: Option<Source>) {
+        if let Some((s, p, offset)) = source {
+            if let Some(pr) = self.progress.get_mut(&(s, p)) {
+                pr.unacked.remove(&offset);
+                self.persistence.dirty = true;
+            }
         }
     }
 
@@ -719,7 +976,7 @@ impl Session {
                 if is_new {
                     self.tree.insert(&req.filter, req.filter.clone());
                 }
-                self.follow(&req.filter).await;
+                self.follow(&req.filter, Position::Latest).await;
                 // Retain handling: 0 always, 1 only for a new subscription,
                 // 2 never (MQTT-3.3.1-9, -10, -11).
                 if req.retain_handling == 0 || (req.retain_handling == 1 && is_new) {
@@ -730,6 +987,7 @@ impl Session {
             };
             codes.push(code);
         }
+        self.save(None);
         self.send(&Packet::SubAck(SubAck {
             packet_id: s.packet_id,
             codes,
@@ -755,7 +1013,9 @@ impl Session {
                 handles.iter().for_each(AbortHandle::abort);
             }
             self.follow_all = false;
+            self.progress.clear();
         }
+        self.save(None);
         let codes = if self.v5() { codes } else { Vec::new() };
         self.send(&Packet::UnsubAck(UnsubAck {
             packet_id: u.packet_id,
@@ -764,8 +1024,9 @@ impl Session {
         }));
     }
 
-    /// Starts reading every stream `filter` can match, from now.
-    async fn follow(&mut self, filter: &str) {
+    /// Starts reading every stream `filter` can match: partitions with a
+    /// cursor from it, others from `from`.
+    async fn follow(&mut self, filter: &str, from: Position) {
         let broker = self.shared.broker.clone();
         let (tenant, ns) = (&self.shared.config.tenant, &self.shared.config.namespace);
         let streams: Vec<StreamName> = match self.map.streams_for_filter(filter) {
@@ -780,7 +1041,7 @@ impl Session {
         };
         for stream in streams {
             if !RESERVED_STREAMS.contains(&stream.as_str()) {
-                self.follow_stream(stream, Position::Latest).await;
+                self.follow_stream(stream, from).await;
             }
         }
     }
@@ -803,9 +1064,22 @@ impl Session {
         for p in 0..n {
             // Resolved before SUBACK is sent: everything published after the
             // client learns of its subscription is delivered.
-            let Ok(start) = broker.resolve(&sref, p, from).await else {
-                continue;
+            let at = match self.progress.get(&(stream.clone(), p)) {
+                Some(pr) => Position::Offset(pr.cursor()),
+                None => from,
             };
+            let start = match broker.resolve(&sref, p, at).await {
+                Ok(o) => o,
+                Err(_) => continue,
+            };
+            // The cursor exists from the subscription on (a persistent
+            // session resumes here even if nothing arrives before).
+            self.progress
+                .entry((stream.clone(), p))
+                .or_insert(Progress {
+                    next: start,
+                    ..Default::default()
+                });
             let tx = self.deliveries_tx.clone();
             let broker = broker.clone();
             let sref = sref.clone();
@@ -818,7 +1092,7 @@ impl Session {
                     {
                         Ok(f) => {
                             for rec in f.records {
-                                if tx.send((sref.stream.clone(), rec)).await.is_err() {
+                                if tx.send((sref.stream.clone(), p, rec)).await.is_err() {
                                     return;
                                 }
                             }
@@ -866,10 +1140,18 @@ impl Session {
 
     /// Sends a record to the client if a subscription matches it;
     /// `retained` marks a retained message sent on subscribe.
-    fn deliver(&mut self, stream: &StreamName, rec: &Record, retained: bool) {
+    /// Returns true when the client now owes an acknowledgement.
+    fn deliver(
+        &mut self,
+        stream: &StreamName,
+        rec: &Record,
+        retained: bool,
+        dup: bool,
+        source: Option<Source>,
+    ) -> bool {
         let msg = from_record(stream.as_str(), rec, now_ms());
         if !msg.live {
-            return;
+            return false;
         }
         let mut matched = Vec::new();
         self.tree.matches(&msg.topic, &mut matched);
@@ -893,7 +1175,7 @@ impl Session {
                 _ => o,
             });
         }
-        let Some(best) = best else { return };
+        let Some(best) = best else { return false };
         let qos = msg.qos.min(best.qos);
         let mut props = if self.v5() {
             msg.properties
@@ -912,11 +1194,12 @@ impl Session {
         } else {
             match self.ids.allocate() {
                 Some(id) => Some(id),
-                None => return,
+                None => return false,
             }
         };
         let publish = Packet::Publish(Publish {
-            dup: false,
+            // A redelivery after the session resumed (MQTT-3.3.1-1).
+            dup: dup && qos != QoS::AtMostOnce,
             qos,
             // MQTT-3.3.1-8/9: retained on subscribe keeps the flag; live
             // messages keep it only for Retain As Published.
@@ -932,20 +1215,19 @@ impl Session {
             if let Some(id) = packet_id {
                 self.ids.release(id);
             }
-            return;
+            return false;
         }
         if let Some(id) = packet_id {
             self.out_window.acquire();
-            self.outgoing.insert(
-                id,
-                if qos == QoS::AtLeastOnce {
-                    AwaitingPub::Ack
-                } else {
-                    AwaitingPub::Rec
-                },
-            );
+            let waiting = if qos == QoS::AtLeastOnce {
+                AwaitingPub::Ack
+            } else {
+                AwaitingPub::Rec
+            };
+            self.outgoing.insert(id, (waiting, source));
         }
         self.send(&publish);
+        packet_id.is_some()
     }
 
     /// Publishes the will unless the client disconnected cleanly, stops the
@@ -954,40 +1236,80 @@ impl Session {
         for (_, handles) in self.followed.drain() {
             handles.iter().for_each(AbortHandle::abort);
         }
+        let now = now_ms();
+        if self.persistent() {
+            // The queued messages are the log after the saved cursors.
+            self.save(Some(now));
+        }
         self.shared.registry.release(&self.client_id, self.token);
+        let _ = self.done.send(true);
         let publish_will = match end {
             End::Clean { with_will } => with_will,
             End::Abnormal => true,
         };
-        if let (true, Some(w)) = (publish_will, self.will.take()) {
-            // Sessions end with the connection for now, so a Will Delay
-            // Interval is cut short by the session's end (MQTT-3.1.3-9).
-            let stream = self.map.stream_for(&w.topic);
+        let Some(will) = self.will.take().filter(|_| publish_will) else {
+            return;
+        };
+        // The will goes out after its delay, or when the session ends if
+        // sooner (MQTT-3.1.3-9), unless the client is back by then.
+        let delay_s = will
+            .properties
+            .will_delay_interval
+            .unwrap_or(0)
+            .min(self.persistence.expiry_s);
+        let shared = self.shared.clone();
+        let map = self.map.clone();
+        let client_id = self.client_id.clone();
+        let publish = async move {
+            if delay_s > 0 {
+                tokio::time::sleep(Duration::from_secs(delay_s as u64)).await;
+                if shared.registry.is_connected(&client_id) {
+                    return;
+                }
+            }
             let sref = StreamRef {
-                tenant: self.shared.config.tenant.clone(),
-                namespace: self.shared.config.namespace.clone(),
-                stream,
+                tenant: shared.config.tenant.clone(),
+                namespace: shared.config.namespace.clone(),
+                stream: map.stream_for(&will.topic),
             };
+            let retain = will.retain.then(|| {
+                to_record(
+                    &will.topic,
+                    will.qos,
+                    true,
+                    will.payload.clone(),
+                    &will.properties,
+                    &client_id,
+                )
+            });
             let rec = to_record(
-                &w.topic,
-                w.qos,
-                w.retain,
-                w.payload,
-                &w.properties,
-                &self.client_id,
+                &will.topic,
+                will.qos,
+                will.retain,
+                will.payload,
+                &will.properties,
+                &client_id,
             );
-            let r = match self.shared.broker.ensure_stream(&sref) {
-                Ok(()) => self
-                    .shared
+            let r = match shared.broker.ensure_stream(&sref) {
+                Ok(()) => shared
                     .broker
                     .produce(&sref, vec![rec], None)
                     .await
                     .map(|_| ()),
                 Err(e) => Err(e),
             };
+            let r = match (r, retain) {
+                (Ok(()), Some(rec)) => shared.retained.set(rec).await,
+                (r, _) => r,
+            };
             if let Err(e) = r {
-                tracing::warn!(client = %self.client_id, error = %e, "will not published");
+                tracing::warn!(client = %client_id, error = %e, "will not published");
             }
+        };
+        if delay_s > 0 {
+            tokio::spawn(publish);
+        } else {
+            publish.await;
         }
     }
 }

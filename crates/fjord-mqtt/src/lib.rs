@@ -12,6 +12,7 @@ pub mod mapping;
 pub mod record;
 pub mod retained;
 pub mod server;
+pub mod session_store;
 pub mod state;
 pub mod tree;
 pub mod ws;

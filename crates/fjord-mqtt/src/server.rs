@@ -33,6 +33,9 @@ pub struct MqttConfig {
     /// Our unacknowledged QoS 1/2 deliveries per client at most, whatever
     /// the client allows.
     pub outbound_inflight_max: u16,
+    /// Longest a session outlives its connection (5.0 Session Expiry
+    /// Interval is capped to it; 3.1.1 persistent sessions expire after it).
+    pub session_expiry_max: Duration,
 }
 
 impl Default for MqttConfig {
@@ -45,43 +48,81 @@ impl Default for MqttConfig {
             receive_maximum: 1024,
             topic_alias_maximum: 64,
             outbound_inflight_max: 1024,
+            session_expiry_max: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
 
-/// Connected client ids, each with a way to tell its connection to go.
+/// Connected client ids, each with a way to tell its connection to go and a
+/// signal that it has finished (saved its session).
 #[derive(Default)]
 pub struct Registry {
-    clients: Mutex<HashMap<String, (u64, watch::Sender<bool>)>>,
+    clients: Mutex<HashMap<String, Claim>>,
     next: Mutex<u64>,
+}
+
+struct Claim {
+    token: u64,
+    takeover: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+/// What a connection gets when it claims its client id.
+pub struct Claimed {
+    pub token: u64,
+    /// Turns true when another connection takes the client id over.
+    pub takeover: watch::Receiver<bool>,
+    /// Set true when this connection has finished.
+    pub done: watch::Sender<bool>,
+    /// The previous connection's `done`, to wait for before loading the
+    /// session it saves.
+    pub previous: Option<watch::Receiver<bool>>,
 }
 
 impl Registry {
     /// Registers `client_id`, taking over (closing) any connection that has
-    /// it. Returns this connection's token and its takeover signal.
-    pub fn claim(&self, client_id: &str) -> (u64, watch::Receiver<bool>) {
+    /// it (MQTT-3.1.4-3).
+    pub fn claim(&self, client_id: &str) -> Claimed {
         let token = {
             let mut n = self.next.lock();
             *n += 1;
             *n
         };
-        let (tx, rx) = watch::channel(false);
-        if let Some((_, old)) = self
+        let (takeover_tx, takeover) = watch::channel(false);
+        let (done, done_rx) = watch::channel(false);
+        let previous = self
             .clients
             .lock()
-            .insert(client_id.to_string(), (token, tx))
-        {
-            let _ = old.send(true);
+            .insert(
+                client_id.to_string(),
+                Claim {
+                    token,
+                    takeover: takeover_tx,
+                    done: done_rx,
+                },
+            )
+            .map(|old| {
+                let _ = old.takeover.send(true);
+                old.done
+            });
+        Claimed {
+            token,
+            takeover,
+            done,
+            previous,
         }
-        (token, rx)
     }
 
     /// Forgets `client_id` if this connection (token) still holds it.
     pub fn release(&self, client_id: &str, token: u64) {
         let mut c = self.clients.lock();
-        if c.get(client_id).is_some_and(|(t, _)| *t == token) {
+        if c.get(client_id).is_some_and(|cl| cl.token == token) {
             c.remove(client_id);
         }
+    }
+
+    pub fn is_connected(&self, client_id: &str) -> bool {
+        self.clients.lock().contains_key(client_id)
     }
 }
 
@@ -108,6 +149,7 @@ pub async fn start(
         config.namespace.clone(),
     )
     .await?;
+    drop_expired_sessions(&broker, &config);
     let shared = Arc::new(Shared {
         broker,
         config,
@@ -128,6 +170,21 @@ pub async fn start(
             let _ = t.await;
         }
     }))
+}
+
+/// Sessions whose expiry passed while the node was down.
+fn drop_expired_sessions(broker: &Broker, config: &MqttConfig) {
+    let now = fjord_core::time::now_ms();
+    let Ok(sessions) = broker.meta().list_sessions(&config.tenant) else {
+        return;
+    };
+    for (client_id, state) in sessions {
+        let expired = serde_json::from_slice::<crate::session_store::StoredSession>(&state)
+            .map_or(true, |s| s.expired(now));
+        if expired {
+            let _ = broker.meta().delete_session(&config.tenant, &client_id);
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -534,3 +534,112 @@ async fn topic_mapping_rules_from_the_admin_api_and_cli() {
         assert_eq!(v["records"][0]["value"], value, "{stream}: {v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_sessions_queue_in_the_log_and_survive_restart() {
+    use rumqttc::{AsyncClient, ConnAck, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::start(tmp.path());
+
+    fn options(node: &Node, id: &str, clean: bool) -> MqttOptions {
+        let (host, port) = host_port(node);
+        let mut o = MqttOptions::new(id, host, port);
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_clean_session(clean);
+        o
+    }
+    /// Connects and returns the client, its loop and CONNACK's session present.
+    async fn connect(
+        node: &Node,
+        id: &str,
+        clean: bool,
+    ) -> (AsyncClient, rumqttc::EventLoop, bool) {
+        let (c, mut ev) = AsyncClient::new(options(node, id, clean), 100);
+        let mut present = None;
+        poll_until(&mut ev, |e| {
+            if let Event::Incoming(Packet::ConnAck(ConnAck {
+                session_present, ..
+            })) = e
+            {
+                present = Some(*session_present);
+                true
+            } else {
+                false
+            }
+        })
+        .await;
+        (c, ev, present.unwrap())
+    }
+    async fn publish_n(node: &Node, from: usize, n: usize) {
+        let (c, mut ev, _) = connect(node, "producer", true).await;
+        for i in from..from + n {
+            c.publish("dev/a", QoS::AtLeastOnce, false, format!("m{i}"))
+                .await
+                .unwrap();
+        }
+        let mut acked = 0;
+        poll_until(&mut ev, |e| {
+            if matches!(e, Event::Incoming(Packet::PubAck(_))) {
+                acked += 1;
+            }
+            acked == n
+        })
+        .await;
+    }
+    async fn receive(ev: &mut rumqttc::EventLoop, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        poll_until(ev, |e| {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+            }
+            got.len() == n
+        })
+        .await;
+        got
+    }
+
+    // Subscribe in a persistent session, then go away.
+    let (c, mut ev, present) = connect(&node, "field-1", false).await;
+    assert!(!present);
+    c.subscribe("dev/+", QoS::AtLeastOnce).await.unwrap();
+    poll_until(&mut ev, |e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await;
+    c.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while ev.poll().await.is_ok() {}
+    })
+    .await;
+
+    // Messages published while it is away wait in the log.
+    publish_n(&node, 0, 10).await;
+    let (c, mut ev, present) = connect(&node, "field-1", false).await;
+    assert!(present, "the session is there");
+    assert_eq!(
+        receive(&mut ev, 10).await,
+        (0..10).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    c.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while ev.poll().await.is_ok() {}
+    })
+    .await;
+
+    // And across a broker restart.
+    publish_n(&node, 10, 5).await;
+    assert!(node.terminate().success());
+    let node = Node::start(tmp.path());
+    let (c, mut ev, present) = connect(&node, "field-1", false).await;
+    assert!(present, "the session survived the restart");
+    assert_eq!(
+        receive(&mut ev, 5).await,
+        (10..15).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    c.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while ev.poll().await.is_ok() {}
+    })
+    .await;
+
+    // A clean session discards it.
+    let (_c, _ev, present) = connect(&node, "field-1", true).await;
+    assert!(!present);
+}
