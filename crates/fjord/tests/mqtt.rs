@@ -643,3 +643,107 @@ async fn persistent_sessions_queue_in_the_log_and_survive_restart() {
     let (_c, _ev, present) = connect(&node, "field-1", true).await;
     assert!(!present);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wills_and_session_takeover() {
+    use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let (host, port) = host_port(&node);
+    let opts = |id: &str| {
+        let mut o = MqttOptions::new(id, host.clone(), port);
+        o.set_keep_alive(Duration::from_secs(5));
+        o
+    };
+    let (watcher, mut wev) = AsyncClient::new(opts("watcher"), 100);
+    watcher
+        .subscribe("wills/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    poll_until(&mut wev, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await;
+
+    // A client that vanishes without DISCONNECT leaves its will behind.
+    let mut o = opts("fragile");
+    o.set_last_will(LastWill::new(
+        "wills/fragile",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (_fragile, mut fev) = AsyncClient::new(o, 10);
+    poll_until(&mut fev, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    })
+    .await;
+    drop(fev); // the socket closes, no DISCONNECT
+    poll_until(&mut wev, |e| matches!(e, Event::Incoming(Packet::Publish(p)) if p.topic == "wills/fragile" && &p.payload[..] == b"gone")).await;
+
+    // A clean DISCONNECT discards the will.
+    let mut o = opts("polite");
+    o.set_last_will(LastWill::new(
+        "wills/polite",
+        "should not appear",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let (polite, mut pev) = AsyncClient::new(o, 10);
+    poll_until(&mut pev, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    })
+    .await;
+    polite.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while pev.poll().await.is_ok() {}
+    })
+    .await;
+
+    // Takeover: a second connection with the same client id closes the first.
+    let (_first, mut ev1) = AsyncClient::new(opts("twin"), 10);
+    poll_until(&mut ev1, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    })
+    .await;
+    let (_second, mut ev2) = AsyncClient::new(opts("twin"), 10);
+    poll_until(&mut ev2, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    })
+    .await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if ev1.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the first connection was closed");
+
+    // Only the vanished client's will was published.
+    let publisher_marker = {
+        let (m, mut mev) = AsyncClient::new(opts("marker"), 10);
+        tokio::spawn(async move { while mev.poll().await.is_ok() {} });
+        m
+    };
+    publisher_marker
+        .publish("wills/marker", QoS::AtLeastOnce, false, "end")
+        .await
+        .unwrap();
+    let mut next = None;
+    poll_until(&mut wev, |e| {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            next = Some(p.topic.clone());
+            true
+        } else {
+            false
+        }
+    })
+    .await;
+    assert_eq!(
+        next.as_deref(),
+        Some("wills/marker"),
+        "no will from the polite client"
+    );
+}
