@@ -27,6 +27,7 @@ use crate::codec::{
     self, reason, topic, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
     Properties, Protocol, Publish, QoS, SubAck, UnsubAck,
 };
+use crate::groups::SharedDelivery;
 use crate::mapping::{Selection, TopicMap, RESERVED_STREAMS};
 use crate::record::{from_record, to_record};
 use crate::server::Shared;
@@ -82,6 +83,16 @@ struct Persistence {
     last_save: Instant,
 }
 
+/// An outgoing QoS 1/2 delivery the client has not finished.
+struct Pending {
+    waiting: AwaitingPub,
+    /// The partition record it came from (moves the session's cursor).
+    source: Option<Source>,
+    /// For a shared subscription: the delivery, given back to the group if
+    /// this member leaves before acknowledging it.
+    shared: Option<SharedDelivery>,
+}
+
 /// An outgoing QoS 1/2 delivery, by the packet it waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AwaitingPub {
@@ -101,6 +112,7 @@ enum Event {
     /// Bytes read; 0 means the peer closed (or the read failed).
     Read(usize),
     Delivery(Delivery),
+    Shared(SharedDelivery),
     Created(StreamRef),
     KeepAliveExpired,
     TakenOver,
@@ -220,6 +232,11 @@ struct Session {
     followed: HashMap<StreamName, Vec<AbortHandle>>,
     deliveries_tx: mpsc::Sender<Delivery>,
     deliveries_rx: mpsc::Receiver<Delivery>,
+    /// Shared subscriptions of this session (`$share/g/f` → options), and
+    /// what their groups hand it.
+    shared_subs: HashMap<String, SubOpts>,
+    shared_tx: mpsc::Sender<SharedDelivery>,
+    shared_rx: mpsc::Receiver<SharedDelivery>,
     /// Per followed partition: what has been seen and what awaits an ack
     /// (the session's cursor is derived from it).
     progress: HashMap<(StreamName, u32), Progress>,
@@ -232,7 +249,7 @@ struct Session {
     ids: PacketIds,
     in_window: Window,
     out_window: Window,
-    outgoing: HashMap<u16, (AwaitingPub, Option<Source>)>,
+    outgoing: HashMap<u16, Pending>,
     qos2: Qos2Received,
     client_max_packet: usize,
     out: BytesMut,
@@ -326,7 +343,6 @@ impl Session {
             props.maximum_packet_size = Some(cfg.max_packet_bytes);
             // Honest advertisement of what this build serves (retained
             // messages are, so Retain Available is left at its default).
-            props.shared_subscription_available = Some(0);
             props.wildcard_subscription_available = Some(1);
             props.subscription_identifier_available = Some(1);
             if asked > expiry_s {
@@ -347,6 +363,7 @@ impl Session {
         write_out(&mut *wr, &out).await?;
         out.clear();
         let (deliveries_tx, deliveries_rx) = mpsc::channel(DELIVERY_QUEUE);
+        let (shared_tx, shared_rx) = mpsc::channel(DELIVERY_QUEUE);
         // The namespace's topic mapping rules, as they are now (a change
         // applies to connections made after it).
         let map = shared
@@ -381,6 +398,9 @@ impl Session {
             followed: HashMap::new(),
             deliveries_tx,
             deliveries_rx,
+            shared_subs: HashMap::new(),
+            shared_tx,
+            shared_rx,
             in_aliases: InboundAliases::new(if v5 { cfg.topic_alias_maximum } else { 0 }),
             out_aliases: OutboundAliases::new(c.properties.topic_alias_maximum.unwrap_or(0)),
             ids: PacketIds::default(),
@@ -426,7 +446,14 @@ impl Session {
         for id in st.pubrel_pending {
             if self.ids.reserve(id) {
                 self.out_window.acquire();
-                self.outgoing.insert(id, (AwaitingPub::Comp, None));
+                self.outgoing.insert(
+                    id,
+                    Pending {
+                        waiting: AwaitingPub::Comp,
+                        source: None,
+                        shared: None,
+                    },
+                );
                 self.send(&Packet::PubRel(Ack {
                     packet_id: id,
                     reason: reason::SUCCESS,
@@ -444,6 +471,14 @@ impl Session {
                 retain_as_published: sub.retain_as_published,
                 id: sub.id,
             };
+            if topic::shared(&sub.filter).is_some() {
+                self.shared_subs.insert(sub.filter.clone(), opts);
+                self.shared
+                    .groups
+                    .join(&sub.filter, &self.map, self.token, self.shared_tx.clone())
+                    .await;
+                continue;
+            }
             self.tree.insert(&sub.filter, sub.filter.clone());
             self.subs.insert(sub.filter.clone(), opts);
             self.follow(&sub.filter, Position::Earliest).await;
@@ -466,6 +501,7 @@ impl Session {
             subscriptions: self
                 .subs
                 .iter()
+                .chain(self.shared_subs.iter())
                 .map(|(f, o)| StoredSubscription {
                     filter: f.clone(),
                     qos: o.qos as u8,
@@ -488,7 +524,7 @@ impl Session {
             pubrel_pending: self
                 .outgoing
                 .iter()
-                .filter(|(_, o)| o.0 == AwaitingPub::Comp)
+                .filter(|(_, o)| o.waiting == AwaitingPub::Comp)
                 .map(|(id, _)| *id)
                 .collect(),
         };
@@ -627,6 +663,7 @@ impl Session {
             let event = tokio::select! {
                 n = rd.read_buf(&mut inbuf) => Event::Read(n.unwrap_or(0)),
                 Some(d) = self.deliveries_rx.recv(), if room => Event::Delivery(d),
+                Some(d) = self.shared_rx.recv(), if room => Event::Shared(d),
                 Ok(s) = created.recv() => Event::Created(s),
                 _ = tokio::time::sleep_until(deadline), if keep_alive => Event::KeepAliveExpired,
                 _ = self.takeover.wait_for(|t| *t) => Event::TakenOver,
@@ -646,6 +683,7 @@ impl Session {
                     }
                     self.save_if_due();
                 }
+                Event::Shared(d) => self.deliver_shared(d),
                 Event::Created(s) => self.on_stream_created(s).await,
                 Event::KeepAliveExpired => {
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
@@ -714,21 +752,29 @@ impl Session {
                         with_will: d.reason == reason::DISCONNECT_WITH_WILL,
                     });
                 }
-                Packet::Subscribe(s) => self.subscribe(s).await,
+                Packet::Subscribe(s) => {
+                    if let Some(end) = self.subscribe(s).await {
+                        return Some(end);
+                    }
+                }
                 Packet::Unsubscribe(u) => self.unsubscribe(u),
                 Packet::PubAck(a) => self.acked(a.packet_id, AwaitingPub::Ack),
                 Packet::PubRec(a) => {
-                    if self.outgoing.get(&a.packet_id).map(|o| o.0) == Some(AwaitingPub::Rec) {
+                    if self.outgoing.get(&a.packet_id).map(|o| o.waiting) == Some(AwaitingPub::Rec)
+                    {
                         if a.reason >= 0x80 {
                             // The client refused it: the exchange ends here.
                             self.acked(a.packet_id, AwaitingPub::Rec);
                         } else {
                             // Received by the client: the record is settled,
                             // only the release is left (kept across reconnects).
-                            if let Some((_, source)) =
-                                self.outgoing.insert(a.packet_id, (AwaitingPub::Comp, None))
-                            {
-                                self.settle(source);
+                            let done = Pending {
+                                waiting: AwaitingPub::Comp,
+                                source: None,
+                                shared: None,
+                            };
+                            if let Some(old) = self.outgoing.insert(a.packet_id, done) {
+                                self.settle(old.source);
                             }
                             self.send(&Packet::PubRel(Ack {
                                 packet_id: a.packet_id,
@@ -782,9 +828,9 @@ impl Session {
     }
 
     fn acked(&mut self, id: u16, expected: AwaitingPub) {
-        if self.outgoing.get(&id).map(|o| o.0) == Some(expected) {
-            if let Some((_, source)) = self.outgoing.remove(&id) {
-                self.settle(source);
+        if self.outgoing.get(&id).map(|o| o.waiting) == Some(expected) {
+            if let Some(old) = self.outgoing.remove(&id) {
+                self.settle(old.source);
             }
             self.ids.release(id);
             self.out_window.release();
@@ -949,8 +995,17 @@ impl Session {
         None
     }
 
-    async fn subscribe(&mut self, s: codec::Subscribe) {
+    async fn subscribe(&mut self, s: codec::Subscribe) -> Option<End> {
         let v5 = self.v5();
+        // MQTT-3.8.3-4: No Local on a shared subscription is a protocol
+        // error.
+        if s.filters
+            .iter()
+            .any(|f| f.no_local && topic::shared(&f.filter).is_some())
+        {
+            self.disconnect(reason::PROTOCOL_ERROR, "No Local on a shared subscription");
+            return Some(End::Abnormal);
+        }
         let mut codes = Vec::with_capacity(s.filters.len());
         for req in s.filters {
             let code = if topic::validate_filter(&req.filter).is_err() {
@@ -960,11 +1015,20 @@ impl Session {
                     reason::v311::SUBACK_FAILURE
                 }
             } else if topic::shared(&req.filter).is_some() {
-                if v5 {
-                    reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
-                } else {
-                    reason::v311::SUBACK_FAILURE
-                }
+                let opts = SubOpts {
+                    qos: req.qos,
+                    no_local: false,
+                    retain_as_published: req.retain_as_published,
+                    id: s.properties.subscription_identifiers.first().copied(),
+                };
+                self.shared_subs.insert(req.filter.clone(), opts);
+                // Retained messages are not sent for shared subscriptions
+                // (MQTT 5.0 §4.8.2).
+                self.shared
+                    .groups
+                    .join(&req.filter, &self.map, self.token, self.shared_tx.clone())
+                    .await;
+                req.qos as u8
             } else {
                 let opts = SubOpts {
                     qos: req.qos,
@@ -993,6 +1057,7 @@ impl Session {
             codes,
             properties: Properties::default(),
         }));
+        None
     }
 
     fn unsubscribe(&mut self, u: codec::Unsubscribe) {
@@ -1002,6 +1067,9 @@ impl Session {
             .map(|f| {
                 if self.subs.remove(f).is_some() {
                     self.tree.remove(f, f);
+                    reason::SUCCESS
+                } else if self.shared_subs.remove(f).is_some() {
+                    self.shared.groups.leave(f, self.token);
                     reason::SUCCESS
                 } else {
                     reason::NO_SUBSCRIPTION_EXISTED
@@ -1177,6 +1245,49 @@ impl Session {
         }
         let Some(best) = best else { return false };
         let qos = msg.qos.min(best.qos);
+        // MQTT-3.3.1-8/9: retained on subscribe keeps the flag; live
+        // messages keep it only for Retain As Published.
+        let retain = retained || (rap && msg.retain);
+        self.emit(msg, qos, sub_ids, retain, dup, source, None)
+    }
+
+    /// A record a shared subscription's group handed this member.
+    fn deliver_shared(&mut self, (filter, stream, rec): SharedDelivery) {
+        let Some(o) = self.shared_subs.get(&filter).copied() else {
+            // Unsubscribed meanwhile: another member gets it.
+            self.shared.groups.give_back(&filter, stream, rec);
+            return;
+        };
+        let msg = from_record(stream.as_str(), &rec, now_ms());
+        if !msg.live {
+            return;
+        }
+        let qos = msg.qos.min(o.qos);
+        let retain = o.retain_as_published && msg.retain;
+        self.emit(
+            msg,
+            qos,
+            o.id.into_iter().collect(),
+            retain,
+            false,
+            None,
+            Some((filter, stream, rec)),
+        );
+    }
+
+    /// Sends `msg` as a PUBLISH; true when the client now owes an
+    /// acknowledgement.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        msg: crate::record::Message,
+        qos: QoS,
+        sub_ids: Vec<u32>,
+        retain: bool,
+        dup: bool,
+        source: Option<Source>,
+        shared: Option<SharedDelivery>,
+    ) -> bool {
         let mut props = if self.v5() {
             msg.properties
         } else {
@@ -1201,9 +1312,7 @@ impl Session {
             // A redelivery after the session resumed (MQTT-3.3.1-1).
             dup: dup && qos != QoS::AtMostOnce,
             qos,
-            // MQTT-3.3.1-8/9: retained on subscribe keeps the flag; live
-            // messages keep it only for Retain As Published.
-            retain: retained || (rap && msg.retain),
+            retain,
             topic: if with_topic { msg.topic } else { String::new() },
             packet_id,
             payload: msg.payload,
@@ -1224,7 +1333,14 @@ impl Session {
             } else {
                 AwaitingPub::Rec
             };
-            self.outgoing.insert(id, (waiting, source));
+            self.outgoing.insert(
+                id,
+                Pending {
+                    waiting,
+                    source,
+                    shared,
+                },
+            );
         }
         self.send(&publish);
         packet_id.is_some()
@@ -1235,6 +1351,31 @@ impl Session {
     async fn finish(&mut self, end: End) {
         for (_, handles) in self.followed.drain() {
             handles.iter().for_each(AbortHandle::abort);
+        }
+        // Shared deliveries this member did not finish go to another member
+        // (MQTT 5.0 §4.8.2), then it leaves its groups.
+        let filters: Vec<String> = self.shared_subs.keys().cloned().collect();
+        for f in &filters {
+            self.shared.groups.leave(f, self.token);
+        }
+        let give_back: Vec<u16> = self
+            .outgoing
+            .iter()
+            .filter(|(_, p)| p.waiting != AwaitingPub::Comp && p.shared.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        let unfinished: Vec<SharedDelivery> = give_back
+            .into_iter()
+            .filter_map(|id| self.outgoing.remove(&id))
+            .filter_map(|p| p.shared)
+            .collect();
+        self.shared_rx.close();
+        let mut queued = Vec::new();
+        while let Ok(d) = self.shared_rx.try_recv() {
+            queued.push(d);
+        }
+        for (f, stream, rec) in unfinished.into_iter().chain(queued) {
+            self.shared.groups.give_back(&f, stream, rec);
         }
         let now = now_ms();
         if self.persistent() {

@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod connection;
+pub mod groups;
 pub mod mapping;
 pub mod record;
 pub mod retained;

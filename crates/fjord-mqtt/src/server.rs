@@ -131,6 +131,7 @@ pub struct Shared {
     pub config: MqttConfig,
     pub registry: Registry,
     pub retained: Retained,
+    pub groups: crate::groups::Groups,
 }
 
 /// Loads what the listeners need (retained messages), then accepts MQTT
@@ -150,11 +151,17 @@ pub async fn start(
     )
     .await?;
     drop_expired_sessions(&broker, &config);
+    let groups = crate::groups::Groups::new(
+        broker.clone(),
+        config.tenant.clone(),
+        config.namespace.clone(),
+    );
     let shared = Arc::new(Shared {
         broker,
         config,
         registry: Registry::default(),
         retained,
+        groups,
     });
     let ws_task = ws.map(|l| {
         tokio::spawn(serve(

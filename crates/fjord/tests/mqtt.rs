@@ -747,3 +747,82 @@ async fn wills_and_session_takeover() {
         "no will from the polite client"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscriptions_spread_and_hand_over() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let (host, port) = host_port(&node);
+    let opts = |id: &str| {
+        let mut o = MqttOptions::new(id, host.clone(), port);
+        o.set_keep_alive(Duration::from_secs(5));
+        o
+    };
+    // Two members of group "workers"; each acknowledges what it gets.
+    let (tx, mut got) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+    let mut members = Vec::new();
+    for m in 0..2 {
+        let (c, mut ev) = AsyncClient::new(opts(&format!("worker-{m}")), 100);
+        c.subscribe("$share/workers/jobs/+", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        poll_until(&mut ev, |e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await;
+        let tx = tx.clone();
+        members.push((
+            c,
+            tokio::spawn(async move {
+                while let Ok(e) = ev.poll().await {
+                    if let Event::Incoming(Packet::Publish(p)) = e {
+                        let _ = tx.send((m, String::from_utf8(p.payload.to_vec()).unwrap()));
+                    }
+                }
+            }),
+        ));
+    }
+    let (publisher, mut pev) = AsyncClient::new(opts("boss"), 100);
+    tokio::spawn(async move { while pev.poll().await.is_ok() {} });
+    for i in 0..40 {
+        publisher
+            .publish("jobs/build", QoS::AtLeastOnce, false, format!("job{i}"))
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    let mut per_member = [0usize; 2];
+    while seen.len() < 40 {
+        let (m, job) = tokio::time::timeout(Duration::from_secs(20), got.recv())
+            .await
+            .expect("all jobs delivered")
+            .unwrap();
+        per_member[m] += 1;
+        assert!(
+            seen.insert(job.clone(), m).is_none(),
+            "{job} delivered twice"
+        );
+    }
+    assert!(
+        per_member[0] > 0 && per_member[1] > 0,
+        "spread over both members: {per_member:?}"
+    );
+
+    // One member leaves; the other gets everything after.
+    let (c0, t0) = members.remove(0);
+    c0.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), t0).await;
+    for i in 40..50 {
+        publisher
+            .publish("jobs/build", QoS::AtLeastOnce, false, format!("job{i}"))
+            .await
+            .unwrap();
+    }
+    while seen.len() < 50 {
+        let (m, job) = tokio::time::timeout(Duration::from_secs(20), got.recv())
+            .await
+            .expect("jobs after the leave")
+            .unwrap();
+        if seen.insert(job.clone(), m).is_none() {
+            assert_eq!(m, 1, "{job} went to the member that left");
+        }
+    }
+}
