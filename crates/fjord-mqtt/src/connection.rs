@@ -870,6 +870,16 @@ impl Session {
                     return Some(End::Abnormal);
                 }
             };
+            self.shared
+                .stats
+                .received
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if topic_name.starts_with("$SYS") {
+                // The broker's own topics (MQTT-4.7.2: `$` topics are the
+                // server's).
+                self.disconnect(reason::NOT_AUTHORIZED, "$SYS topics are the broker's");
+                return Some(End::Abnormal);
+            }
             if p.qos != QoS::AtMostOnce && !self.in_window.acquire() {
                 self.disconnect(
                     reason::RECEIVE_MAXIMUM_EXCEEDED,
@@ -1100,17 +1110,22 @@ impl Session {
         let streams: Vec<StreamName> = match self.map.streams_for_filter(filter) {
             Selection::All => {
                 self.follow_all = true;
+                // Wildcards read every stream but the broker's own ones
+                // ($SYS is only read when named).
                 broker
                     .list_streams(tenant, ns)
-                    .map(|v| v.into_iter().map(|s| s.name).collect())
+                    .map(|v| {
+                        v.into_iter()
+                            .map(|s| s.name)
+                            .filter(|s| !RESERVED_STREAMS.contains(&s.as_str()))
+                            .collect()
+                    })
                     .unwrap_or_default()
             }
             Selection::Streams(set) => set.into_iter().collect(),
         };
         for stream in streams {
-            if !RESERVED_STREAMS.contains(&stream.as_str()) {
-                self.follow_stream(stream, from).await;
-            }
+            self.follow_stream(stream, from).await;
         }
     }
 
@@ -1192,15 +1207,16 @@ impl Session {
         {
             return;
         }
-        let wanted = self.follow_all
+        let reserved = RESERVED_STREAMS.contains(&s.stream.as_str());
+        let wanted = (self.follow_all && !reserved)
             || self
                 .subs
                 .keys()
                 .any(|f| match self.map.streams_for_filter(f) {
-                    Selection::All => true,
+                    Selection::All => !reserved,
                     Selection::Streams(set) => set.contains(&s.stream),
                 });
-        if wanted && !RESERVED_STREAMS.contains(&s.stream.as_str()) {
+        if wanted {
             // Everything in a new stream came after the subscription.
             self.follow_stream(s.stream, Position::Earliest).await;
         }
@@ -1343,6 +1359,10 @@ impl Session {
             );
         }
         self.send(&publish);
+        self.shared
+            .stats
+            .sent
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         packet_id.is_some()
     }
 

@@ -88,15 +88,17 @@ impl Groups {
             Selection::All => self
                 .broker
                 .list_streams(&self.tenant, &self.namespace)
-                .map(|v| v.into_iter().map(|s| s.name).collect())
+                .map(|v| {
+                    v.into_iter()
+                        .map(|s| s.name)
+                        .filter(|s| !RESERVED_STREAMS.contains(&s.as_str()))
+                        .collect()
+                })
                 .unwrap_or_default(),
             Selection::Streams(set) => set.into_iter().collect(),
         };
         let mut followed = std::collections::HashSet::new();
-        for stream in streams
-            .into_iter()
-            .filter(|s| !RESERVED_STREAMS.contains(&s.as_str()))
-        {
+        for stream in streams {
             let handles = self
                 .follow(stream.clone(), Position::Latest, feed.clone())
                 .await;
@@ -237,14 +239,13 @@ async fn follow_new(
     let mut tasks: Vec<AbortHandle> = Vec::new();
     while let Ok(s) = created.recv().await {
         let selected = match &selection {
-            Selection::All => true,
+            Selection::All => !RESERVED_STREAMS.contains(&s.stream.as_str()),
             Selection::Streams(set) => set.contains(&s.stream),
         };
         if selected
             && followed.insert(s.stream.clone())
             && s.tenant == tenant
             && s.namespace == namespace
-            && !RESERVED_STREAMS.contains(&s.stream.as_str())
         {
             tasks.extend(follow_stream(broker.clone(), s, Position::Earliest, feed.clone()).await);
         }

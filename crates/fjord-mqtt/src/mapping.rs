@@ -24,7 +24,10 @@ use crate::codec::topic;
 pub const FALLBACK_STREAM: &str = "mqtt";
 /// Streams of a namespace that topics never map to (they hold broker
 /// state, such as retained messages).
-pub const RESERVED_STREAMS: &[&str] = &[crate::retained::RETAINED_STREAM];
+pub const RESERVED_STREAMS: &[&str] = &[crate::retained::RETAINED_STREAM, SYS_STREAM];
+
+/// The ephemeral stream holding the broker's `$SYS/…` statistics.
+pub const SYS_STREAM: &str = "mqtt-sys";
 
 /// The header holding a record's full MQTT topic.
 pub const TOPIC_HEADER: &str = "mqtt.topic";
@@ -119,6 +122,9 @@ impl TopicMap {
 /// The default rule alone.
 pub fn default_stream(topic_name: &str) -> StreamName {
     let first = topic_name.split('/').next().unwrap_or("");
+    if first == "$SYS" {
+        return StreamName::new(SYS_STREAM).expect("valid stream name");
+    }
     if first.starts_with('$') || RESERVED_STREAMS.contains(&first) {
         return fallback();
     }
@@ -171,7 +177,8 @@ mod tests {
         assert_eq!(m.stream_for("plant1/line4/temp"), s("plant1"));
         assert_eq!(m.stream_for("Plant-1"), s("Plant-1"));
         assert_eq!(m.stream_for("/leading/slash"), s("mqtt"));
-        assert_eq!(m.stream_for("$SYS/broker"), s("mqtt"));
+        assert_eq!(m.stream_for("$SYS/broker"), s("mqtt-sys"));
+        assert_eq!(m.stream_for("$other/x"), s("mqtt"));
         assert_eq!(m.stream_for("has space/x"), s("mqtt"));
         assert_eq!(m.stream_for("température/x"), s("mqtt"));
         assert_eq!(m.stream_for("a.b/c"), s("mqtt"));
@@ -227,7 +234,7 @@ mod tests {
             sel(&["alarms", "factory"])
         );
         assert_eq!(m.streams_for_filter("factory/f1/temp"), sel(&["factory"]));
-        assert_eq!(m.streams_for_filter("$SYS/#"), sel(&["mqtt"]));
+        assert_eq!(m.streams_for_filter("$SYS/#"), sel(&["mqtt-sys"]));
     }
 
     /// Whatever a topic maps to is among the streams a matching filter reads.

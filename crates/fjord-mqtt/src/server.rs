@@ -124,6 +124,10 @@ impl Registry {
     pub fn is_connected(&self, client_id: &str) -> bool {
         self.clients.lock().contains_key(client_id)
     }
+
+    pub fn connected(&self) -> usize {
+        self.clients.lock().len()
+    }
 }
 
 pub struct Shared {
@@ -132,7 +136,18 @@ pub struct Shared {
     pub registry: Registry,
     pub retained: Retained,
     pub groups: crate::groups::Groups,
+    pub stats: Stats,
 }
+
+/// Counters behind the `$SYS` topics.
+#[derive(Default)]
+pub struct Stats {
+    pub received: std::sync::atomic::AtomicU64,
+    pub sent: std::sync::atomic::AtomicU64,
+}
+
+/// How often the `$SYS/broker/…` topics are refreshed.
+pub const SYS_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Loads what the listeners need (retained messages), then accepts MQTT
 /// connections on `tcp`, and MQTT over WebSocket on `ws`, until `shutdown`
@@ -162,7 +177,9 @@ pub async fn start(
         registry: Registry::default(),
         retained,
         groups,
+        stats: Stats::default(),
     });
+    tokio::spawn(publish_sys(Arc::downgrade(&shared), shutdown.clone()));
     let ws_task = ws.map(|l| {
         tokio::spawn(serve(
             l,
@@ -177,6 +194,77 @@ pub async fn start(
             let _ = t.await;
         }
     }))
+}
+
+/// Publishes broker statistics to `$SYS/broker/…` every [`SYS_INTERVAL`],
+/// retained so a new subscriber sees the current values at once.
+async fn publish_sys(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receiver<bool>) {
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(SYS_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let values = [
+            ("$SYS/broker/version", env!("CARGO_PKG_VERSION").to_string()),
+            (
+                "$SYS/broker/uptime",
+                started.elapsed().as_secs().to_string(),
+            ),
+            (
+                "$SYS/broker/clients/connected",
+                shared.registry.connected().to_string(),
+            ),
+            (
+                "$SYS/broker/messages/received",
+                shared.stats.received.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "$SYS/broker/messages/sent",
+                shared.stats.sent.load(Ordering::Relaxed).to_string(),
+            ),
+        ];
+        let sys = fjord_core::StreamRef {
+            tenant: shared.config.tenant.clone(),
+            namespace: shared.config.namespace.clone(),
+            stream: fjord_core::StreamName::new(crate::mapping::SYS_STREAM).expect("valid"),
+        };
+        // Statistics are the latest state only: an ephemeral ring.
+        let policy = fjord_core::Policy {
+            ephemeral: Some(true),
+            ephemeral_bytes_max: Some(1 << 20),
+            ..Default::default()
+        };
+        if shared
+            .broker
+            .ensure_stream_with(&sys, Some(1), policy)
+            .is_err()
+        {
+            continue;
+        }
+        let records: Vec<_> = values
+            .iter()
+            .map(|(t, v)| {
+                crate::record::to_record(
+                    t,
+                    crate::codec::QoS::AtMostOnce,
+                    true,
+                    bytes::Bytes::from(v.clone()),
+                    &crate::codec::Properties::default(),
+                    "$SYS",
+                )
+            })
+            .collect();
+        for r in &records {
+            let _ = shared.retained.set(r.clone()).await;
+        }
+        let _ = shared.broker.produce(&sys, records, None).await;
+    }
 }
 
 /// Sessions whose expiry passed while the node was down.

@@ -826,3 +826,43 @@ async fn shared_subscriptions_spread_and_hand_over() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_topics_report_broker_statistics() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let (host, port) = host_port(&node);
+    let mut o = MqttOptions::new("sys-reader", host.clone(), port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (c, mut ev) = AsyncClient::new(o, 100);
+    c.subscribe("$SYS/broker/#", QoS::AtMostOnce).await.unwrap();
+    let mut version = None;
+    poll_until(&mut ev, |e| {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            if p.topic == "$SYS/broker/version" {
+                version = Some(String::from_utf8(p.payload.to_vec()).unwrap());
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    // "#" does not see $SYS (MQTT-4.7.2-1), and clients cannot publish there.
+    let mut o = MqttOptions::new("intruder", host, port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (bad, mut bev) = AsyncClient::new(o, 10);
+    bad.publish("$SYS/broker/version", QoS::AtLeastOnce, false, "fake")
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if bev.poll().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "a publish to $SYS closes the connection");
+}
