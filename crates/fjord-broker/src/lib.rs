@@ -82,6 +82,21 @@ pub struct Produced {
     pub duplicate: bool,
 }
 
+/// What [`Broker::follow`] hands its caller.
+#[derive(Debug, Clone)]
+pub enum Followed {
+    Record(Record),
+    /// Retention (or an ephemeral ring) removed `from..to` before it was
+    /// read; reading goes on at `to`.
+    Skipped {
+        from: i64,
+        to: i64,
+    },
+}
+
+/// How long one long poll of a follower waits before asking again.
+const FOLLOW_WAIT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct Fetched {
     pub records: Vec<Record>,
@@ -809,6 +824,65 @@ impl Broker {
             start_offset: read.start_offset,
             high_watermark: read.high_watermark,
         })
+    }
+
+    /// Follows one partition from `start` for as long as `emit` returns
+    /// true: the loop behind every live reader (WebSocket and MQTT
+    /// subscribers, shared-subscription groups). Records removed before they
+    /// were read are reported as [`Followed::Skipped`] and counted under
+    /// `protocol`. Ends when the stream goes away.
+    pub async fn follow<F, Fut>(
+        &self,
+        s: &StreamRef,
+        partition: u32,
+        start: i64,
+        protocol: &str,
+        mut emit: F,
+    ) where
+        F: FnMut(Followed) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut next = start;
+        loop {
+            match self
+                .fetch(
+                    s,
+                    partition,
+                    Position::Offset(next),
+                    500,
+                    1 << 20,
+                    FOLLOW_WAIT,
+                )
+                .await
+            {
+                Ok(f) => {
+                    for rec in f.records {
+                        if !emit(Followed::Record(rec)).await {
+                            return;
+                        }
+                    }
+                    next = f.next_offset;
+                }
+                Err(BrokerError::OffsetOutOfRange {
+                    requested, start, ..
+                }) if requested < start => {
+                    self.metrics
+                        .skipped_records
+                        .with_label_values(&[protocol])
+                        .inc_by((start - requested) as u64);
+                    if !emit(Followed::Skipped {
+                        from: requested,
+                        to: start,
+                    })
+                    .await
+                    {
+                        return;
+                    }
+                    next = start;
+                }
+                Err(_) => return,
+            }
+        }
     }
 
     async fn resolve_position(&self, part: &Partition, from: Position) -> Result<i64, BrokerError> {

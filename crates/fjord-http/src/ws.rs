@@ -13,12 +13,11 @@
 //!   client falls behind in the log, never in server memory.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use fjord_broker::{Broker, BrokerError, Position};
+use fjord_broker::{Broker, BrokerError, Followed, Position};
 use fjord_core::{RecordInput, StreamRef};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
@@ -38,7 +37,6 @@ const PUBLISH_GROUP_MAX: usize = 500;
 const PUBLISH_GROUP_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Records encoded and waiting for the socket at most, per connection.
 const SUBSCRIBE_QUEUE: usize = 256;
-const FOLLOW_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -347,51 +345,22 @@ async fn follow(
     format: ValueFormat,
     out: mpsc::Sender<Value>,
 ) {
-    let mut next = offset;
-    loop {
-        match broker
-            .fetch(
-                &r,
-                partition,
-                Position::Offset(next),
-                500,
-                1 << 20,
-                FOLLOW_WAIT,
-            )
-            .await
-        {
-            Ok(f) => {
-                for rec in f.records {
-                    let v = serde_json::to_value(record_out(partition, rec, format))
-                        .unwrap_or_default();
-                    if out.send(v).await.is_err() {
-                        return;
-                    }
+    broker
+        .follow(&r, partition, offset, "websocket", |item| {
+            let v = match item {
+                Followed::Record(rec) => {
+                    serde_json::to_value(record_out(partition, rec, format)).unwrap_or_default()
                 }
-                next = f.next_offset;
-            }
-            Err(BrokerError::OffsetOutOfRange {
-                requested, start, ..
-            }) if requested < start => {
-                // Retention (or an ephemeral ring) dropped what we had not read yet.
-                broker
-                    .metrics()
-                    .skipped_records
-                    .with_label_values(&["websocket"])
-                    .inc_by((start - requested) as u64);
-                let notice =
-                    json!({"skipped": {"partition": partition, "from": requested, "to": start}});
-                if out.send(notice).await.is_err() {
-                    return;
+                // Retention (or an ephemeral ring) dropped what was not read yet.
+                Followed::Skipped { from, to } => {
+                    json!({"skipped": {"partition": partition, "from": from, "to": to}})
                 }
-                next = start;
-            }
-            Err(e) => {
-                let _ = out
-                    .send(json!({"error": ApiError::from(e).body()["error"]}))
-                    .await;
-                return;
-            }
-        }
-    }
+            };
+            let out = out.clone();
+            async move { out.send(v).await.is_ok() }
+        })
+        .await;
+    let _ = out
+        .send(json!({"error": {"code": "not_found", "message": format!("stream {r} is gone")}}))
+        .await;
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fjord_broker::{BrokerError, Position};
+use fjord_broker::{BrokerError, Followed, Position};
 use fjord_core::time::now_ms;
 use fjord_core::{Record, RecordInput, StreamName, StreamRef};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -37,7 +37,6 @@ use crate::tree::SubscriptionTree;
 
 /// Records read ahead of the socket per connection at most.
 const DELIVERY_QUEUE: usize = 256;
-const FOLLOW_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -1167,33 +1166,18 @@ impl Session {
             let broker = broker.clone();
             let sref = sref.clone();
             let task = tokio::spawn(async move {
-                let mut next = start;
-                loop {
-                    match broker
-                        .fetch(&sref, p, Position::Offset(next), 500, 1 << 20, FOLLOW_WAIT)
-                        .await
-                    {
-                        Ok(f) => {
-                            for rec in f.records {
-                                if tx.send((sref.stream.clone(), p, rec)).await.is_err() {
-                                    return;
-                                }
+                broker
+                    .follow(&sref, p, start, "mqtt", |item| {
+                        let tx = tx.clone();
+                        let stream = sref.stream.clone();
+                        async move {
+                            match item {
+                                Followed::Record(rec) => tx.send((stream, p, rec)).await.is_ok(),
+                                Followed::Skipped { .. } => true,
                             }
-                            next = f.next_offset;
                         }
-                        Err(BrokerError::OffsetOutOfRange {
-                            requested, start, ..
-                        }) if requested < start => {
-                            broker
-                                .metrics()
-                                .skipped_records
-                                .with_label_values(&["mqtt"])
-                                .inc_by((start - requested) as u64);
-                            next = start;
-                        }
-                        Err(_) => return,
-                    }
-                }
+                    })
+                    .await;
             });
             handles.push(task.abort_handle());
         }

@@ -6,9 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use fjord_broker::{Broker, BrokerError, Position};
+use fjord_broker::{Broker, Followed, Position};
 use fjord_core::{NamespaceName, Record, StreamName, StreamRef, TenantName};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -23,7 +22,6 @@ use crate::record::from_record;
 pub type SharedDelivery = (String, StreamName, Record);
 
 const GROUP_QUEUE: usize = 256;
-const FOLLOW_WAIT: Duration = Duration::from_secs(10);
 
 struct Group {
     members: Vec<(u64, mpsc::Sender<SharedDelivery>)>,
@@ -194,31 +192,24 @@ async fn follow_stream(
     };
     let mut handles = Vec::new();
     for p in 0..n {
-        let Ok(mut next) = broker.resolve(&sref, p, from).await else {
+        let Ok(next) = broker.resolve(&sref, p, from).await else {
             continue;
         };
         let (broker, sref, feed) = (broker.clone(), sref.clone(), feed.clone());
         handles.push(
             tokio::spawn(async move {
-                loop {
-                    match broker
-                        .fetch(&sref, p, Position::Offset(next), 500, 1 << 20, FOLLOW_WAIT)
-                        .await
-                    {
-                        Ok(f) => {
-                            for rec in f.records {
-                                if feed.send((sref.stream.clone(), rec)).await.is_err() {
-                                    return;
-                                }
+                broker
+                    .follow(&sref, p, next, "mqtt", |item| {
+                        let feed = feed.clone();
+                        let stream = sref.stream.clone();
+                        async move {
+                            match item {
+                                Followed::Record(rec) => feed.send((stream, rec)).await.is_ok(),
+                                Followed::Skipped { .. } => true,
                             }
-                            next = f.next_offset;
                         }
-                        Err(BrokerError::OffsetOutOfRange {
-                            requested, start, ..
-                        }) if requested < start => next = start,
-                        Err(_) => return,
-                    }
-                }
+                    })
+                    .await;
             })
             .abort_handle(),
         );
