@@ -187,6 +187,14 @@ fn count_error(shared: &Shared, reason: &str) {
         .inc();
 }
 
+/// Receives from a queue that may not exist yet (then: never).
+async fn recv_opt<T>(q: &mut Option<(mpsc::Sender<T>, mpsc::Receiver<T>)>) -> Option<T> {
+    match q {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Writes and flushes (a WebSocket sends only on flush).
 async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::io::Result<()> {
     wr.write_all(bytes).await?;
@@ -229,13 +237,13 @@ struct Session {
     /// allows.
     backlog: std::collections::VecDeque<Record>,
     followed: HashMap<StreamName, Vec<AbortHandle>>,
-    deliveries_tx: mpsc::Sender<Delivery>,
-    deliveries_rx: mpsc::Receiver<Delivery>,
+    /// Created with the first subscription: an idle connection holds no
+    /// queue (each costs a block of slots up front).
+    deliveries: Option<(mpsc::Sender<Delivery>, mpsc::Receiver<Delivery>)>,
     /// Shared subscriptions of this session (`$share/g/f` → options), and
     /// what their groups hand it.
     shared_subs: HashMap<String, SubOpts>,
-    shared_tx: mpsc::Sender<SharedDelivery>,
-    shared_rx: mpsc::Receiver<SharedDelivery>,
+    shared_queue: Option<(mpsc::Sender<SharedDelivery>, mpsc::Receiver<SharedDelivery>)>,
     /// Per followed partition: what has been seen and what awaits an ack
     /// (the session's cursor is derived from it).
     progress: HashMap<(StreamName, u32), Progress>,
@@ -361,8 +369,6 @@ impl Session {
         );
         write_out(&mut *wr, &out).await?;
         out.clear();
-        let (deliveries_tx, deliveries_rx) = mpsc::channel(DELIVERY_QUEUE);
-        let (shared_tx, shared_rx) = mpsc::channel(DELIVERY_QUEUE);
         // The namespace's topic mapping rules, as they are now (a change
         // applies to connections made after it).
         let map = shared
@@ -395,11 +401,9 @@ impl Session {
             follow_all: false,
             backlog: std::collections::VecDeque::new(),
             followed: HashMap::new(),
-            deliveries_tx,
-            deliveries_rx,
+            deliveries: None,
             shared_subs: HashMap::new(),
-            shared_tx,
-            shared_rx,
+            shared_queue: None,
             in_aliases: InboundAliases::new(if v5 { cfg.topic_alias_maximum } else { 0 }),
             out_aliases: OutboundAliases::new(c.properties.topic_alias_maximum.unwrap_or(0)),
             ids: PacketIds::default(),
@@ -472,9 +476,10 @@ impl Session {
             };
             if topic::shared(&sub.filter).is_some() {
                 self.shared_subs.insert(sub.filter.clone(), opts);
+                let tx = self.shared_sender();
                 self.shared
                     .groups
-                    .join(&sub.filter, &self.map, self.token, self.shared_tx.clone())
+                    .join(&sub.filter, &self.map, self.token, tx)
                     .await;
                 continue;
             }
@@ -564,6 +569,13 @@ impl Session {
             pr.unacked.insert(rec.offset);
         }
         self.persistence.dirty = true;
+    }
+
+    fn shared_sender(&mut self) -> mpsc::Sender<SharedDelivery> {
+        self.shared_queue
+            .get_or_insert_with(|| mpsc::channel(DELIVERY_QUEUE))
+            .0
+            .clone()
     }
 
     fn v5(&self) -> bool {
@@ -661,8 +673,8 @@ impl Session {
             let room = self.out_window.available() > 0;
             let event = tokio::select! {
                 n = rd.read_buf(&mut inbuf) => Event::Read(n.unwrap_or(0)),
-                Some(d) = self.deliveries_rx.recv(), if room => Event::Delivery(d),
-                Some(d) = self.shared_rx.recv(), if room => Event::Shared(d),
+                Some(d) = recv_opt(&mut self.deliveries), if room => Event::Delivery(d),
+                Some(d) = recv_opt(&mut self.shared_queue), if room => Event::Shared(d),
                 Ok(s) = created.recv() => Event::Created(s),
                 _ = tokio::time::sleep_until(deadline), if keep_alive => Event::KeepAliveExpired,
                 _ = self.takeover.wait_for(|t| *t) => Event::TakenOver,
@@ -675,9 +687,9 @@ impl Session {
                     self.deliver_read(d);
                     // Drain what is queued, as far as the window allows.
                     while self.out_window.available() > 0 && self.out.len() < 64 * 1024 {
-                        match self.deliveries_rx.try_recv() {
-                            Ok(d) => self.deliver_read(d),
-                            Err(_) => break,
+                        match self.deliveries.as_mut().map(|(_, rx)| rx.try_recv()) {
+                            Some(Ok(d)) => self.deliver_read(d),
+                            _ => break,
                         }
                     }
                     self.save_if_due();
@@ -1033,9 +1045,10 @@ impl Session {
                 self.shared_subs.insert(req.filter.clone(), opts);
                 // Retained messages are not sent for shared subscriptions
                 // (MQTT 5.0 §4.8.2).
+                let tx = self.shared_sender();
                 self.shared
                     .groups
-                    .join(&req.filter, &self.map, self.token, self.shared_tx.clone())
+                    .join(&req.filter, &self.map, self.token, tx)
                     .await;
                 req.qos as u8
             } else {
@@ -1162,7 +1175,11 @@ impl Session {
                     next: start,
                     ..Default::default()
                 });
-            let tx = self.deliveries_tx.clone();
+            let tx = self
+                .deliveries
+                .get_or_insert_with(|| mpsc::channel(DELIVERY_QUEUE))
+                .0
+                .clone();
             let broker = broker.clone();
             let sref = sref.clone();
             let task = tokio::spawn(async move {
@@ -1373,10 +1390,12 @@ impl Session {
             .filter_map(|id| self.outgoing.remove(&id))
             .filter_map(|p| p.shared)
             .collect();
-        self.shared_rx.close();
         let mut queued = Vec::new();
-        while let Ok(d) = self.shared_rx.try_recv() {
-            queued.push(d);
+        if let Some((_, rx)) = self.shared_queue.as_mut() {
+            rx.close();
+            while let Ok(d) = rx.try_recv() {
+                queued.push(d);
+            }
         }
         for (f, stream, rec) in unfinished.into_iter().chain(queued) {
             self.shared.groups.give_back(&f, stream, rec);
