@@ -48,6 +48,9 @@ async fn bind(
 }
 
 pub async fn run(config: Config) -> Result<()> {
+    // Handlers first: a SIGTERM that arrives while the node starts must
+    // shut it down cleanly, not kill it (the default action).
+    let signals = Signals::install()?;
     let http = bind("HTTP", config.http.addr, "--http-addr", "FJORD_HTTP__ADDR").await?;
     let mqtt = bind("MQTT", config.mqtt.addr, "--mqtt-addr", "FJORD_MQTT__ADDR").await?;
     let mqtt_ws = bind(
@@ -110,7 +113,7 @@ pub async fn run(config: Config) -> Result<()> {
             .await
     });
     tokio::select! {
-        sig = shutdown_signal() => tracing::info!(signal = sig, "shutting down"),
+        sig = signals.wait() => tracing::info!(signal = sig, "shutting down"),
         r = &mut server => {
             r.context("HTTP server task")?.context("HTTP server")?;
         }
@@ -130,12 +133,24 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }

@@ -730,40 +730,25 @@ async fn deduplication_within_the_window_survives_restart() {
 
 #[tokio::test]
 async fn logs_are_json_lines_when_asked() {
+    use std::io::Read;
     let tmp = tempfile::tempdir().unwrap();
-    let port = common::free_port();
-    let child = std::process::Command::new(common::bin())
-        .args(["serve", "--data-dir"])
-        .arg(tmp.path())
-        .args([
-            "--mqtt-addr",
-            &format!("127.0.0.1:{}", common::free_port()),
-            "--mqtt-ws-addr",
-            &format!("127.0.0.1:{}", common::free_port()),
-            "--http-addr",
-            &format!("127.0.0.1:{port}"),
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !common::probe_ok(&format!("{url}/readyz")) {
-        assert!(std::time::Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let lines: Vec<Value> = String::from_utf8(out.stderr)
-        .unwrap()
+    let mut node = Node::start_with(
+        tmp.path(),
+        &["--log-format", "json", "--log-level", "info"],
+        |cmd| {
+            cmd.stderr(std::process::Stdio::piped());
+        },
+    );
+    let mut err = node.child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    assert!(node.terminate().success());
+    let stderr = reader.join().unwrap();
+    let port = node.addr.rsplit(':').next().unwrap().to_string();
+    let lines: Vec<Value> = stderr
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();

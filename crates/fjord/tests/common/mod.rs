@@ -56,9 +56,12 @@ impl Node {
                     &mqtt,
                     "--mqtt-ws-addr",
                     &mqtt_ws,
-                    "--log-level",
-                    "warn",
                 ])
+                .args(if extra.contains(&"--log-level") {
+                    &[][..]
+                } else {
+                    &["--log-level", "warn"][..]
+                })
                 .args(extra)
                 .env_remove("FJORD_URL")
                 .stdout(Stdio::null())
