@@ -866,3 +866,94 @@ async fn sys_topics_report_broker_statistics() {
     .await;
     assert!(refused.is_ok(), "a publish to $SYS closes the connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_message_expiry_while_the_session_is_away() {
+    use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let (host, port) = host_port(&node);
+    let session_opts = || {
+        let mut o = MqttOptions::new("expiring", host.clone(), port);
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_clean_start(false);
+        o.set_connect_properties(ConnectProperties {
+            session_expiry_interval: Some(60),
+            ..ConnectProperties::new()
+        });
+        o
+    };
+    let deadline = || tokio::time::Instant::now() + Duration::from_secs(20);
+    // Subscribe in a 5.0 session that outlives the connection, then leave.
+    let (c, mut ev) = AsyncClient::new(session_opts(), 100);
+    c.subscribe("exp/#", QoS::AtLeastOnce).await.unwrap();
+    let d = deadline();
+    while !matches!(
+        tokio::time::timeout_at(d, ev.poll())
+            .await
+            .unwrap()
+            .unwrap(),
+        Event::Incoming(Packet::SubAck(_))
+    ) {}
+    c.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while ev.poll().await.is_ok() {}
+    })
+    .await;
+
+    // While it is away: one message that expires in 1 s, one that lasts.
+    let mut o = MqttOptions::new("exp-pub", host.clone(), port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (p, mut pev) = AsyncClient::new(o, 100);
+    let short = PublishProperties {
+        message_expiry_interval: Some(1),
+        ..Default::default()
+    };
+    let long = PublishProperties {
+        message_expiry_interval: Some(600),
+        ..Default::default()
+    };
+    p.publish_with_properties("exp/short", QoS::AtLeastOnce, false, "gone soon", short)
+        .await
+        .unwrap();
+    p.publish_with_properties("exp/long", QoS::AtLeastOnce, false, "still here", long)
+        .await
+        .unwrap();
+    let d = deadline();
+    let mut acked = 0;
+    while acked < 2 {
+        if let Event::Incoming(Packet::PubAck(_)) = tokio::time::timeout_at(d, pev.poll())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            acked += 1;
+        }
+    }
+    // Expiry is a matter of time passing.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let (_c, mut ev) = AsyncClient::new(session_opts(), 100);
+    let d = deadline();
+    let first = loop {
+        if let Event::Incoming(Packet::Publish(p)) = tokio::time::timeout_at(d, ev.poll())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            break p;
+        }
+    };
+    assert_eq!(
+        &first.topic[..],
+        b"exp/long",
+        "the expired message is not delivered"
+    );
+    let left = first
+        .properties
+        .and_then(|p| p.message_expiry_interval)
+        .expect("remaining expiry forwarded");
+    assert!(left > 0 && left <= 600, "{left}");
+}
