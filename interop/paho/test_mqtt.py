@@ -1,0 +1,250 @@
+"""MQTT interoperability with Eclipse Paho (paho-mqtt 2.x) against a real node.
+
+Run:  python3 -m pip install -r interop/paho/requirements.txt
+      cargo build -p fjord && python3 interop/paho/test_mqtt.py [path/to/fjord]
+
+Starts its own node on free localhost ports over a temporary data directory
+(and restarts it for the persistence test); every check waits on events with
+deadlines, never on fixed sleeps, except where time passing is the point
+(message expiry).
+"""
+
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+BIN = None
+TIMEOUT = 15
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        self.proc = None
+        self.start()
+
+    def start(self):
+        for _ in range(5):
+            self.http, self.mqtt, self.ws = free_port(), free_port(), free_port()
+            self.proc = subprocess.Popen(
+                [BIN, "serve", "--data-dir", self.data_dir,
+                 "--http-addr", f"127.0.0.1:{self.http}",
+                 "--mqtt-addr", f"127.0.0.1:{self.mqtt}",
+                 "--mqtt-ws-addr", f"127.0.0.1:{self.ws}", "--log-level", "warn"])
+            deadline = time.time() + 30
+            while time.time() < deadline and self.proc.poll() is None:
+                try:
+                    if urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=2).status == 200:
+                        return
+                except OSError:
+                    time.sleep(0.02)
+        raise RuntimeError("fjord did not start")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=30) == 0
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+
+class Client:
+    """A paho client with its messages in a queue."""
+
+    def __init__(self, node, client_id, v5=False, clean=True, will=None, session_expiry=None):
+        self.messages = queue.Queue()
+        self.connected = queue.Queue()
+        proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
+        kwargs = {} if v5 else {"clean_session": clean}
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **kwargs)
+        if will:
+            self.c.will_set(*will)
+        self.c.on_message = lambda c, u, m: self.messages.put(m)
+        self.c.on_connect = lambda c, u, flags, rc, props: self.connected.put((flags, rc))
+        props = None
+        if v5 and session_expiry is not None:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = session_expiry
+        if v5:
+            self.c.connect("127.0.0.1", node.mqtt, 30, clean_start=clean, properties=props)
+        else:
+            self.c.connect("127.0.0.1", node.mqtt, 30)
+        self.c.loop_start()
+        self.flags, self.rc = self.connected.get(timeout=TIMEOUT)
+
+    def subscribe(self, topic, qos=1, **kw):
+        done = queue.Queue()
+        self.c.on_subscribe = lambda *a: done.put(a)
+        self.c.subscribe(topic, qos, **kw)
+        done.get(timeout=TIMEOUT)
+
+    def publish(self, topic, payload, qos=1, retain=False, properties=None):
+        info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        info.wait_for_publish(TIMEOUT)
+        return info
+
+    def take(self, n):
+        return [self.messages.get(timeout=TIMEOUT) for _ in range(n)]
+
+    def close(self, clean=True):
+        if clean:
+            self.c.disconnect()
+        else:
+            self.c.socket().close()
+        self.c.loop_stop()
+
+
+class Paho(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp()
+        cls.node = Node(cls.dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+        shutil.rmtree(cls.dir)
+
+    def test_qos_levels_both_versions(self):
+        for v5 in (False, True):
+            sub = Client(self.node, f"q-sub-{v5}", v5=v5)
+            sub.subscribe(f"q{int(v5)}/#", qos=2)
+            pub = Client(self.node, f"q-pub-{v5}", v5=v5)
+            for qos in (0, 1, 2):
+                pub.publish(f"q{int(v5)}/level{qos}", f"m{qos}", qos=qos)
+            got = sub.take(3)
+            self.assertEqual([(m.topic, m.payload, m.qos) for m in got],
+                             [(f"q{int(v5)}/level{q}", f"m{q}".encode(), q) for q in (0, 1, 2)])
+            sub.close(); pub.close()
+
+    def test_retained_set_and_clear(self):
+        pub = Client(self.node, "r-pub")
+        pub.publish("ret/a", "kept", retain=True)
+        sub = Client(self.node, "r-sub")
+        sub.subscribe("ret/+")
+        m = sub.take(1)[0]
+        self.assertEqual((m.topic, m.payload, m.retain), ("ret/a", b"kept", True))
+        pub.publish("ret/a", "", retain=True)
+        sub.take(1)  # the clearing message itself, live
+        late = Client(self.node, "r-late")
+        late.subscribe("ret/+")
+        pub.publish("ret/marker", "after")
+        self.assertEqual(late.take(1)[0].topic, "ret/marker")
+        for c in (pub, sub, late):
+            c.close()
+
+    def test_will_on_abnormal_disconnect(self):
+        watcher = Client(self.node, "w-watch")
+        watcher.subscribe("will/#")
+        doomed = Client(self.node, "w-doomed", will=("will/doomed", "bye", 1, False))
+        doomed.close(clean=False)
+        m = watcher.take(1)[0]
+        self.assertEqual((m.topic, m.payload), ("will/doomed", b"bye"))
+        watcher.close()
+
+    def test_persistent_session_across_restart(self):
+        c = Client(self.node, "p-dev", clean=False)
+        c.subscribe("persist/#")
+        c.close()
+        pub = Client(self.node, "p-pub")
+        for i in range(5):
+            pub.publish("persist/x", f"p{i}")
+        pub.close()
+        self.node.restart()
+        c = Client(self.node, "p-dev", clean=False)
+        self.assertTrue(c.flags.session_present)
+        self.assertEqual([m.payload for m in c.take(5)], [f"p{i}".encode() for i in range(5)])
+        c.close()
+
+    def test_shared_subscription(self):
+        a = Client(self.node, "s-a", v5=True)
+        b = Client(self.node, "s-b", v5=True)
+        for c in (a, b):
+            c.subscribe("$share/g/jobs/#")
+        pub = Client(self.node, "s-pub", v5=True)
+        for i in range(20):
+            pub.publish("jobs/x", f"j{i}")
+        seen = []
+        deadline = time.time() + TIMEOUT
+        while len(seen) < 20 and time.time() < deadline:
+            for c in (a, b):
+                try:
+                    seen.append((c, c.messages.get(timeout=0.1).payload))
+                except queue.Empty:
+                    pass
+        self.assertEqual(sorted(p for _, p in seen), sorted(f"j{i}".encode() for i in range(20)))
+        self.assertTrue(any(c is a for c, _ in seen) and any(c is b for c, _ in seen))
+        for c in (a, b, pub):
+            c.close()
+
+    def test_v5_properties_topic_alias_and_expiry(self):
+        sub = Client(self.node, "v5-sub", v5=True)
+        sub.subscribe("props/#")
+        pub = Client(self.node, "v5-pub", v5=True)
+        props = Properties(PacketTypes.PUBLISH)
+        props.UserProperty = [("site", "north")]
+        props.ContentType = "text/plain"
+        props.TopicAlias = 1
+        pub.publish("props/a", "with alias", properties=props)
+        alias_only = Properties(PacketTypes.PUBLISH)
+        alias_only.TopicAlias = 1
+        pub.publish("", "alias again", properties=alias_only)
+        first, second = sub.take(2)
+        self.assertEqual((first.topic, second.topic), ("props/a", "props/a"))
+        self.assertEqual(first.properties.UserProperty, [("site", "north")])
+        self.assertEqual(first.properties.ContentType, "text/plain")
+        # Message expiry: a message that outlives its interval while the
+        # subscriber's session is away is not delivered.
+        away = Client(self.node, "v5-away", v5=True, clean=False, session_expiry=60)
+        away.subscribe("exp/#")
+        away.close()
+        short = Properties(PacketTypes.PUBLISH)
+        short.MessageExpiryInterval = 1
+        pub.publish("exp/short", "gone", properties=short)
+        pub.publish("exp/long", "kept")
+        time.sleep(2.1)
+        back = Client(self.node, "v5-away", v5=True, clean=False, session_expiry=60)
+        self.assertEqual(back.take(1)[0].topic, "exp/long")
+        for c in (sub, pub, back):
+            c.close()
+
+    def test_bad_input_closes_only_that_connection(self):
+        s = socket.create_connection(("127.0.0.1", self.node.mqtt), timeout=TIMEOUT)
+        connect = bytes([0x10, 14, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 30, 0, 2]) + b"bx"
+        s.sendall(connect + bytes([0x30, 5, 0, 3]) + b"a/#")
+        data = b""
+        while True:
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            data += chunk
+        s.close()
+        self.assertEqual(data, bytes([0x20, 2, 0, 0]), "CONNACK, then closed")
+        ok = Client(self.node, "after-bad")
+        self.assertEqual(ok.rc, 0)
+        ok.close()
+
+
+if __name__ == "__main__":
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target"))
+    BIN = sys.argv.pop(1) if len(sys.argv) > 1 else os.path.join(target, "debug", "fjord")
+    unittest.main(verbosity=2)
