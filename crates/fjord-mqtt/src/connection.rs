@@ -187,6 +187,20 @@ fn count_error(shared: &Shared, reason: &str) {
         .inc();
 }
 
+/// The 5.0 PUBACK/PUBREC reason code, and the reason string, for a
+/// publication the broker refused.
+fn refusal(e: &BrokerError) -> (u8, String) {
+    let code = match e {
+        BrokerError::StorageFull(_) => reason::QUOTA_EXCEEDED,
+        // Valid, but not accepted: too large for the stream, a bad name.
+        BrokerError::MessageTooLarge { .. } | BrokerError::Invalid(_) | BrokerError::Name(_) => {
+            reason::IMPLEMENTATION_SPECIFIC_ERROR
+        }
+        _ => reason::UNSPECIFIED_ERROR,
+    };
+    (code, e.to_string())
+}
+
 /// Receives from a queue that may not exist yet (then: never).
 async fn recv_opt<T>(q: &mut Option<(mpsc::Sender<T>, mpsc::Receiver<T>)>) -> Option<T> {
     match q {
@@ -940,7 +954,7 @@ impl Session {
                 retain,
             });
         }
-        let mut results: Vec<Result<(), String>> = Vec::with_capacity(runs.len());
+        let mut results: Vec<Result<(), (u8, String)>> = Vec::with_capacity(runs.len());
         for (stream, recs) in runs {
             let sref = StreamRef {
                 tenant: self.shared.config.tenant.clone(),
@@ -956,7 +970,7 @@ impl Session {
                     .map(|_| ()),
                 Err(e) => Err(e),
             };
-            results.push(r.map_err(|e: BrokerError| e.to_string()));
+            results.push(r.map_err(|e: BrokerError| refusal(&e)));
         }
         for item in items {
             let mut outcome = item.run.map_or(Ok(()), |(r, _)| results[r].clone());
@@ -964,13 +978,13 @@ impl Session {
                 // The message is stored; now it becomes (or, empty, stops
                 // being) the topic's retained message (MQTT-3.3.1-5, -6).
                 if let Err(e) = self.shared.retained.set(rec).await {
-                    outcome = Err(e.to_string());
+                    outcome = Err(refusal(&e));
                 }
             }
             let id = item.id.unwrap_or(0);
             match (item.qos, outcome) {
                 (QoS::AtMostOnce, Ok(())) => {}
-                (QoS::AtMostOnce, Err(e)) => {
+                (QoS::AtMostOnce, Err((_, e))) => {
                     tracing::warn!(client = %self.client_id, error = %e, "QoS 0 publish not stored")
                 }
                 (qos, Ok(())) => {
@@ -986,7 +1000,7 @@ impl Session {
                         self.send(&Packet::PubRec(ack));
                     }
                 }
-                (qos, Err(e)) => {
+                (qos, Err((code, e))) => {
                     if !self.v5() {
                         // 3.1.1 has no negative acknowledgement: closing
                         // makes the client retry (MQTT-4.4.0-1).
@@ -998,7 +1012,7 @@ impl Session {
                     };
                     let ack = Ack {
                         packet_id: id,
-                        reason: reason::UNSPECIFIED_ERROR,
+                        reason: code,
                         properties: props,
                     };
                     if qos == QoS::AtLeastOnce {

@@ -957,3 +957,72 @@ async fn v5_message_expiry_while_the_session_is_away() {
         .expect("remaining expiry forwarded");
     assert!(left > 0 && left <= 600, "{left}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_too_large_for_its_stream_is_refused_in_the_ack() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let r = http()
+        .post(format!("{}/v1/streams/public/default", node.url))
+        .json(&json!({"name": "small", "policy": {"max_message_bytes": 1000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (host, port) = host_port(&node);
+    let mut o = MqttOptions::new("big-sender", host, port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (c, mut ev) = AsyncClient::new(o, 10);
+    c.publish("small/x", QoS::AtLeastOnce, false, vec![b'x'; 5000])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // rumqttc reports a negative PUBACK as an error of its event loop.
+    let refused = loop {
+        match tokio::time::timeout_at(deadline, ev.poll()).await.unwrap() {
+            Err(rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::PubAckFail {
+                reason,
+            })) => break reason,
+            Err(e) => panic!("{e}"),
+            Ok(_) => {}
+        }
+    };
+    assert_eq!(
+        refused,
+        rumqttc::v5::mqttbytes::v5::PubAckReason::ImplementationSpecificError
+    );
+    // A message that fits is stored.
+    let (host, port) = host_port(&node);
+    let mut o = MqttOptions::new("small-sender", host, port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (c2, mut ev2) = AsyncClient::new(o, 10);
+    c2.publish("small/x", QoS::AtLeastOnce, false, "fits")
+        .await
+        .unwrap();
+    loop {
+        if let Event::Incoming(Packet::PubAck(a)) = tokio::time::timeout_at(deadline, ev2.poll())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            assert_eq!(a.reason, rumqttc::v5::mqttbytes::v5::PubAckReason::Success);
+            break;
+        }
+    }
+    // Only the one that fits was stored.
+    let v: Value = http()
+        .get(format!(
+            "{}/v1/streams/public/default/small/records?from=earliest",
+            node.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["records"].as_array().unwrap().len(), 1);
+}
