@@ -43,6 +43,15 @@ pub struct MqttListenerConfig {
     pub max_packet_bytes: u32,
     /// A connection must send CONNECT within this time.
     pub connect_timeout_ms: u64,
+    /// Unacknowledged QoS 1/2 publications a client may have towards us
+    /// (advertised as Receive Maximum).
+    pub receive_maximum: u16,
+    /// Our unacknowledged QoS 1/2 deliveries per client at most.
+    pub outbound_inflight_max: u16,
+    /// Topic aliases a 5.0 client may use towards us.
+    pub topic_alias_maximum: u16,
+    /// Longest a persistent session outlives its connection.
+    pub session_expiry_max_s: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +92,10 @@ impl Default for Config {
                 ws_addr: "0.0.0.0:8083".parse().expect("valid address"),
                 max_packet_bytes: 1024 * 1024 + 64 * 1024,
                 connect_timeout_ms: 10_000,
+                receive_maximum: 1024,
+                outbound_inflight_max: 1024,
+                topic_alias_maximum: 64,
+                session_expiry_max_s: 7 * 24 * 3600,
             },
             log: LogConfig {
                 format: "text".into(),

@@ -80,6 +80,10 @@ pub async fn run(config: Config) -> Result<()> {
     let mqtt_config = fjord_mqtt::server::MqttConfig {
         max_packet_bytes: config.mqtt.max_packet_bytes.max(1024),
         connect_timeout: Duration::from_millis(config.mqtt.connect_timeout_ms.max(100)),
+        receive_maximum: config.mqtt.receive_maximum.max(1),
+        outbound_inflight_max: config.mqtt.outbound_inflight_max.max(1),
+        topic_alias_maximum: config.mqtt.topic_alias_maximum,
+        session_expiry_max: Duration::from_secs(config.mqtt.session_expiry_max_s),
         ..Default::default()
     };
     let mqtt_server = fjord_mqtt::server::start(
