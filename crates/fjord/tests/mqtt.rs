@@ -102,17 +102,26 @@ async fn v311_publish_subscribe_and_cross_protocol() {
     // MQTT → HTTP: the stream named by the first level holds the messages,
     // topic and QoS in headers, keyed by topic.
     let c = http();
-    let v: Value = c
-        .get(format!(
-            "{}/v1/streams/public/default/plant1/records?from=earliest&max_records=1000",
-            node.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // QoS 0 publishes have no acknowledgement to wait for: poll until the
+    // last of them is stored (with a deadline).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let v: Value = loop {
+        let v: Value = c
+            .get(format!(
+                "{}/v1/streams/public/default/plant1/records?from=earliest&max_records=1000",
+                node.url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["records"].as_array().unwrap().len() >= 100 || tokio::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let recs = v["records"].as_array().unwrap();
     assert_eq!(recs.len(), 100);
     let first = recs.iter().find(|r| r["value"] == "t0").unwrap();
