@@ -636,35 +636,37 @@ impl Session {
                     self.out = BytesMut::new();
                 }
             }
-            // Handle every complete packet already read.
+            // Handle every complete packet already read, in runs of at most
+            // 256; a bad packet ends the connection after the good ones
+            // before it are handled.
             loop {
-                match codec::decode(&mut inbuf, Some(self.protocol), max) {
-                    Ok(Some(packets_first)) => {
-                        let mut packets = vec![packets_first];
-                        while let Ok(Some(p)) = codec::decode(&mut inbuf, Some(self.protocol), max)
-                        {
-                            packets.push(p);
-                            if packets.len() >= 256 {
-                                break;
-                            }
-                        }
-                        if let Some(end) = self.handle(packets).await {
-                            let _ = write_out(&mut *wr, &self.out).await;
-                            return end;
+                let mut packets = Vec::new();
+                let mut bad = None;
+                while packets.len() < 256 {
+                    match codec::decode(&mut inbuf, Some(self.protocol), max) {
+                        Ok(Some(p)) => packets.push(p),
+                        Ok(None) => break,
+                        Err(e) => {
+                            bad = Some(e);
+                            break;
                         }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.shared
-                            .broker
-                            .metrics()
-                            .protocol_errors
-                            .with_label_values(&["mqtt", &format!("{:#04x}", e.reason_code())])
-                            .inc();
-                        self.disconnect(e.reason_code(), &e.to_string());
+                }
+                let more = packets.len() == 256;
+                if !packets.is_empty() {
+                    if let Some(end) = self.handle(packets).await {
                         let _ = write_out(&mut *wr, &self.out).await;
-                        return End::Abnormal;
+                        return end;
                     }
+                }
+                if let Some(e) = bad {
+                    count_error(&self.shared, &format!("{:#04x}", e.reason_code()));
+                    self.disconnect(e.reason_code(), &e.to_string());
+                    let _ = write_out(&mut *wr, &self.out).await;
+                    return End::Abnormal;
+                }
+                if !more {
+                    break;
                 }
             }
             if !self.out.is_empty() {

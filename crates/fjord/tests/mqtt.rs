@@ -317,6 +317,24 @@ async fn bad_input_closes_only_that_connection() {
     let connack_len = 2 + rest[1] as usize;
     assert_eq!((rest[connack_len], rest[connack_len + 2]), (0xe0, 0x81));
 
+    // A bad packet right behind a good one in the same read is not skipped.
+    let mut s = raw(&node);
+    s.write_all(&CONNECT_V5).unwrap();
+    s.write_all(&[0xc0, 0, 0x30, 6, 0, 3, b'a', b'/', b'#', 0])
+        .unwrap();
+    let rest = closed(s);
+    let connack_len = 2 + rest[1] as usize;
+    assert_eq!(
+        &rest[connack_len..connack_len + 2],
+        &[0xd0, 0],
+        "PINGRESP first"
+    );
+    assert_eq!(
+        (rest[connack_len + 2], rest[connack_len + 4]),
+        (0xe0, 0x90),
+        "then DISCONNECT 0x90"
+    );
+
     // A packet before CONNECT.
     let mut s = raw(&node);
     s.write_all(&[0xc0, 0]).unwrap();
