@@ -66,6 +66,8 @@ enum Command {
     Produce(client::ProduceArgs),
     /// Consume records, optionally following the tail.
     Consume(client::ConsumeArgs),
+    /// Drive MQTT load against Fjord and peer brokers; print a table of ratios.
+    Bench(fjord_bench::BenchArgs),
     /// MQTT settings of a namespace.
     Mqtt {
         #[command(flatten)]
@@ -77,6 +79,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Bench(args)) = cli.command {
+        // The harness runs its own threads and runtime; brokers are children.
+        return match fjord_bench::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -95,6 +107,7 @@ fn main() -> ExitCode {
             Some(Command::Produce(a)) => client::produce(a).await,
             Some(Command::Consume(a)) => client::consume(a).await,
             Some(Command::Mqtt { conn, cmd }) => client::mqtt(conn, cmd).await,
+            Some(Command::Bench(_)) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {
