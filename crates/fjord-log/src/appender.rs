@@ -47,6 +47,7 @@ use tokio::task::JoinHandle;
 
 use crate::handle::{FsyncObserver, Store};
 use crate::store::AppendInfo;
+use crate::tail::SharedTail;
 use crate::LogError;
 
 /// Appends written per group at most (bounds the time the lock is held).
@@ -84,6 +85,8 @@ pub(crate) struct Appender {
     durability: Arc<Mutex<Durability>>,
     ephemeral: bool,
     observer: Option<FsyncObserver>,
+    /// Newest batches for readers (disk partitions only: a ring is memory).
+    tail: Option<Arc<SharedTail>>,
     /// Written, not yet covered by a completed fsync, in offset order.
     parked: VecDeque<(Reply, AppendInfo)>,
     sync: Option<Sync>,
@@ -102,6 +105,7 @@ impl Appender {
         durability: Arc<Mutex<Durability>>,
         ephemeral: bool,
         observer: Option<FsyncObserver>,
+        tail: Option<Arc<SharedTail>>,
     ) -> Self {
         Self {
             store,
@@ -109,6 +113,7 @@ impl Appender {
             durability,
             ephemeral,
             observer,
+            tail,
             parked: VecDeque::new(),
             sync: None,
             last_sync: None,
@@ -313,9 +318,27 @@ impl Appender {
         appends: Vec<(Vec<u8>, Reply)>,
     ) -> Vec<(Reply, Result<AppendInfo, LogError>)> {
         let store = self.store.clone();
+        let tail = self.tail.clone();
         let res = tokio::task::spawn_blocking(move || {
             let (mut batches, replies): (Vec<Vec<u8>>, Vec<Reply>) = appends.into_iter().unzip();
-            let results = store.write().append_group(&mut batches, now_ms());
+            let results = {
+                let mut st = store.write();
+                let results = st.append_group(&mut batches, now_ms());
+                if let Some(tail) = &tail {
+                    tail.set_start(st.start_offset());
+                }
+                results
+            };
+            if let Some(tail) = &tail {
+                // Before the watermark moves (the caller releases them).
+                let mut t = tail.lock();
+                for (batch, r) in batches.into_iter().zip(&results) {
+                    match r {
+                        Ok(info) => t.push(info.base_offset, info.last_offset + 1, batch.into()),
+                        Err(_) => t.clear(),
+                    }
+                }
+            }
             replies.into_iter().zip(results).collect::<Vec<_>>()
         })
         .await;

@@ -22,6 +22,7 @@ use crate::appender::{Appender, Cmd};
 use crate::partition::{PartitionLog, RecoveryReport};
 use crate::ring::Ring;
 use crate::store::{AppendInfo, LogStore, MaintenanceReport, ReadResult};
+use crate::tail::SharedTail;
 use crate::LogError;
 
 /// Observes the duration of every fsync (for the latency histogram).
@@ -51,6 +52,8 @@ struct Inner {
     hwm: watch::Receiver<i64>,
     durability: Arc<Mutex<Durability>>,
     ephemeral: bool,
+    /// Newest batches of a disk partition, for readers at the tail.
+    tail: Option<Arc<SharedTail>>,
 }
 
 /// A cheap-to-clone handle on one partition.
@@ -90,12 +93,14 @@ impl Partition {
         let next = store.read().next_offset();
         let (hwm_tx, hwm_rx) = watch::channel(next);
         let durability = Arc::new(Mutex::new(durability));
+        let tail = (!ephemeral).then(|| Arc::new(SharedTail::new(store.read().start_offset())));
         let appender = Appender::new(
             store.clone(),
             hwm_tx,
             durability.clone(),
             ephemeral,
             opts.fsync_observer,
+            tail.clone(),
         );
         tokio::spawn(appender.run(rx));
         Self {
@@ -105,6 +110,7 @@ impl Partition {
                 hwm: hwm_rx,
                 durability,
                 ephemeral,
+                tail,
             }),
         }
     }
@@ -154,6 +160,23 @@ impl Partition {
         max_bytes: usize,
         hwm: i64,
     ) -> Result<ReadResult, LogError> {
+        if self.inner.ephemeral {
+            // A ring is memory: no blocking I/O to move off this thread.
+            return self.inner.store.read().read(offset, max_bytes, hwm);
+        }
+        if let Some(tail) = &self.inner.tail {
+            let start = tail.start();
+            if offset >= start && offset <= hwm {
+                if let Some((batches, next)) = tail.lock().read(offset, max_bytes, hwm) {
+                    return Ok(ReadResult {
+                        batches,
+                        next_offset: next,
+                        start_offset: start,
+                        high_watermark: hwm,
+                    });
+                }
+            }
+        }
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || store.read().read(offset, max_bytes, hwm))
             .await
@@ -194,9 +217,21 @@ impl Partition {
 
     pub async fn maintain(&self) -> Result<MaintenanceReport, LogError> {
         let store = self.inner.store.clone();
-        tokio::task::spawn_blocking(move || store.write().maintain(now_ms()))
-            .await
-            .map_err(|_| LogError::Closed)?
+        let tail = self.inner.tail.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut st = store.write();
+            let report = st.maintain(now_ms());
+            if let Some(tail) = tail {
+                tail.set_start(st.start_offset());
+                if report.as_ref().is_ok_and(|r| r.records_compacted > 0) {
+                    // Readers must not get back records compaction removed.
+                    tail.lock().clear();
+                }
+            }
+            report
+        })
+        .await
+        .map_err(|_| LogError::Closed)?
     }
 
     pub fn set_policy(&self, policy: ResolvedPolicy) {

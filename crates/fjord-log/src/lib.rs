@@ -16,7 +16,8 @@
 //! * at open, the tail of the active segment is validated batch by batch
 //!   (length, magic, CRC-32C, offsets) and a torn write is truncated; missing
 //!   or damaged indexes are rebuilt;
-//! * every batch served is CRC-checked on the way out;
+//! * every batch served from disk is CRC-checked on the way out (the
+//!   newest batches are served from memory as they were written);
 //! * a failed write (a full disk) is cut back off the segment and reported;
 //!   a failed fsync poisons the partition: it refuses appends until restart.
 
@@ -29,6 +30,7 @@ mod ring;
 mod scan;
 mod segment;
 mod store;
+mod tail;
 
 pub use error::LogError;
 pub use handle::{Partition, PartitionOptions};

@@ -46,7 +46,14 @@ pub struct Segment {
     time_index: Vec<TimeEntry>,
     /// Bytes appended since the last index entry.
     since_index: u64,
+    /// Position up to which writeback has been started.
+    written_back: u64,
 }
+
+/// Writeback is started once this much has been written since the last
+/// start: per small append, each start is an I/O submission of its own
+/// (on a VM, an exit per virtio kick), which cost more than the write.
+const WRITEBACK_CHUNK: u64 = 1024 * 1024;
 
 fn open_rw(path: &Path, create: bool) -> Result<File, LogError> {
     OpenOptions::new()
@@ -86,6 +93,7 @@ impl Segment {
             index: Vec::new(),
             time_index: Vec::new(),
             since_index: INDEX_INTERVAL_BYTES,
+            written_back: 0,
         })
     }
 
@@ -116,6 +124,7 @@ impl Segment {
             index: Vec::new(),
             time_index: Vec::new(),
             since_index: 0,
+            written_back: 0,
         };
         let mut truncated = None;
         let loaded = if active { None } else { seg.load_indexes() };
@@ -293,7 +302,16 @@ impl Segment {
             }
             return Err(err);
         }
-        start_writeback(&self.file, pos, batches.iter().map(|b| b.len()).sum());
+        let end = pos + batches.iter().map(|b| b.len() as u64).sum::<u64>();
+        self.written_back = self.written_back.min(pos);
+        if end - self.written_back >= WRITEBACK_CHUNK {
+            start_writeback(
+                &self.file,
+                self.written_back,
+                (end - self.written_back) as usize,
+            );
+            self.written_back = end;
+        }
         let mut at = pos;
         for (batch, h) in batches.iter().zip(headers) {
             debug_assert_eq!(h.total_len(), batch.len());
@@ -415,6 +433,7 @@ impl Segment {
         let next = self.next_offset;
         self.file = Arc::new(file);
         self.size = len;
+        self.written_back = 0;
         self.apply_scan(scan);
         // Keep the original end: offsets of removed records are not reused.
         self.next_offset = next;

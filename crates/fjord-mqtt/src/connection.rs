@@ -202,6 +202,10 @@ fn refusal(e: &BrokerError) -> (u8, String) {
 }
 
 /// Receives from a queue that may not exist yet (then: never).
+/// Bounds of the adaptive read size of a session.
+const READ_SIZE_MIN: usize = 256;
+const READ_SIZE_MAX: usize = 64 * 1024;
+
 async fn recv_opt<T>(q: &mut Option<(mpsc::Sender<T>, mpsc::Receiver<T>)>) -> Option<T> {
     match q {
         Some((_, rx)) => rx.recv().await,
@@ -625,6 +629,10 @@ impl Session {
         let max = self.shared.config.max_packet_bytes as usize;
         let mut created = self.shared.broker.stream_created();
         let mut deadline = Instant::now() + self.keep_alive;
+        // Bytes asked of each read: grows while reads fill it (a publisher
+        // streaming: big reads make big produce runs), shrinks when they
+        // do not, so an idle connection holds a small buffer.
+        let mut read_size = READ_SIZE_MIN;
         loop {
             if !self.out.is_empty() {
                 if write_out(&mut *wr, &self.out).await.is_err() {
@@ -672,9 +680,14 @@ impl Session {
             if !self.out.is_empty() {
                 continue;
             }
-            if inbuf.capacity() > 64 * 1024 && inbuf.is_empty() {
+            if inbuf.is_empty() && inbuf.capacity() > 4 * read_size {
+                // A burst is over: give its buffer back (idle stays small).
                 inbuf = BytesMut::new();
             }
+            if inbuf.capacity() - inbuf.len() < read_size {
+                inbuf.reserve(read_size);
+            }
+            let spare = inbuf.capacity() - inbuf.len();
             if !self.backlog.is_empty() && self.out_window.available() > 0 {
                 let stream = self.shared.retained.stream_name().clone();
                 while self.out_window.available() > 0 && self.out.len() < 64 * 1024 {
@@ -698,7 +711,14 @@ impl Session {
             };
             match event {
                 Event::Read(0) => return End::Abnormal,
-                Event::Read(_) => deadline = Instant::now() + self.keep_alive,
+                Event::Read(n) => {
+                    deadline = Instant::now() + self.keep_alive;
+                    if n >= spare {
+                        read_size = (read_size * 2).min(READ_SIZE_MAX);
+                    } else if n < read_size / 4 {
+                        read_size = (read_size / 2).max(READ_SIZE_MIN);
+                    }
+                }
                 Event::Delivery(d) => {
                     self.deliver_read(d);
                     // Drain what is queued, as far as the window allows.
