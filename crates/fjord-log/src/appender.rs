@@ -317,33 +317,54 @@ impl Appender {
         &self,
         appends: Vec<(Vec<u8>, Reply)>,
     ) -> Vec<(Reply, Result<AppendInfo, LogError>)> {
+        let bytes: u64 = appends.iter().map(|(b, _)| b.len() as u64).sum();
+        let now = now_ms();
+        if bytes <= INLINE_WRITE_MAX {
+            // A small write into the page cache takes microseconds: two
+            // thread hand-offs to the blocking pool would cost more, and
+            // they are most of an idle broker's publish latency. Only when
+            // the log is free right now and no segment roll (an fsync) can
+            // happen.
+            if let Some(mut st) = self.store.try_write() {
+                if !st.may_roll(bytes, now) {
+                    return write_group(&mut **st, self.tail.as_deref(), appends, now);
+                }
+            }
+        }
         let store = self.store.clone();
         let tail = self.tail.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let (mut batches, replies): (Vec<Vec<u8>>, Vec<Reply>) = appends.into_iter().unzip();
-            let results = {
-                let mut st = store.write();
-                let results = st.append_group(&mut batches, now_ms());
-                if let Some(tail) = &tail {
-                    tail.set_start(st.start_offset());
-                }
-                results
-            };
-            if let Some(tail) = &tail {
-                // Before the watermark moves (the caller releases them).
-                let mut t = tail.lock();
-                for (batch, r) in batches.into_iter().zip(&results) {
-                    match r {
-                        Ok(info) => t.push(info.base_offset, info.last_offset + 1, batch.into()),
-                        Err(_) => t.clear(),
-                    }
-                }
-            }
-            replies.into_iter().zip(results).collect::<Vec<_>>()
+            write_group(&mut **store.write(), tail.as_deref(), appends, now)
         })
         .await;
         // If the blocking task panicked, nothing can be said of the writes;
         // the repliers went with it, so callers see `Closed`.
         res.unwrap_or_default()
     }
+}
+
+/// Groups up to this many bytes are written on the appender's own task.
+const INLINE_WRITE_MAX: u64 = 256 * 1024;
+
+/// Writes a group and puts what was written on the tail, before the
+/// caller moves the watermark.
+fn write_group(
+    store: &mut dyn crate::store::LogStore,
+    tail: Option<&SharedTail>,
+    appends: Vec<(Vec<u8>, Reply)>,
+    now: i64,
+) -> Vec<(Reply, Result<AppendInfo, LogError>)> {
+    let (mut batches, replies): (Vec<Vec<u8>>, Vec<Reply>) = appends.into_iter().unzip();
+    let results = store.append_group(&mut batches, now);
+    if let Some(tail) = tail {
+        tail.set_start(store.start_offset());
+        let mut t = tail.lock();
+        for (batch, r) in batches.into_iter().zip(&results) {
+            match r {
+                Ok(info) => t.push(info.base_offset, info.last_offset + 1, batch.into()),
+                Err(_) => t.clear(),
+            }
+        }
+    }
+    replies.into_iter().zip(results).collect()
 }
