@@ -169,12 +169,14 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Ok(r) => r?,
     };
-    let mut session = match Session::accept(shared.clone(), *connect, &mut wr).await? {
+    // The rarely-taken steps are boxed so the connection's future, alive
+    // for as long as the connection, is only as large as its idle loop.
+    let mut session = match Box::pin(Session::accept(shared.clone(), *connect, &mut wr)).await? {
         Some(s) => s,
         None => return Ok(()),
     };
     let end = session.run(&mut rd, &mut wr, inbuf, shutdown).await;
-    session.finish(end).await;
+    Box::pin(session.finish(end)).await;
     Ok(())
 }
 
@@ -201,11 +203,11 @@ fn refusal(e: &BrokerError) -> (u8, String) {
     (code, e.to_string())
 }
 
-/// Receives from a queue that may not exist yet (then: never).
 /// Bounds of the adaptive read size of a session.
 const READ_SIZE_MIN: usize = 256;
 const READ_SIZE_MAX: usize = 64 * 1024;
 
+/// Receives from a queue that may not exist yet (then: never).
 async fn recv_opt<T>(q: &mut Option<(mpsc::Sender<T>, mpsc::Receiver<T>)>) -> Option<T> {
     match q {
         Some((_, rx)) => rx.recv().await,
@@ -246,7 +248,7 @@ struct Session {
     /// Set when this connection has finished (its session saved).
     done: watch::Sender<bool>,
     keep_alive: Duration,
-    will: Option<LastWill>,
+    will: Option<Box<LastWill>>,
     map: TopicMap,
     subs: HashMap<String, SubOpts>,
     tree: SubscriptionTree<String>,
@@ -412,7 +414,7 @@ impl Session {
             },
             // MQTT-3.1.2-24: one and a half times the keep alive.
             keep_alive: Duration::from_millis(c.keep_alive as u64 * 1500),
-            will: c.will,
+            will: c.will.map(Box::new),
             map,
             subs: HashMap::new(),
             tree: SubscriptionTree::default(),
@@ -662,7 +664,7 @@ impl Session {
                 }
                 let more = packets.len() == 256;
                 if !packets.is_empty() {
-                    if let Some(end) = self.handle(packets).await {
+                    if let Some(end) = Box::pin(self.handle(packets)).await {
                         let _ = write_out(&mut *wr, &self.out).await;
                         return end;
                     }
@@ -731,7 +733,7 @@ impl Session {
                     self.save_if_due();
                 }
                 Event::Shared(d) => self.deliver_shared(d),
-                Event::Created(s) => self.on_stream_created(s).await,
+                Event::Created(s) => Box::pin(self.on_stream_created(s)).await,
                 Event::KeepAliveExpired => {
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
                     let _ = write_out(&mut *wr, &self.out).await;

@@ -316,20 +316,29 @@ async fn serve(
                     gauge.inc();
                     let result = match transport {
                         Transport::Tcp => connection::run(socket, shared, shutdown).await,
+                        // Boxed: a TCP connection's task is then only as
+                        // large as its own session (idle connections).
                         Transport::WebSocket => {
-                            let timeout = shared.config.connect_timeout;
-                            match tokio::time::timeout(
-                                timeout,
-                                tokio_tungstenite::accept_hdr_async(socket, ws::check_handshake),
-                            )
-                            .await
-                            {
-                                Ok(Ok(stream)) => {
-                                    connection::run(ws::WsIo::new(stream), shared, shutdown).await
+                            Box::pin(async move {
+                                let timeout = shared.config.connect_timeout;
+                                match tokio::time::timeout(
+                                    timeout,
+                                    tokio_tungstenite::accept_hdr_async(
+                                        socket,
+                                        ws::check_handshake,
+                                    ),
+                                )
+                                .await
+                                {
+                                    Ok(Ok(stream)) => {
+                                        connection::run(ws::WsIo::new(stream), shared, shutdown)
+                                            .await
+                                    }
+                                    Ok(Err(e)) => Err(std::io::Error::other(e).into()),
+                                    Err(_) => Err(connection::ConnError::ConnectTimeout),
                                 }
-                                Ok(Err(e)) => Err(std::io::Error::other(e).into()),
-                                Err(_) => Err(connection::ConnError::ConnectTimeout),
-                            }
+                            })
+                            .await
                         }
                     };
                     if let Err(e) = result {
