@@ -36,8 +36,9 @@ def free_port():
 
 
 class Node:
-    def __init__(self, data_dir):
+    def __init__(self, data_dir, env=None):
         self.data_dir = data_dir
+        self.env = dict(os.environ, **(env or {}))
         self.proc = None
         self.start()
 
@@ -48,7 +49,8 @@ class Node:
                 [BIN, "serve", "--data-dir", self.data_dir,
                  "--http-addr", f"127.0.0.1:{self.http}",
                  "--mqtt-addr", f"127.0.0.1:{self.mqtt}",
-                 "--mqtt-ws-addr", f"127.0.0.1:{self.ws}", "--log-level", "warn"])
+                 "--mqtt-ws-addr", f"127.0.0.1:{self.ws}", "--log-level", "warn"],
+                env=self.env)
             deadline = time.time() + 30
             while time.time() < deadline and self.proc.poll() is None:
                 try:
@@ -70,24 +72,32 @@ class Node:
 class Client:
     """A paho client with its messages in a queue."""
 
-    def __init__(self, node, client_id, v5=False, clean=True, will=None, session_expiry=None):
+    def __init__(self, node, client_id, v5=False, clean=True, will=None, session_expiry=None,
+                 websocket=False):
         self.messages = queue.Queue()
         self.connected = queue.Queue()
+        self.disconnected = queue.Queue()
         proto = mqtt.MQTTv5 if v5 else mqtt.MQTTv311
         kwargs = {} if v5 else {"clean_session": clean}
+        if websocket:
+            kwargs["transport"] = "websockets"
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=proto, **kwargs)
+        if websocket:
+            self.c.ws_set_options(path="/mqtt")
         if will:
             self.c.will_set(*will)
         self.c.on_message = lambda c, u, m: self.messages.put(m)
         self.c.on_connect = lambda c, u, flags, rc, props: self.connected.put((flags, rc))
+        self.c.on_disconnect = lambda c, u, flags, rc, props: self.disconnected.put(rc)
         props = None
         if v5 and session_expiry is not None:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = session_expiry
+        port = node.ws if websocket else node.mqtt
         if v5:
-            self.c.connect("127.0.0.1", node.mqtt, 30, clean_start=clean, properties=props)
+            self.c.connect("127.0.0.1", port, 30, clean_start=clean, properties=props)
         else:
-            self.c.connect("127.0.0.1", node.mqtt, 30)
+            self.c.connect("127.0.0.1", port, 30)
         self.c.loop_start()
         self.flags, self.rc = self.connected.get(timeout=TIMEOUT)
 
@@ -242,6 +252,170 @@ class Paho(unittest.TestCase):
         ok = Client(self.node, "after-bad")
         self.assertEqual(ok.rc, 0)
         ok.close()
+
+    def test_delayed_will_survives_restart(self):
+        # A persistent watcher, so nothing depends on when it reconnects.
+        watcher = Client(self.node, "dw-watch", clean=False)
+        watcher.subscribe("dwill/#")
+        watcher.close()
+        def will(topic, delay):
+            props = Properties(PacketTypes.WILLMESSAGE)
+            props.WillDelayInterval = delay
+            return (topic, f"will of {topic}", 1, False, props)
+        doomed = Client(self.node, "dw-doomed", v5=True, clean=False, session_expiry=60,
+                        will=will("dwill/doomed", 2))
+        back = Client(self.node, "dw-back", v5=True, clean=False, session_expiry=60,
+                      will=will("dwill/back", 6))
+        doomed.close(clean=False)
+        back.close(clean=False)
+        # Both wills are pending when the node goes down.
+        self.node.restart()
+        # "back" returns within its delay: its will is off, also across the
+        # next restart; "doomed" does not: its will goes out after 2 s.
+        back = Client(self.node, "dw-back", v5=True, clean=False, session_expiry=60)
+        self.assertTrue(back.flags.session_present)
+        back.close()
+        self.node.restart()
+        watcher = Client(self.node, "dw-watch", clean=False)
+        m = watcher.take(1)[0]
+        self.assertEqual((m.topic, m.payload), ("dwill/doomed", b"will of dwill/doomed"))
+        time.sleep(6.5)  # past the returned client's will delay
+        marker = Client(self.node, "dw-marker")
+        marker.publish("dwill/marker", "end")
+        self.assertEqual(watcher.take(1)[0].topic, "dwill/marker", "no will from the returned client")
+        marker.close()
+        watcher.close()
+
+    def test_websocket_transport(self):
+        # Both directions between a WebSocket client and a TCP client, at
+        # QoS 1 and 2, in both protocol versions.
+        for v5 in (False, True):
+            ws = Client(self.node, f"ws-{v5}", v5=v5, websocket=True)
+            tcp = Client(self.node, f"tcp-{v5}", v5=v5)
+            ws.subscribe(f"wsx{int(v5)}/to-ws", qos=2)
+            tcp.subscribe(f"wsx{int(v5)}/to-tcp", qos=2)
+            for i in range(10):
+                tcp.publish(f"wsx{int(v5)}/to-ws", f"t{i}", qos=1 + i % 2)
+                ws.publish(f"wsx{int(v5)}/to-tcp", f"w{i}", qos=1 + i % 2)
+            self.assertEqual([m.payload for m in ws.take(10)], [f"t{i}".encode() for i in range(10)])
+            self.assertEqual([m.payload for m in tcp.take(10)], [f"w{i}".encode() for i in range(10)])
+            ws.close(); tcp.close()
+
+
+def raw_connect(node, client_id, v5):
+    """A socket that has sent CONNECT and read its CONNACK."""
+    s = socket.create_connection(("127.0.0.1", node.mqtt), timeout=TIMEOUT)
+    cid = client_id.encode()
+    var = b"\x00\x04MQTT" + bytes([5 if v5 else 4, 2, 0, 30]) + (b"\x00" if v5 else b"")
+    body = var + len(cid).to_bytes(2, "big") + cid
+    s.sendall(bytes([0x10, len(body)]) + body)
+    first = s.recv(2)
+    rest = first[1] - 0
+    ack = first + recv_exactly(s, rest)
+    assert ack[0] == 0x20 and ack[3] == 0, ack
+    return s
+
+
+def recv_exactly(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def read_until_closed(s):
+    """What the server sent before closing (a close with our bytes still
+    unread arrives as a reset: closed all the same)."""
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(4096)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def protocol_errors(node, reason):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{node.http}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("fjord_protocol_errors_total{") and 'protocol="mqtt"' in line \
+                and f'reason="{reason}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+class PahoLimits(unittest.TestCase):
+    """Bad input against a node with small limits: each case ends only its
+    own connection, with the MQTT 5 reason code, and is counted."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp()
+        cls.node = Node(cls.dir, env={"FJORD_MQTT__MAX_PACKET_BYTES": "4096",
+                                      "FJORD_MQTT__CONNECT_TIMEOUT_MS": "500"})
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+        shutil.rmtree(cls.dir)
+
+    def assert_still_serving(self):
+        ok = Client(self.node, "still-serving", v5=True)
+        ok.subscribe("alive/#")
+        ok.publish("alive/x", "yes")
+        self.assertEqual(ok.take(1)[0].payload, b"yes")
+        ok.close()
+
+    def test_oversize_publish_is_refused_with_packet_too_large(self):
+        before = protocol_errors(self.node, "0x95")
+        big = Client(self.node, "big", v5=True)
+        big.c.publish("big/x", b"x" * 10_000, qos=1)
+        self.assertEqual(big.disconnected.get(timeout=TIMEOUT), 0x95)
+        big.c.loop_stop()
+        # 3.1.1 has no reason codes: the connection just closes.
+        s = raw_connect(self.node, "big-311", v5=False)
+        payload = b"y" * 10_000
+        body = (5).to_bytes(2, "big") + b"big/y" + payload
+        rl, n = b"", len(body)
+        while True:
+            byte, n = n % 128, n // 128
+            rl += bytes([byte | (0x80 if n else 0)])
+            if not n:
+                break
+        s.sendall(bytes([0x30]) + rl + body)
+        self.assertEqual(read_until_closed(s), b"")
+        s.close()
+        self.assertGreaterEqual(protocol_errors(self.node, "0x95"), before + 2)
+        self.assert_still_serving()
+
+    def test_connect_that_never_finishes_is_closed(self):
+        before = protocol_errors(self.node, "connect_timeout")
+        s = socket.create_connection(("127.0.0.1", self.node.mqtt), timeout=TIMEOUT)
+        s.sendall(bytes([0x10, 14, 0, 4]) + b"MQ")  # and nothing more
+        started = time.time()
+        self.assertEqual(read_until_closed(s), b"")
+        self.assertLess(time.time() - started, TIMEOUT)
+        s.close()
+        self.assertEqual(protocol_errors(self.node, "connect_timeout"), before + 1)
+        self.assert_still_serving()
+
+    def test_invalid_utf8_topic_is_a_malformed_packet(self):
+        s = raw_connect(self.node, "utf8", v5=True)
+        topic = b"bad/\xff\xfe"
+        body = len(topic).to_bytes(2, "big") + topic + b"\x00" + b"payload"
+        s.sendall(bytes([0x30, len(body)]) + body)
+        data = read_until_closed(s)
+        s.close()
+        # DISCONNECT (0xE0) with reason 0x81 Malformed Packet, then closed.
+        self.assertEqual(data[:1], b"\xe0")
+        self.assertEqual(data[2], 0x81)
+        self.assert_still_serving()
 
 
 if __name__ == "__main__":

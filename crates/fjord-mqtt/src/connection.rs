@@ -439,7 +439,15 @@ impl Session {
             shared,
         };
         match stored {
-            Some(st) => session.resume(st).await,
+            Some(st) => {
+                let had_will = st.pending_will.is_some();
+                session.resume(st).await;
+                if had_will {
+                    // Back before its will was due: the will is off
+                    // (MQTT-3.1.3-9), also across a restart.
+                    session.save(None);
+                }
+            }
             // A new persistent session exists from now on (MQTT-3.1.2-5).
             None => session.save(None),
         }
@@ -516,10 +524,19 @@ impl Session {
     /// Writes the session to the MetaStore (persistent sessions only);
     /// `disconnected_ms` when the client has gone.
     fn save(&mut self, disconnected_ms: Option<i64>) {
+        self.save_with(disconnected_ms, None);
+    }
+
+    fn save_with(
+        &mut self,
+        disconnected_ms: Option<i64>,
+        pending_will: Option<crate::session_store::StoredWill>,
+    ) {
         if !self.persistent() {
             return;
         }
         let st = StoredSession {
+            pending_will,
             expiry_s: self.persistence.expiry_s,
             disconnected_ms,
             subscriptions: self
@@ -1439,79 +1456,42 @@ impl Session {
             self.shared.groups.give_back(&f, stream, rec);
         }
         let now = now_ms();
-        if self.persistent() {
-            // The queued messages are the log after the saved cursors.
-            self.save(Some(now));
-        }
-        self.shared.registry.release(&self.client_id, self.token);
-        let _ = self.done.send(true);
         let publish_will = match end {
             End::Clean { with_will } => with_will,
             End::Abnormal => true,
         };
-        let Some(will) = self.will.take().filter(|_| publish_will) else {
-            return;
-        };
+        let will = self.will.take().filter(|_| publish_will);
         // The will goes out after its delay, or when the session ends if
         // sooner (MQTT-3.1.3-9), unless the client is back by then.
-        let delay_s = will
-            .properties
-            .will_delay_interval
-            .unwrap_or(0)
-            .min(self.persistence.expiry_s);
-        let shared = self.shared.clone();
-        let map = self.map.clone();
-        let client_id = self.client_id.clone();
-        let publish = async move {
-            if delay_s > 0 {
-                tokio::time::sleep(Duration::from_secs(delay_s as u64)).await;
-                if shared.registry.is_connected(&client_id) {
-                    return;
-                }
-            }
-            let sref = StreamRef {
-                tenant: shared.config.tenant.clone(),
-                namespace: shared.config.namespace.clone(),
-                stream: map.stream_for(&will.topic),
-            };
-            let retain = will.retain.then(|| {
-                to_record(
-                    &will.topic,
-                    will.qos,
-                    true,
-                    will.payload.clone(),
-                    &will.properties,
-                    &client_id,
-                )
-            });
-            let rec = to_record(
-                &will.topic,
-                will.qos,
-                will.retain,
-                will.payload,
-                &will.properties,
-                &client_id,
-            );
-            let r = match shared.broker.ensure_stream(&sref) {
-                Ok(()) => shared
-                    .broker
-                    .produce(&sref, vec![rec], None)
-                    .await
-                    .map(|_| ()),
-                Err(e) => Err(e),
-            };
-            let r = match (r, retain) {
-                (Ok(()), Some(rec)) => shared.retained.set(rec).await,
-                (r, _) => r,
-            };
-            if let Err(e) = r {
-                tracing::warn!(client = %client_id, error = %e, "will not published");
-            }
+        let delay_s = will.as_ref().map_or(0, |w| {
+            w.properties
+                .will_delay_interval
+                .unwrap_or(0)
+                .min(self.persistence.expiry_s)
+        });
+        let delayed = (delay_s > 0)
+            .then(|| will.as_ref().map(|w| (now + delay_s as i64 * 1000, w)))
+            .flatten();
+        if self.persistent() {
+            // The queued messages are the log after the saved cursors; a
+            // delayed will is kept with them, so a restart does not lose it.
+            let stored = delayed.map(|(due, w)| crate::wills::to_stored(w, due));
+            self.save_with(Some(now), stored);
+        }
+        self.shared.registry.release(&self.client_id, self.token);
+        let _ = self.done.send(true);
+        let Some(will) = will else {
+            return;
         };
         if delay_s > 0 {
-            tokio::spawn(publish);
+            crate::wills::schedule(
+                self.shared.clone(),
+                self.client_id.clone(),
+                *will,
+                now + delay_s as i64 * 1000,
+            );
         } else {
-            publish.await;
+            crate::wills::publish(&self.shared, &self.map, &self.client_id, *will).await;
         }
     }
 }

@@ -16,4 +16,5 @@ pub mod server;
 pub mod session_store;
 pub mod state;
 pub mod tree;
+pub mod wills;
 pub mod ws;

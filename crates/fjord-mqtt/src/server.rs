@@ -165,7 +165,6 @@ pub async fn start(
         config.namespace.clone(),
     )
     .await?;
-    drop_expired_sessions(&broker, &config);
     let groups = crate::groups::Groups::new(
         broker.clone(),
         config.tenant.clone(),
@@ -179,6 +178,10 @@ pub async fn start(
         groups,
         stats: Stats::default(),
     });
+    // Wills due while the node was down go out before their (expired)
+    // sessions are dropped.
+    crate::wills::restore(&shared).await;
+    drop_expired_sessions(&shared.broker, &shared.config);
     tokio::spawn(publish_sys(Arc::downgrade(&shared), shutdown.clone()));
     let ws_task = ws.map(|l| {
         tokio::spawn(serve(

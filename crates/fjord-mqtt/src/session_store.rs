@@ -21,6 +21,17 @@ pub struct StoredSession {
     /// Outbound QoS 2 packet ids the client received (PUBREC) whose PUBREL
     /// is owed; resent on resume (MQTT-4.4.0-1).
     pub pubrel_pending: Vec<u16>,
+    /// A will waiting out its delay after the connection ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_will: Option<StoredWill>,
+}
+
+/// A will and when it is due; the will is kept as the MQTT 5.0 PUBLISH it
+/// becomes (topic, payload, QoS, retain and properties in one codec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredWill {
+    pub due_ms: i64,
+    pub publish: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
