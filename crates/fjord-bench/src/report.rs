@@ -239,7 +239,14 @@ pub fn render(
         "\nVersions: {}.",
         kinds
             .iter()
-            .map(|k| format!("{k}: {}", k.version(fjord_exe)))
+            .map(|k| {
+                let v = k.version(fjord_exe);
+                if v.starts_with(k.name()) {
+                    v
+                } else {
+                    format!("{k}: {v}")
+                }
+            })
             .collect::<Vec<_>>()
             .join("; ")
     );
