@@ -19,7 +19,7 @@ use fjord_broker::{BrokerError, Followed, Position};
 use fjord_core::time::now_ms;
 use fjord_core::{Record, RecordInput, StreamName, StreamRef};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -126,10 +126,12 @@ enum End {
     Abnormal,
 }
 
+/// Serves one connection. Server shutdown reaches it through the registry
+/// once it has claimed its client id (before that it is cut with the
+/// runtime).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
     let (mut rd, mut wr) = tokio::io::split(io);
     let mut inbuf = BytesMut::new();
@@ -171,11 +173,17 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     };
     // The rarely-taken steps are boxed so the connection's future, alive
     // for as long as the connection, is only as large as its idle loop.
-    let mut session = match Box::pin(Session::accept(shared.clone(), *connect, &mut wr)).await? {
+    // Out of its box now: a box moved out of is freed only at the end of
+    // its scope, which for this function is the connection's lifetime.
+    let connect: Connect = {
+        let boxed = connect;
+        *boxed
+    };
+    let mut session = match Box::pin(Session::accept(shared.clone(), connect, &mut wr)).await? {
         Some(s) => s,
         None => return Ok(()),
     };
-    let end = session.run(&mut rd, &mut wr, inbuf, shutdown).await;
+    let end = session.run(&mut rd, &mut wr, inbuf).await;
     Box::pin(session.finish(end)).await;
     Ok(())
 }
@@ -244,9 +252,9 @@ struct Session {
     protocol: Protocol,
     client_id: String,
     token: u64,
-    takeover: watch::Receiver<bool>,
-    /// Set when this connection has finished (its session saved).
-    done: watch::Sender<bool>,
+    /// Ends the connection (takeover, shutdown); marks it done once its
+    /// session is saved.
+    signal: Arc<crate::server::ConnSignal>,
     keep_alive: Duration,
     will: Option<Box<LastWill>>,
     map: TopicMap,
@@ -335,9 +343,9 @@ impl Session {
             return Ok(None);
         }
         let claimed = shared.registry.claim(&client_id);
-        if let Some(mut previous) = claimed.previous {
+        if let Some(previous) = &claimed.previous {
             // Let the connection we take over save its session first.
-            let _ = tokio::time::timeout(Duration::from_secs(5), previous.wait_for(|d| *d)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), previous.wait_done()).await;
         }
         let meta = shared.broker.meta().clone();
         // 5.0: the client's Session Expiry Interval (capped); 3.1.1: a
@@ -353,7 +361,11 @@ impl Session {
         let expiry_s = asked.min(max_expiry);
         let stored = if c.clean_start {
             // MQTT-3.1.2-4: a clean start discards any existing session.
-            let _ = meta.delete_session(&cfg.tenant, &client_id);
+            // Looked up first: most clean connections have none, and a
+            // delete is a durable write.
+            if meta.get_session(&cfg.tenant, &client_id).ok().flatten().is_some() {
+                let _ = meta.delete_session(&cfg.tenant, &client_id);
+            }
             None
         } else {
             meta.get_session(&cfg.tenant, &client_id)
@@ -403,8 +415,7 @@ impl Session {
             protocol: c.protocol,
             client_id,
             token: claimed.token,
-            takeover: claimed.takeover,
-            done: claimed.done,
+            signal: claimed.signal,
             progress: HashMap::new(),
             resent_below: HashMap::new(),
             persistence: Persistence {
@@ -643,7 +654,6 @@ impl Session {
         rd: &mut R,
         wr: &mut W,
         mut inbuf: BytesMut,
-        mut shutdown: watch::Receiver<bool>,
     ) -> End {
         let max = self.shared.config.max_packet_bytes as usize;
         let mut created = self.shared.broker.stream_created();
@@ -725,8 +735,11 @@ impl Session {
                 Some(d) = recv_opt(&mut self.shared_queue), if room => Event::Shared(d),
                 Ok(s) = created.recv() => Event::Created(s),
                 _ = tokio::time::sleep_until(deadline), if keep_alive => Event::KeepAliveExpired,
-                _ = self.takeover.wait_for(|t| *t) => Event::TakenOver,
-                _ = shutdown.wait_for(|s| *s) => Event::Shutdown,
+                why = self.signal.ended() => if why == crate::server::END_TAKEN_OVER {
+                    Event::TakenOver
+                } else {
+                    Event::Shutdown
+                },
             };
             match event {
                 Event::Read(0) => return End::Abnormal,
@@ -1479,7 +1492,7 @@ impl Session {
             self.save_with(Some(now), stored);
         }
         self.shared.registry.release(&self.client_id, self.token);
-        let _ = self.done.send(true);
+        self.signal.set_done();
         let Some(will) = will else {
             return;
         };

@@ -59,24 +59,80 @@ impl Default for MqttConfig {
 pub struct Registry {
     clients: Mutex<HashMap<String, Claim>>,
     next: Mutex<u64>,
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 struct Claim {
     token: u64,
-    takeover: watch::Sender<bool>,
-    done: watch::Receiver<bool>,
+    signal: Arc<ConnSignal>,
+}
+
+/// How a connection learns that it must end (another connection took its
+/// client id over, or the server is shutting down) and how its successor
+/// learns that it has saved its session. One small allocation per
+/// connection: idle connections stay cheap.
+#[derive(Default)]
+pub struct ConnSignal {
+    /// 0 running, else why it must end ([`END_TAKEN_OVER`], [`END_SHUTDOWN`]).
+    end: std::sync::atomic::AtomicU8,
+    end_notify: tokio::sync::Notify,
+    done: std::sync::atomic::AtomicBool,
+    done_notify: tokio::sync::Notify,
+}
+
+pub const END_TAKEN_OVER: u8 = 1;
+pub const END_SHUTDOWN: u8 = 2;
+
+impl ConnSignal {
+    /// Tells the connection to end (the first reason given stays).
+    pub fn end(&self, why: u8) {
+        use std::sync::atomic::Ordering;
+        let _ = self
+            .end
+            .compare_exchange(0, why, Ordering::AcqRel, Ordering::Acquire);
+        // One waiter, the connection: a stored permit covers a connection
+        // that is not waiting right now.
+        self.end_notify.notify_one();
+    }
+
+    /// Resolves with the reason once the connection must end.
+    pub async fn ended(&self) -> u8 {
+        use std::sync::atomic::Ordering;
+        loop {
+            let why = self.end.load(Ordering::Acquire);
+            if why != 0 {
+                return why;
+            }
+            self.end_notify.notified().await;
+        }
+    }
+
+    /// The connection has finished and saved its session.
+    pub fn set_done(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        self.done_notify.notify_waiters();
+    }
+
+    pub async fn wait_done(&self) {
+        loop {
+            let n = self.done_notify.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.done.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            n.await;
+        }
+    }
 }
 
 /// What a connection gets when it claims its client id.
 pub struct Claimed {
     pub token: u64,
-    /// Turns true when another connection takes the client id over.
-    pub takeover: watch::Receiver<bool>,
-    /// Set true when this connection has finished.
-    pub done: watch::Sender<bool>,
-    /// The previous connection's `done`, to wait for before loading the
-    /// session it saves.
-    pub previous: Option<watch::Receiver<bool>>,
+    pub signal: Arc<ConnSignal>,
+    /// The previous connection's signal, whose `done` to wait for before
+    /// loading the session it saves.
+    pub previous: Option<Arc<ConnSignal>>,
 }
 
 impl Registry {
@@ -88,8 +144,10 @@ impl Registry {
             *n += 1;
             *n
         };
-        let (takeover_tx, takeover) = watch::channel(false);
-        let (done, done_rx) = watch::channel(false);
+        let signal = Arc::new(ConnSignal::default());
+        if self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+            signal.end(END_SHUTDOWN);
+        }
         let previous = self
             .clients
             .lock()
@@ -97,19 +155,27 @@ impl Registry {
                 client_id.to_string(),
                 Claim {
                     token,
-                    takeover: takeover_tx,
-                    done: done_rx,
+                    signal: signal.clone(),
                 },
             )
             .map(|old| {
-                let _ = old.takeover.send(true);
-                old.done
+                old.signal.end(END_TAKEN_OVER);
+                old.signal
             });
         Claimed {
             token,
-            takeover,
-            done,
+            signal,
             previous,
+        }
+    }
+
+    /// Tells every connection, and every one claimed from now on, that the
+    /// server is shutting down.
+    pub fn shutdown_all(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        for c in self.clients.lock().values() {
+            c.signal.end(END_SHUTDOWN);
         }
     }
 
@@ -192,10 +258,11 @@ pub async fn start(
         ))
     });
     Ok(tokio::spawn(async move {
-        serve(tcp, shared, shutdown, Transport::Tcp).await;
+        serve(tcp, shared.clone(), shutdown, Transport::Tcp).await;
         if let Some(t) = ws_task {
             let _ = t.await;
         }
+        shared.registry.shutdown_all();
     }))
 }
 
@@ -307,7 +374,6 @@ async fn serve(
             Ok((socket, peer)) => {
                 let _ = socket.set_nodelay(true);
                 let shared = shared.clone();
-                let shutdown = shutdown.clone();
                 tokio::spawn(async move {
                     let label = match transport {
                         Transport::Tcp => "mqtt",
@@ -318,7 +384,7 @@ async fn serve(
                     let gauge = metrics.connections.with_label_values(&[label]);
                     gauge.inc();
                     let result = match transport {
-                        Transport::Tcp => connection::run(socket, shared, shutdown).await,
+                        Transport::Tcp => connection::run(socket, shared).await,
                         // Boxed: a TCP connection's task is then only as
                         // large as its own session (idle connections).
                         Transport::WebSocket => {
@@ -334,8 +400,7 @@ async fn serve(
                                 .await
                                 {
                                     Ok(Ok(stream)) => {
-                                        connection::run(ws::WsIo::new(stream), shared, shutdown)
-                                            .await
+                                        connection::run(ws::WsIo::new(stream), shared).await
                                     }
                                     Ok(Err(e)) => Err(std::io::Error::other(e).into()),
                                     Err(_) => Err(connection::ConnError::ConnectTimeout),
