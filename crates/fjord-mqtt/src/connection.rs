@@ -110,9 +110,12 @@ type Delivery = (StreamName, u32, Record);
 enum Event {
     /// Bytes read; 0 means the peer closed (or the read failed).
     Read(usize),
-    Delivery(Delivery),
-    Shared(SharedDelivery),
-    Created(StreamRef),
+    /// A delivery was handled in the select itself: records are large, and
+    /// an event held across an await is part of the connection's future
+    /// (idle connections stay small).
+    Delivered,
+    Shared,
+    Created(Box<StreamRef>),
     KeepAliveExpired,
     TakenOver,
     Shutdown,
@@ -212,7 +215,7 @@ fn refusal(e: &BrokerError) -> (u8, String) {
 }
 
 /// Bounds of the adaptive read size of a session.
-const READ_SIZE_MIN: usize = 256;
+const READ_SIZE_MIN: usize = 64;
 const READ_SIZE_MAX: usize = 64 * 1024;
 
 /// Receives from a queue that may not exist yet (then: never).
@@ -247,6 +250,35 @@ async fn read_connect<R: AsyncRead + Unpin>(
     }
 }
 
+/// The state of QoS 1/2 exchanges and topic aliases of a session.
+struct Flight {
+    in_aliases: InboundAliases,
+    out_aliases: OutboundAliases,
+    ids: PacketIds,
+    outgoing: HashMap<u16, Pending>,
+    qos2: Qos2Received,
+}
+
+/// What a session holds once it subscribes.
+#[derive(Default)]
+struct Subscribed {
+    subs: HashMap<String, SubOpts>,
+    tree: SubscriptionTree<String>,
+    /// Retained messages owed to new subscriptions, sent as the window
+    /// allows.
+    backlog: std::collections::VecDeque<Record>,
+    followed: HashMap<StreamName, Vec<AbortHandle>>,
+    /// Shared subscriptions of this session (`$share/g/f` → options), and
+    /// what their groups hand it.
+    shared_subs: HashMap<String, SubOpts>,
+    /// Per followed partition: what has been seen and what awaits an ack
+    /// (the session's cursor is derived from it).
+    progress: HashMap<(StreamName, u32), Progress>,
+    /// Offsets below which a record was sent before the session resumed
+    /// (redeliveries carry DUP).
+    resent_below: HashMap<(StreamName, u32), i64>,
+}
+
 struct Session {
     shared: Arc<Shared>,
     protocol: Protocol,
@@ -258,39 +290,47 @@ struct Session {
     keep_alive: Duration,
     will: Option<Box<LastWill>>,
     map: TopicMap,
-    subs: HashMap<String, SubOpts>,
-    tree: SubscriptionTree<String>,
+    /// Subscriptions and delivery progress, allocated with the first
+    /// subscription (or a resumed session): an idle connection does
+    /// without.
+    subscribed: Option<Box<Subscribed>>,
     follow_all: bool,
-    /// Retained messages owed to new subscriptions, sent as the window
-    /// allows.
-    backlog: std::collections::VecDeque<Record>,
-    followed: HashMap<StreamName, Vec<AbortHandle>>,
     /// Created with the first subscription: an idle connection holds no
     /// queue (each costs a block of slots up front).
     deliveries: Option<(mpsc::Sender<Delivery>, mpsc::Receiver<Delivery>)>,
-    /// Shared subscriptions of this session (`$share/g/f` → options), and
-    /// what their groups hand it.
-    shared_subs: HashMap<String, SubOpts>,
     shared_queue: Option<(mpsc::Sender<SharedDelivery>, mpsc::Receiver<SharedDelivery>)>,
-    /// Per followed partition: what has been seen and what awaits an ack
-    /// (the session's cursor is derived from it).
-    progress: HashMap<(StreamName, u32), Progress>,
-    /// Offsets below which a record was sent before the session resumed
-    /// (redeliveries carry DUP).
-    resent_below: HashMap<(StreamName, u32), i64>,
     persistence: Persistence,
-    in_aliases: InboundAliases,
-    out_aliases: OutboundAliases,
-    ids: PacketIds,
+    /// Packet ids, QoS exchanges and topic aliases, allocated with the
+    /// first exchange that needs them.
+    flight: Option<Box<Flight>>,
+    /// Topic Alias Maximum each way (ours to the client, the client's).
+    alias_max: (u16, u16),
     in_window: Window,
     out_window: Window,
-    outgoing: HashMap<u16, Pending>,
-    qos2: Qos2Received,
     client_max_packet: usize,
     out: BytesMut,
 }
 
 impl Session {
+    /// The exchange state, allocated on first use.
+    fn fl(&mut self) -> &mut Flight {
+        let (inbound, outbound) = self.alias_max;
+        self.flight.get_or_insert_with(|| {
+            Box::new(Flight {
+                in_aliases: InboundAliases::new(inbound),
+                out_aliases: OutboundAliases::new(outbound),
+                ids: PacketIds::default(),
+                outgoing: HashMap::new(),
+                qos2: Qos2Received::default(),
+            })
+        })
+    }
+
+    /// The subscription state, allocated on first use.
+    fn st(&mut self) -> &mut Subscribed {
+        self.subscribed.get_or_insert_with(Box::default)
+    }
+
     /// Checks CONNECT, answers CONNACK; `None` when the connection was
     /// refused.
     async fn accept<W: AsyncWrite + Unpin>(
@@ -363,7 +403,12 @@ impl Session {
             // MQTT-3.1.2-4: a clean start discards any existing session.
             // Looked up first: most clean connections have none, and a
             // delete is a durable write.
-            if meta.get_session(&cfg.tenant, &client_id).ok().flatten().is_some() {
+            if meta
+                .get_session(&cfg.tenant, &client_id)
+                .ok()
+                .flatten()
+                .is_some()
+            {
                 let _ = meta.delete_session(&cfg.tenant, &client_id);
             }
             None
@@ -416,8 +461,6 @@ impl Session {
             client_id,
             token: claimed.token,
             signal: claimed.signal,
-            progress: HashMap::new(),
-            resent_below: HashMap::new(),
             persistence: Persistence {
                 expiry_s,
                 dirty: false,
@@ -427,21 +470,17 @@ impl Session {
             keep_alive: Duration::from_millis(c.keep_alive as u64 * 1500),
             will: c.will.map(Box::new),
             map,
-            subs: HashMap::new(),
-            tree: SubscriptionTree::default(),
+            subscribed: None,
             follow_all: false,
-            backlog: std::collections::VecDeque::new(),
-            followed: HashMap::new(),
             deliveries: None,
-            shared_subs: HashMap::new(),
             shared_queue: None,
-            in_aliases: InboundAliases::new(if v5 { cfg.topic_alias_maximum } else { 0 }),
-            out_aliases: OutboundAliases::new(c.properties.topic_alias_maximum.unwrap_or(0)),
-            ids: PacketIds::default(),
+            flight: None,
+            alias_max: (
+                if v5 { cfg.topic_alias_maximum } else { 0 },
+                c.properties.topic_alias_maximum.unwrap_or(0),
+            ),
             in_window: Window::new(cfg.receive_maximum),
             out_window: Window::new(client_receive_max.min(cfg.outbound_inflight_max)),
-            outgoing: HashMap::new(),
-            qos2: Qos2Received::default(),
             client_max_packet: c
                 .properties
                 .maximum_packet_size
@@ -473,22 +512,22 @@ impl Session {
             let Ok(stream) = StreamName::new(c.stream.clone()) else {
                 continue;
             };
-            self.progress.insert(
+            self.st().progress.insert(
                 (stream.clone(), c.partition),
                 Progress {
                     next: c.cursor,
                     ..Default::default()
                 },
             );
-            self.resent_below.insert((stream, c.partition), c.next);
+            self.st().resent_below.insert((stream, c.partition), c.next);
         }
         for id in st.qos2_received {
-            self.qos2.first_receipt(id);
+            self.fl().qos2.first_receipt(id);
         }
         for id in st.pubrel_pending {
-            if self.ids.reserve(id) {
+            if self.fl().ids.reserve(id) {
                 self.out_window.acquire();
-                self.outgoing.insert(
+                self.fl().outgoing.insert(
                     id,
                     Pending {
                         waiting: AwaitingPub::Comp,
@@ -514,7 +553,7 @@ impl Session {
                 id: sub.id,
             };
             if topic::shared(&sub.filter).is_some() {
-                self.shared_subs.insert(sub.filter.clone(), opts);
+                self.st().shared_subs.insert(sub.filter.clone(), opts);
                 let tx = self.shared_sender();
                 self.shared
                     .groups
@@ -522,8 +561,8 @@ impl Session {
                     .await;
                 continue;
             }
-            self.tree.insert(&sub.filter, sub.filter.clone());
-            self.subs.insert(sub.filter.clone(), opts);
+            self.st().tree.insert(&sub.filter, sub.filter.clone());
+            self.st().subs.insert(sub.filter.clone(), opts);
             self.follow(&sub.filter, Position::Earliest).await;
         }
     }
@@ -546,14 +585,16 @@ impl Session {
         if !self.persistent() {
             return;
         }
+        let empty = Subscribed::default();
+        let sub = self.subscribed.as_deref().unwrap_or(&empty);
         let st = StoredSession {
             pending_will,
             expiry_s: self.persistence.expiry_s,
             disconnected_ms,
-            subscriptions: self
+            subscriptions: sub
                 .subs
                 .iter()
-                .chain(self.shared_subs.iter())
+                .chain(sub.shared_subs.iter())
                 .map(|(f, o)| StoredSubscription {
                     filter: f.clone(),
                     qos: o.qos as u8,
@@ -562,7 +603,7 @@ impl Session {
                     id: o.id,
                 })
                 .collect(),
-            cursors: self
+            cursors: sub
                 .progress
                 .iter()
                 .map(|((s, p), pr)| StoredCursor {
@@ -572,13 +613,22 @@ impl Session {
                     next: pr.next,
                 })
                 .collect(),
-            qos2_received: self.qos2.pending().collect(),
+            qos2_received: self
+                .flight
+                .as_deref()
+                .map(|f| f.qos2.pending().collect())
+                .unwrap_or_default(),
             pubrel_pending: self
-                .outgoing
-                .iter()
-                .filter(|(_, o)| o.waiting == AwaitingPub::Comp)
-                .map(|(id, _)| *id)
-                .collect(),
+                .flight
+                .as_deref()
+                .map(|f| {
+                    f.outgoing
+                        .iter()
+                        .filter(|(_, o)| o.waiting == AwaitingPub::Comp)
+                        .map(|(id, _)| *id)
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         match serde_json::to_vec(&st) {
             Ok(bytes) => {
@@ -608,10 +658,14 @@ impl Session {
     /// Handles a record read from a followed partition.
     fn deliver_read(&mut self, (stream, p, rec): Delivery) {
         let key = (stream.clone(), p);
-        let dup = self.resent_below.get(&key).is_some_and(|&b| rec.offset < b);
+        let dup = self
+            .st()
+            .resent_below
+            .get(&key)
+            .is_some_and(|&b| rec.offset < b);
         let source = Some((stream.clone(), p, rec.offset));
         let awaiting = self.deliver(&stream, &rec, false, dup, source);
-        let pr = self.progress.entry(key).or_default();
+        let pr = self.st().progress.entry(key).or_default();
         pr.next = pr.next.max(rec.offset + 1);
         if awaiting {
             pr.unacked.insert(rec.offset);
@@ -717,10 +771,21 @@ impl Session {
                 inbuf.reserve(read_size);
             }
             let spare = inbuf.capacity() - inbuf.len();
-            if !self.backlog.is_empty() && self.out_window.available() > 0 {
+            if self.out.capacity() != 0 {
+                // Everything is written; the next write allocates afresh
+                // (one allocation per wake-up), a waiting connection holds
+                // no output buffer.
+                self.out = BytesMut::new();
+            }
+            if self
+                .subscribed
+                .as_ref()
+                .is_some_and(|st| !st.backlog.is_empty())
+                && self.out_window.available() > 0
+            {
                 let stream = self.shared.retained.stream_name().clone();
                 while self.out_window.available() > 0 && self.out.len() < 64 * 1024 {
-                    let Some(rec) = self.backlog.pop_front() else {
+                    let Some(rec) = self.st().backlog.pop_front() else {
                         break;
                     };
                     self.deliver(&stream, &rec, true, false, None);
@@ -731,9 +796,15 @@ impl Session {
             let room = self.out_window.available() > 0;
             let event = tokio::select! {
                 n = rd.read_buf(&mut inbuf) => Event::Read(n.unwrap_or(0)),
-                Some(d) = recv_opt(&mut self.deliveries), if room => Event::Delivery(d),
-                Some(d) = recv_opt(&mut self.shared_queue), if room => Event::Shared(d),
-                Ok(s) = created.recv() => Event::Created(s),
+                Some(d) = recv_opt(&mut self.deliveries), if room => {
+                    self.deliver_read(d);
+                    Event::Delivered
+                }
+                Some(d) = recv_opt(&mut self.shared_queue), if room => {
+                    self.deliver_shared(d);
+                    Event::Shared
+                }
+                Ok(s) = created.recv() => Event::Created(Box::new(s)),
                 _ = tokio::time::sleep_until(deadline), if keep_alive => Event::KeepAliveExpired,
                 why = self.signal.ended() => if why == crate::server::END_TAKEN_OVER {
                     Event::TakenOver
@@ -751,8 +822,7 @@ impl Session {
                         read_size = (read_size / 2).max(READ_SIZE_MIN);
                     }
                 }
-                Event::Delivery(d) => {
-                    self.deliver_read(d);
+                Event::Delivered => {
                     // Drain what is queued, as far as the window allows.
                     while self.out_window.available() > 0 && self.out.len() < 64 * 1024 {
                         match self.deliveries.as_mut().map(|(_, rx)| rx.try_recv()) {
@@ -762,8 +832,8 @@ impl Session {
                     }
                     self.save_if_due();
                 }
-                Event::Shared(d) => self.deliver_shared(d),
-                Event::Created(s) => Box::pin(self.on_stream_created(s)).await,
+                Event::Shared => {}
+                Event::Created(s) => Box::pin(self.on_stream_created(*s)).await,
                 Event::KeepAliveExpired => {
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
                     let _ = write_out(&mut *wr, &self.out).await;
@@ -839,7 +909,8 @@ impl Session {
                 Packet::Unsubscribe(u) => self.unsubscribe(u),
                 Packet::PubAck(a) => self.acked(a.packet_id, AwaitingPub::Ack),
                 Packet::PubRec(a) => {
-                    if self.outgoing.get(&a.packet_id).map(|o| o.waiting) == Some(AwaitingPub::Rec)
+                    if self.fl().outgoing.get(&a.packet_id).map(|o| o.waiting)
+                        == Some(AwaitingPub::Rec)
                     {
                         if a.reason >= 0x80 {
                             // The client refused it: the exchange ends here.
@@ -852,7 +923,7 @@ impl Session {
                                 source: None,
                                 shared: None,
                             };
-                            if let Some(old) = self.outgoing.insert(a.packet_id, done) {
+                            if let Some(old) = self.fl().outgoing.insert(a.packet_id, done) {
                                 self.settle(old.source);
                             }
                             self.send(&Packet::PubRel(Ack {
@@ -865,7 +936,7 @@ impl Session {
                 }
                 Packet::PubComp(a) => self.acked(a.packet_id, AwaitingPub::Comp),
                 Packet::PubRel(a) => {
-                    let known = self.qos2.release(a.packet_id);
+                    let known = self.fl().qos2.release(a.packet_id);
                     if known {
                         self.in_window.release();
                     }
@@ -907,11 +978,11 @@ impl Session {
     }
 
     fn acked(&mut self, id: u16, expected: AwaitingPub) {
-        if self.outgoing.get(&id).map(|o| o.waiting) == Some(expected) {
-            if let Some(old) = self.outgoing.remove(&id) {
+        if self.fl().outgoing.get(&id).map(|o| o.waiting) == Some(expected) {
+            if let Some(old) = self.fl().outgoing.remove(&id) {
                 self.settle(old.source);
             }
-            self.ids.release(id);
+            self.fl().ids.release(id);
             self.out_window.release();
         }
     }
@@ -919,7 +990,7 @@ impl Session {
     /// The client has a delivered record for good: the cursor may pass it.
     fn settle(&mut self, source: Option<Source>) {
         if let Some((s, p, offset)) = source {
-            if let Some(pr) = self.progress.get_mut(&(s, p)) {
+            if let Some(pr) = self.st().progress.get_mut(&(s, p)) {
                 pr.unacked.remove(&offset);
                 self.persistence.dirty = true;
             }
@@ -942,7 +1013,11 @@ impl Session {
         let mut items = Vec::with_capacity(publishes.len());
         let mut runs: Vec<(StreamName, Vec<RecordInput>)> = Vec::new();
         for p in publishes {
-            let topic_name = match self.in_aliases.resolve(&p.topic, p.properties.topic_alias) {
+            let topic_name = match self
+                .fl()
+                .in_aliases
+                .resolve(&p.topic, p.properties.topic_alias)
+            {
                 Ok(t) => t,
                 Err(code) => {
                     self.disconnect(code, "invalid topic alias");
@@ -968,7 +1043,7 @@ impl Session {
             }
             if p.qos == QoS::ExactlyOnce {
                 let id = p.packet_id.unwrap_or(0);
-                if !self.qos2.first_receipt(id) {
+                if !self.fl().qos2.first_receipt(id) {
                     // Retransmission: PUBREC again, nothing stored twice.
                     self.in_window.release();
                     items.push(Item {
@@ -1074,7 +1149,7 @@ impl Session {
                         self.send(&Packet::PubAck(ack));
                     } else {
                         // A refused QoS 2 message ends its exchange.
-                        self.qos2.release(id);
+                        self.fl().qos2.release(id);
                         self.in_window.release();
                         self.send(&Packet::PubRec(ack));
                     }
@@ -1110,7 +1185,7 @@ impl Session {
                     retain_as_published: req.retain_as_published,
                     id: s.properties.subscription_identifiers.first().copied(),
                 };
-                self.shared_subs.insert(req.filter.clone(), opts);
+                self.st().shared_subs.insert(req.filter.clone(), opts);
                 // Retained messages are not sent for shared subscriptions
                 // (MQTT 5.0 §4.8.2).
                 let tx = self.shared_sender();
@@ -1126,16 +1201,16 @@ impl Session {
                     retain_as_published: req.retain_as_published,
                     id: s.properties.subscription_identifiers.first().copied(),
                 };
-                let is_new = self.subs.insert(req.filter.clone(), opts).is_none();
+                let is_new = self.st().subs.insert(req.filter.clone(), opts).is_none();
                 if is_new {
-                    self.tree.insert(&req.filter, req.filter.clone());
+                    self.st().tree.insert(&req.filter, req.filter.clone());
                 }
                 self.follow(&req.filter, Position::Latest).await;
                 // Retain handling: 0 always, 1 only for a new subscription,
                 // 2 never (MQTT-3.3.1-9, -10, -11).
                 if req.retain_handling == 0 || (req.retain_handling == 1 && is_new) {
-                    self.backlog
-                        .extend(self.shared.retained.matching(&req.filter));
+                    let owed = self.shared.retained.matching(&req.filter);
+                    self.st().backlog.extend(owed);
                 }
                 req.qos as u8
             };
@@ -1155,10 +1230,10 @@ impl Session {
             .filters
             .iter()
             .map(|f| {
-                if self.subs.remove(f).is_some() {
-                    self.tree.remove(f, f);
+                if self.st().subs.remove(f).is_some() {
+                    self.st().tree.remove(f, f);
                     reason::SUCCESS
-                } else if self.shared_subs.remove(f).is_some() {
+                } else if self.st().shared_subs.remove(f).is_some() {
                     self.shared.groups.leave(f, self.token);
                     reason::SUCCESS
                 } else {
@@ -1166,12 +1241,12 @@ impl Session {
                 }
             })
             .collect();
-        if self.subs.is_empty() {
-            for (_, handles) in self.followed.drain() {
+        if self.st().subs.is_empty() {
+            for (_, handles) in self.st().followed.drain() {
                 handles.iter().for_each(AbortHandle::abort);
             }
             self.follow_all = false;
-            self.progress.clear();
+            self.st().progress.clear();
         }
         self.save(None);
         let codes = if self.v5() { codes } else { Vec::new() };
@@ -1210,7 +1285,7 @@ impl Session {
     }
 
     async fn follow_stream(&mut self, stream: StreamName, from: Position) {
-        if self.followed.contains_key(&stream) {
+        if self.st().followed.contains_key(&stream) {
             return;
         }
         let sref = StreamRef {
@@ -1227,7 +1302,7 @@ impl Session {
         for p in 0..n {
             // Resolved before SUBACK is sent: everything published after the
             // client learns of its subscription is delivered.
-            let at = match self.progress.get(&(stream.clone(), p)) {
+            let at = match self.st().progress.get(&(stream.clone(), p)) {
                 Some(pr) => Position::Offset(pr.cursor()),
                 None => from,
             };
@@ -1237,7 +1312,8 @@ impl Session {
             };
             // The cursor exists from the subscription on (a persistent
             // session resumes here even if nothing arrives before).
-            self.progress
+            self.st()
+                .progress
                 .entry((stream.clone(), p))
                 .or_insert(Progress {
                     next: start,
@@ -1266,19 +1342,22 @@ impl Session {
             });
             handles.push(task.abort_handle());
         }
-        self.followed.insert(stream, handles);
+        self.st().followed.insert(stream, handles);
     }
 
     async fn on_stream_created(&mut self, s: StreamRef) {
         if s.tenant != self.shared.config.tenant
             || s.namespace != self.shared.config.namespace
-            || self.subs.is_empty()
+            || self.subscribed.as_ref().is_none_or(|st| st.subs.is_empty())
         {
             return;
         }
         let reserved = RESERVED_STREAMS.contains(&s.stream.as_str());
+        let Some(sub) = self.subscribed.as_deref() else {
+            return;
+        };
         let wanted = (self.follow_all && !reserved)
-            || self
+            || sub
                 .subs
                 .keys()
                 .any(|f| match self.map.streams_for_filter(f) {
@@ -1307,13 +1386,13 @@ impl Session {
             return false;
         }
         let mut matched = Vec::new();
-        self.tree.matches(&msg.topic, &mut matched);
+        self.st().tree.matches(&msg.topic, &mut matched);
         let own = msg.client_id.as_deref() == Some(self.client_id.as_str());
         let mut best: Option<SubOpts> = None;
         let mut sub_ids = Vec::new();
         let mut rap = false;
         for f in matched {
-            let Some(o) = self.subs.get(&f).copied() else {
+            let Some(o) = self.st().subs.get(&f).copied() else {
                 continue;
             };
             if o.no_local && own {
@@ -1338,7 +1417,7 @@ impl Session {
 
     /// A record a shared subscription's group handed this member.
     fn deliver_shared(&mut self, (filter, stream, rec): SharedDelivery) {
-        let Some(o) = self.shared_subs.get(&filter).copied() else {
+        let Some(o) = self.st().shared_subs.get(&filter).copied() else {
             // Unsubscribed meanwhile: another member gets it.
             self.shared.groups.give_back(&filter, stream, rec);
             return;
@@ -1380,7 +1459,7 @@ impl Session {
         };
         props.subscription_identifiers = if self.v5() { sub_ids } else { Vec::new() };
         let (alias, with_topic) = if self.v5() {
-            self.out_aliases.assign(&msg.topic)
+            self.fl().out_aliases.assign(&msg.topic)
         } else {
             (None, true)
         };
@@ -1388,7 +1467,7 @@ impl Session {
         let packet_id = if qos == QoS::AtMostOnce {
             None
         } else {
-            match self.ids.allocate() {
+            match self.fl().ids.allocate() {
                 Some(id) => Some(id),
                 None => return false,
             }
@@ -1407,7 +1486,7 @@ impl Session {
         // Size; such a message is dropped for this client.
         if codec::encoded_len(&publish, self.protocol) > self.client_max_packet {
             if let Some(id) = packet_id {
-                self.ids.release(id);
+                self.fl().ids.release(id);
             }
             return false;
         }
@@ -1418,7 +1497,7 @@ impl Session {
             } else {
                 AwaitingPub::Rec
             };
-            self.outgoing.insert(
+            self.fl().outgoing.insert(
                 id,
                 Pending {
                     waiting,
@@ -1438,16 +1517,20 @@ impl Session {
     /// Publishes the will unless the client disconnected cleanly, stops the
     /// readers and frees the client id.
     async fn finish(&mut self, end: End) {
-        for (_, handles) in self.followed.drain() {
-            handles.iter().for_each(AbortHandle::abort);
+        let mut filters: Vec<String> = Vec::new();
+        if let Some(st) = self.subscribed.as_mut() {
+            for (_, handles) in st.followed.drain() {
+                handles.iter().for_each(AbortHandle::abort);
+            }
+            filters = st.shared_subs.keys().cloned().collect();
         }
         // Shared deliveries this member did not finish go to another member
         // (MQTT 5.0 §4.8.2), then it leaves its groups.
-        let filters: Vec<String> = self.shared_subs.keys().cloned().collect();
         for f in &filters {
             self.shared.groups.leave(f, self.token);
         }
         let give_back: Vec<u16> = self
+            .fl()
             .outgoing
             .iter()
             .filter(|(_, p)| p.waiting != AwaitingPub::Comp && p.shared.is_some())
@@ -1455,7 +1538,7 @@ impl Session {
             .collect();
         let unfinished: Vec<SharedDelivery> = give_back
             .into_iter()
-            .filter_map(|id| self.outgoing.remove(&id))
+            .filter_map(|id| self.fl().outgoing.remove(&id))
             .filter_map(|p| p.shared)
             .collect();
         let mut queued = Vec::new();

@@ -145,7 +145,10 @@ impl Registry {
             *n
         };
         let signal = Arc::new(ConnSignal::default());
-        if self.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
             signal.end(END_SHUTDOWN);
         }
         let previous = self
