@@ -282,7 +282,8 @@ struct Subscribed {
 struct Session {
     shared: Arc<Shared>,
     protocol: Protocol,
-    client_id: String,
+    /// Shared with the registry's entry.
+    client_id: Arc<str>,
     token: u64,
     /// Ends the connection (takeover, shutdown); marks it done once its
     /// session is saved.
@@ -382,6 +383,7 @@ impl Session {
             write_out(&mut *wr, &out).await?;
             return Ok(None);
         }
+        let client_id: Arc<str> = client_id.into();
         let claimed = shared.registry.claim(&client_id);
         if let Some(previous) = &claimed.previous {
             // Let the connection we take over save its session first.
@@ -1387,7 +1389,7 @@ impl Session {
         }
         let mut matched = Vec::new();
         self.st().tree.matches(&msg.topic, &mut matched);
-        let own = msg.client_id.as_deref() == Some(self.client_id.as_str());
+        let own = msg.client_id.as_deref() == Some(&*self.client_id);
         let mut best: Option<SubOpts> = None;
         let mut sub_ids = Vec::new();
         let mut rap = false;
@@ -1582,7 +1584,7 @@ impl Session {
         if delay_s > 0 {
             crate::wills::schedule(
                 self.shared.clone(),
-                self.client_id.clone(),
+                self.client_id.to_string(),
                 *will,
                 now + delay_s as i64 * 1000,
             );

@@ -57,7 +57,7 @@ impl Default for MqttConfig {
 /// signal that it has finished (saved its session).
 #[derive(Default)]
 pub struct Registry {
-    clients: Mutex<HashMap<String, Claim>>,
+    clients: Mutex<HashMap<Arc<str>, Claim>>,
     next: Mutex<u64>,
     shutting_down: std::sync::atomic::AtomicBool,
 }
@@ -138,7 +138,7 @@ pub struct Claimed {
 impl Registry {
     /// Registers `client_id`, taking over (closing) any connection that has
     /// it (MQTT-3.1.4-3).
-    pub fn claim(&self, client_id: &str) -> Claimed {
+    pub fn claim(&self, client_id: &Arc<str>) -> Claimed {
         let token = {
             let mut n = self.next.lock();
             *n += 1;
@@ -155,7 +155,7 @@ impl Registry {
             .clients
             .lock()
             .insert(
-                client_id.to_string(),
+                client_id.clone(),
                 Claim {
                     token,
                     signal: signal.clone(),
@@ -382,9 +382,11 @@ async fn serve(
                         Transport::Tcp => "mqtt",
                         Transport::WebSocket => "mqtt-ws",
                     };
-                    let metrics = shared.broker.metrics().clone();
-                    metrics.connections_total.with_label_values(&[label]).inc();
-                    let gauge = metrics.connections.with_label_values(&[label]);
+                    let gauge = {
+                        let metrics = shared.broker.metrics();
+                        metrics.connections_total.with_label_values(&[label]).inc();
+                        metrics.connections.with_label_values(&[label])
+                    };
                     gauge.inc();
                     let result = match transport {
                         Transport::Tcp => connection::run(socket, shared).await,
