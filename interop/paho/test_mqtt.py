@@ -206,6 +206,29 @@ class Paho(unittest.TestCase):
         for c in (a, b, pub):
             c.close()
 
+    def test_shared_subscription_keeps_messages_while_members_are_away(self):
+        # The stream exists before the group forms; what was there before
+        # the subscription is not the group's.
+        pub = Client(self.node, "sp-pub", v5=True)
+        pub.publish("sjobs/x", "before")
+        a = Client(self.node, "sp-a", v5=True, clean=False, session_expiry=300)
+        a.subscribe("$share/pg/sjobs/#")
+        pub.publish("sjobs/x", "live")
+        self.assertEqual(a.take(1)[0].payload, b"live")
+        a.close()  # session kept: the group waits in the log
+        for i in range(5):
+            pub.publish("sjobs/x", f"away{i}")
+        pub.close()
+        self.node.restart()
+        pub = Client(self.node, "sp-pub", v5=True)
+        for i in range(5, 8):
+            pub.publish("sjobs/x", f"away{i}")
+        pub.close()
+        a = Client(self.node, "sp-a", v5=True, clean=False, session_expiry=300)
+        self.assertTrue(a.flags.session_present)
+        self.assertEqual([m.payload for m in a.take(8)], [f"away{i}".encode() for i in range(8)])
+        a.close()
+
     def test_v5_properties_topic_alias_and_expiry(self):
         sub = Client(self.node, "v5-sub", v5=True)
         sub.subscribe("props/#")

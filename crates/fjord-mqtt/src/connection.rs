@@ -557,9 +557,10 @@ impl Session {
             if topic::shared(&sub.filter).is_some() {
                 self.st().shared_subs.insert(sub.filter.clone(), opts);
                 let tx = self.shared_sender();
+                let persistent = self.persistent();
                 self.shared
                     .groups
-                    .join(&sub.filter, &self.map, self.token, tx)
+                    .join(&sub.filter, &self.map, self.token, tx, persistent, true)
                     .await;
                 continue;
             }
@@ -927,6 +928,7 @@ impl Session {
                             };
                             if let Some(old) = self.fl().outgoing.insert(a.packet_id, done) {
                                 self.settle(old.source);
+                                self.settle_shared(old.shared);
                             }
                             self.send(&Packet::PubRel(Ack {
                                 packet_id: a.packet_id,
@@ -983,9 +985,18 @@ impl Session {
         if self.fl().outgoing.get(&id).map(|o| o.waiting) == Some(expected) {
             if let Some(old) = self.fl().outgoing.remove(&id) {
                 self.settle(old.source);
+                self.settle_shared(old.shared);
             }
             self.fl().ids.release(id);
             self.out_window.release();
+        }
+    }
+
+    /// The client has a record of a shared subscription for good: the
+    /// group's cursor may pass it.
+    fn settle_shared(&self, shared: Option<SharedDelivery>) {
+        if let Some((filter, stream, p, rec)) = shared {
+            self.shared.groups.settled(&filter, &stream, p, rec.offset);
         }
     }
 
@@ -1193,7 +1204,14 @@ impl Session {
                 let tx = self.shared_sender();
                 self.shared
                     .groups
-                    .join(&req.filter, &self.map, self.token, tx)
+                    .join(
+                        &req.filter,
+                        &self.map,
+                        self.token,
+                        tx,
+                        self.persistent(),
+                        self.group_has_members_away(&req.filter),
+                    )
                     .await;
                 req.qos as u8
             } else {
@@ -1418,27 +1436,56 @@ impl Session {
     }
 
     /// A record a shared subscription's group handed this member.
-    fn deliver_shared(&mut self, (filter, stream, rec): SharedDelivery) {
+    fn deliver_shared(&mut self, (filter, stream, p, rec): SharedDelivery) {
         let Some(o) = self.st().shared_subs.get(&filter).copied() else {
             // Unsubscribed meanwhile: another member gets it.
-            self.shared.groups.give_back(&filter, stream, rec);
+            self.shared.groups.give_back(&filter, stream, p, rec);
             return;
         };
         let msg = from_record(stream.as_str(), &rec, now_ms());
+        let offset = rec.offset;
         if !msg.live {
+            // Expired: nobody gets it.
+            self.shared.groups.settled(&filter, &stream, p, offset);
             return;
         }
         let qos = msg.qos.min(o.qos);
         let retain = o.retain_as_published && msg.retain;
-        self.emit(
+        let (f, s) = (filter.clone(), stream.clone());
+        let awaiting = self.emit(
             msg,
             qos,
             o.id.into_iter().collect(),
             retain,
             false,
             None,
-            Some((filter, stream, rec)),
+            Some((filter, stream, p, rec)),
         );
+        if !awaiting {
+            self.shared.groups.settled(&f, &s, p, offset);
+        }
+    }
+
+    /// Whether a stored persistent session other than this one holds
+    /// `shared_filter`: the group then exists while it has no connected
+    /// member, and a new reader resumes at its saved cursors.
+    fn group_has_members_away(&self, shared_filter: &str) -> bool {
+        let Ok(sessions) = self
+            .shared
+            .broker
+            .meta()
+            .list_sessions(&self.shared.config.tenant)
+        else {
+            return false;
+        };
+        sessions.iter().any(|(id, bytes)| {
+            **id != *self.client_id
+                && serde_json::from_slice::<StoredSession>(bytes).is_ok_and(|s| {
+                    s.subscriptions
+                        .iter()
+                        .any(|sub| sub.filter == shared_filter)
+                })
+        })
     }
 
     /// Sends `msg` as a PUBLISH; true when the client now owes an
@@ -1550,8 +1597,8 @@ impl Session {
                 queued.push(d);
             }
         }
-        for (f, stream, rec) in unfinished.into_iter().chain(queued) {
-            self.shared.groups.give_back(&f, stream, rec);
+        for (f, stream, p, rec) in unfinished.into_iter().chain(queued) {
+            self.shared.groups.give_back(&f, stream, p, rec);
         }
         let now = now_ms();
         let publish_will = match end {

@@ -1,10 +1,17 @@
 //! Shared subscriptions `$share/{group}/{filter}` (MQTT 5.0 §4.8.2): one
-//! reader per group follows the streams the filter selects, from when the
-//! group forms, and hands each matching record to one member in turn. A
-//! member that leaves with deliveries unacknowledged gives them back, and
-//! they go to another member. A group lives while it has members.
+//! reader per group follows the streams the filter selects and hands each
+//! matching record to one member in turn. A member that leaves with
+//! deliveries unacknowledged gives them back, and they go to another
+//! member. A group lives in memory while it has connected members.
+//!
+//! A group with a persistent member keeps a cursor per partition, as a
+//! named consumer of the stream (`mqtt-share-<hash of the filter>`): the
+//! first record not yet acknowledged by a member. When the group forms again
+//! — its members come back, or after a broker restart — it reads from there,
+//! so messages published while every member was away wait in the log for
+//! them, as a persistent session's messages do (ARCHITECTURE §4).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use fjord_broker::{Broker, Followed, Position};
@@ -18,8 +25,27 @@ use crate::mapping::{Selection, TopicMap, RESERVED_STREAMS};
 use crate::record::from_record;
 
 /// What a group hands a member: the full shared filter it is for, and the
-/// record.
-pub type SharedDelivery = (String, StreamName, Record);
+/// record with the partition it came from.
+pub type SharedDelivery = (String, StreamName, u32, Record);
+
+/// What the group's readers feed its dispatcher.
+type Fed = (StreamName, u32, Record);
+
+/// How often a group with persistent members saves its cursors.
+const COMMIT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Per partition: records read, and those handed out and not yet settled.
+#[derive(Default)]
+struct GroupProgress {
+    next: i64,
+    inflight: BTreeSet<i64>,
+}
+
+impl GroupProgress {
+    fn cursor(&self) -> i64 {
+        self.inflight.first().copied().unwrap_or(self.next)
+    }
+}
 
 const GROUP_QUEUE: usize = 256;
 
@@ -27,7 +53,24 @@ struct Group {
     members: Vec<(u64, mpsc::Sender<SharedDelivery>)>,
     next: usize,
     tasks: Vec<AbortHandle>,
-    feed: mpsc::Sender<(StreamName, Record)>,
+    feed: mpsc::Sender<Fed>,
+    progress: HashMap<(StreamName, u32), GroupProgress>,
+    /// A persistent session is a member: the cursors are saved.
+    persistent: bool,
+    last_commit: std::time::Instant,
+    dirty: bool,
+}
+
+/// The named consumer holding a group's cursors: stable across restarts,
+/// within the consumer-name rules (no '/').
+pub fn consumer_name(shared_filter: &str) -> String {
+    // FNV-1a, 64 bits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in shared_filter.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("mqtt-share-{h:016x}")
 }
 
 pub struct Groups {
@@ -48,13 +91,18 @@ impl Groups {
     }
 
     /// Adds a member to the group of `shared_filter` (`$share/g/f`), forming
-    /// the group if needed.
+    /// the group if needed. `persistent`: the member's session outlives its
+    /// connection. `resume`: the group existed while it had no connected
+    /// member (a persistent member is coming back, or is away), so a new
+    /// reader starts at the group's saved cursors rather than at the end.
     pub async fn join(
         &self,
         shared_filter: &str,
         map: &TopicMap,
         member: u64,
         tx: mpsc::Sender<SharedDelivery>,
+        persistent: bool,
+        resume: bool,
     ) {
         let Some(Ok((_, inner))) = topic::shared(shared_filter) else {
             return;
@@ -65,9 +113,11 @@ impl Groups {
                 if !g.members.iter().any(|(id, _)| *id == member) {
                     g.members.push((member, tx));
                 }
+                g.persistent |= persistent;
                 return;
             }
         }
+        let consumer = consumer_name(shared_filter);
         // Listen for new streams before listing the existing ones, so none
         // falls between the two.
         let created = self.broker.stream_created();
@@ -96,10 +146,27 @@ impl Groups {
             Selection::Streams(set) => set.into_iter().collect(),
         };
         let mut followed = std::collections::HashSet::new();
+        let mut starts: Vec<((StreamName, u32), i64)> = Vec::new();
         for stream in streams {
-            let handles = self
-                .follow(stream.clone(), Position::Latest, feed.clone())
-                .await;
+            let sref = self.sref(stream.clone());
+            let saved: HashMap<u32, i64> = if resume {
+                self.broker
+                    .committed(&sref, &consumer)
+                    .map(|v| v.into_iter().collect())
+                    .unwrap_or_default()
+            } else {
+                HashMap::new()
+            };
+            // Resuming, a partition without a saved cursor belongs to a
+            // stream created after the group first formed: all of it is
+            // the group's.
+            let from = move |p: u32| match saved.get(&p) {
+                Some(&o) => Position::Offset(o),
+                None if resume => Position::Earliest,
+                None => Position::Latest,
+            };
+            let (handles, at) = follow_stream(self.broker.clone(), sref, from, feed.clone()).await;
+            starts.extend(at.into_iter().map(|(p, o)| ((stream.clone(), p), o)));
             // A stream that does not exist yet is picked up when created.
             if !handles.is_empty() {
                 followed.insert(stream);
@@ -134,67 +201,125 @@ impl Groups {
                         next: 0,
                         tasks,
                         feed,
+                        // Where each reader starts: saved even if nothing
+                        // is read before the group dissolves.
+                        progress: starts
+                            .into_iter()
+                            .map(|(k, next)| {
+                                (
+                                    k,
+                                    GroupProgress {
+                                        next,
+                                        ..Default::default()
+                                    },
+                                )
+                            })
+                            .collect(),
+                        persistent,
+                        last_commit: std::time::Instant::now(),
+                        dirty: true,
                     },
                 );
             }
         }
     }
 
-    /// Removes a member; the last one dissolves the group.
+    /// Removes a member; the last one dissolves the group (its cursors
+    /// saved when a member was persistent).
     pub fn leave(&self, shared_filter: &str, member: u64) {
         let mut groups = self.groups.lock();
         if let Some(g) = groups.get_mut(shared_filter) {
             g.members.retain(|(id, _)| *id != member);
             if g.members.is_empty() {
-                if let Some(g) = groups.remove(shared_filter) {
+                if let Some(mut g) = groups.remove(shared_filter) {
                     g.tasks.iter().for_each(AbortHandle::abort);
+                    self.commit(shared_filter, &mut g);
                 }
             }
         }
     }
 
+    /// A member is done with a delivery (acknowledged, or QoS 0 sent): the
+    /// group's cursor may pass it.
+    pub fn settled(&self, shared_filter: &str, stream: &StreamName, partition: u32, offset: i64) {
+        let mut groups = self.groups.lock();
+        if let Some(g) = groups.get_mut(shared_filter) {
+            if let Some(pr) = g.progress.get_mut(&(stream.clone(), partition)) {
+                pr.inflight.remove(&offset);
+                g.dirty = true;
+            }
+            if g.persistent && g.dirty && g.last_commit.elapsed() >= COMMIT_EVERY {
+                self.commit(shared_filter, g);
+            }
+        }
+    }
+
     /// Gives a delivery a leaving member did not get acknowledged back to
-    /// the group, for another member.
-    pub fn give_back(&self, shared_filter: &str, stream: StreamName, rec: Record) {
+    /// the group, for another member. With no group left, the saved cursor
+    /// still stands before it: it is read again when the group re-forms.
+    pub fn give_back(&self, shared_filter: &str, stream: StreamName, partition: u32, rec: Record) {
         let feed = self
             .groups
             .lock()
             .get(shared_filter)
             .map(|g| g.feed.clone());
         if let Some(feed) = feed {
-            let _ = feed.try_send((stream, rec));
+            let _ = feed.try_send((stream, partition, rec));
         }
     }
 
-    async fn follow(
-        &self,
-        stream: StreamName,
-        from: Position,
-        feed: mpsc::Sender<(StreamName, Record)>,
-    ) -> Vec<AbortHandle> {
-        let sref = StreamRef {
+    fn sref(&self, stream: StreamName) -> StreamRef {
+        StreamRef {
             tenant: self.tenant.clone(),
             namespace: self.namespace.clone(),
             stream,
-        };
-        follow_stream(self.broker.clone(), sref, from, feed).await
+        }
+    }
+
+    /// Saves the group's cursors (persistent groups only).
+    fn commit(&self, shared_filter: &str, g: &mut Group) {
+        if !g.persistent || !g.dirty {
+            return;
+        }
+        let consumer = consumer_name(shared_filter);
+        let mut per_stream: HashMap<&StreamName, Vec<(u32, i64)>> = HashMap::new();
+        for ((s, p), pr) in &g.progress {
+            per_stream.entry(s).or_default().push((*p, pr.cursor()));
+        }
+        for (s, offsets) in per_stream {
+            if let Err(e) = self
+                .broker
+                .commit(&self.sref(s.clone()), &consumer, &offsets)
+            {
+                tracing::warn!(group = %shared_filter, error = %e, "shared subscription cursor not saved");
+            }
+        }
+        g.dirty = false;
+        g.last_commit = std::time::Instant::now();
     }
 }
 
 async fn follow_stream(
     broker: Arc<Broker>,
     sref: StreamRef,
-    from: Position,
-    feed: mpsc::Sender<(StreamName, Record)>,
-) -> Vec<AbortHandle> {
+    from: impl Fn(u32) -> Position,
+    feed: mpsc::Sender<Fed>,
+) -> (Vec<AbortHandle>, Vec<(u32, i64)>) {
     let Ok(n) = broker.partition_count(&sref) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut handles = Vec::new();
+    let mut starts = Vec::new();
     for p in 0..n {
-        let Ok(next) = broker.resolve(&sref, p, from).await else {
-            continue;
+        let next = match broker.resolve(&sref, p, from(p)).await {
+            Ok(next) => next,
+            // A saved cursor retention has passed: from what is left.
+            Err(_) => match broker.resolve(&sref, p, Position::Earliest).await {
+                Ok(next) => next,
+                Err(_) => continue,
+            },
         };
+        starts.push((p, next));
         let (broker, sref, feed) = (broker.clone(), sref.clone(), feed.clone());
         handles.push(
             tokio::spawn(async move {
@@ -204,7 +329,7 @@ async fn follow_stream(
                         let stream = sref.stream.clone();
                         async move {
                             match item {
-                                Followed::Record(rec) => feed.send((stream, rec)).await.is_ok(),
+                                Followed::Record(rec) => feed.send((stream, p, rec)).await.is_ok(),
                                 Followed::Skipped { .. } => true,
                             }
                         }
@@ -214,7 +339,7 @@ async fn follow_stream(
             .abort_handle(),
         );
     }
-    handles
+    (handles, starts)
 }
 
 /// Follows streams created later that `selection` covers, from their
@@ -225,7 +350,7 @@ async fn follow_new(
     (tenant, namespace): (TenantName, NamespaceName),
     selection: Selection,
     mut followed: std::collections::HashSet<StreamName>,
-    feed: mpsc::Sender<(StreamName, Record)>,
+    feed: mpsc::Sender<Fed>,
 ) {
     let mut tasks: Vec<AbortHandle> = Vec::new();
     while let Ok(s) = created.recv().await {
@@ -238,7 +363,11 @@ async fn follow_new(
             && s.tenant == tenant
             && s.namespace == namespace
         {
-            tasks.extend(follow_stream(broker.clone(), s, Position::Earliest, feed.clone()).await);
+            tasks.extend(
+                follow_stream(broker.clone(), s, |_| Position::Earliest, feed.clone())
+                    .await
+                    .0,
+            );
         }
         if feed.is_closed() {
             break;
@@ -253,14 +382,27 @@ async fn dispatch(
     groups: Arc<Mutex<HashMap<String, Group>>>,
     shared_filter: String,
     inner: String,
-    mut rx: mpsc::Receiver<(StreamName, Record)>,
+    mut rx: mpsc::Receiver<Fed>,
 ) {
-    while let Some((stream, rec)) = rx.recv().await {
+    while let Some((stream, p, rec)) = rx.recv().await {
         let msg = from_record(stream.as_str(), &rec, fjord_core::time::now_ms());
-        if !topic::matches(&inner, &msg.topic) {
+        let wanted = topic::matches(&inner, &msg.topic);
+        {
+            let mut g = groups.lock();
+            let Some(group) = g.get_mut(&shared_filter) else {
+                return;
+            };
+            let pr = group.progress.entry((stream.clone(), p)).or_default();
+            pr.next = pr.next.max(rec.offset + 1);
+            if wanted {
+                pr.inflight.insert(rec.offset);
+            }
+            group.dirty = true;
+        }
+        if !wanted {
             continue;
         }
-        let mut item = (shared_filter.clone(), stream, rec);
+        let mut item = (shared_filter.clone(), stream, p, rec);
         loop {
             let candidates: Vec<mpsc::Sender<SharedDelivery>> = {
                 let mut g = groups.lock();
