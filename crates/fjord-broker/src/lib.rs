@@ -954,6 +954,7 @@ impl Broker {
     pub fn render_metrics(&self) -> String {
         let streams: Vec<Arc<StreamState>> = self.streams.read().values().cloned().collect();
         let m = &self.metrics;
+        m.tail_cache_bytes.set(fjord_log::tail_bytes_total() as i64);
         m.end_offset.reset();
         m.start_offset.reset();
         m.partition_bytes.reset();

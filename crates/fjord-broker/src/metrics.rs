@@ -21,6 +21,7 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     pub memory_reserved: IntGauge,
     pub memory_budget: IntGauge,
+    pub tail_cache_bytes: IntGauge,
     pub skipped_records: IntCounterVec,
     pub protocol_errors: IntCounterVec,
 }
@@ -128,8 +129,13 @@ impl Metrics {
             "fjord_memory_budget_bytes",
             "The node's budget for message bytes in flight.",
         );
+        let tail_cache_bytes = single(
+            "fjord_tail_cache_bytes",
+            "Newest batches kept in memory for live readers, all partitions.",
+        );
         Self {
             registry,
+            tail_cache_bytes,
             appended_records,
             appended_bytes,
             produce_errors,

@@ -37,6 +37,7 @@ pub use handle::{Partition, PartitionOptions};
 pub use partition::{PartitionLog, RecoveryReport};
 pub use ring::Ring;
 pub use store::{AppendInfo, LogStore, MaintenanceReport, ReadResult};
+pub use tail::tail_bytes_total;
 
 /// Bytes of log between two entries of the sparse indexes.
 pub const INDEX_INTERVAL_BYTES: u64 = 4096;

@@ -11,8 +11,21 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-/// Bytes of batches kept per partition at most.
-pub(crate) const TAIL_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Bytes of batches kept per partition at most: a subscriber this far
+/// behind a fast publisher still reads from memory.
+pub(crate) const TAIL_BYTES_MAX: usize = 8 * 1024 * 1024;
+/// Bytes kept by all partitions of the process together, beyond which each
+/// tail shrinks to [`TAIL_BYTES_FLOOR`] as it is next written: many busy
+/// partitions share the memory instead of each taking the maximum.
+const TAIL_TOTAL_MAX: usize = 256 * 1024 * 1024;
+const TAIL_BYTES_FLOOR: usize = 512 * 1024;
+
+static TAIL_TOTAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Bytes held by the tails of all partitions (for metrics).
+pub fn tail_bytes_total() -> usize {
+    TAIL_TOTAL.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 struct Entry {
     base: i64,
@@ -65,17 +78,25 @@ impl Tail {
         if self.entries.back().is_some_and(|e| e.end != base) {
             self.clear();
         }
+        use std::sync::atomic::Ordering;
         self.bytes += bytes.len();
+        TAIL_TOTAL.fetch_add(bytes.len(), Ordering::Relaxed);
         self.entries.push_back(Entry { base, end, bytes });
-        while self.bytes > TAIL_BYTES_MAX && self.entries.len() > 1 {
+        while self.entries.len() > 1
+            && (self.bytes > TAIL_BYTES_MAX
+                || (self.bytes > TAIL_BYTES_FLOOR
+                    && TAIL_TOTAL.load(Ordering::Relaxed) > TAIL_TOTAL_MAX))
+        {
             if let Some(e) = self.entries.pop_front() {
                 self.bytes -= e.bytes.len();
+                TAIL_TOTAL.fetch_sub(e.bytes.len(), Ordering::Relaxed);
             }
         }
     }
 
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
+        TAIL_TOTAL.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
         self.bytes = 0;
     }
 
@@ -107,6 +128,12 @@ impl Tail {
             out.push(e.bytes.clone());
         }
         Some((out, next))
+    }
+}
+
+impl Drop for Tail {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
