@@ -61,18 +61,25 @@ fn validate(kind: &'static str, name: &str, upper_ok: bool) -> Result<(), NameEr
 
 macro_rules! name_type {
     ($ty:ident, $kind:literal, $upper:literal) => {
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(transparent)]
-        pub struct $ty(String);
+        /// Shared, immutable text: names are cloned on every record's way
+        /// (delivery queues, cursors), and a clone is a reference count.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $ty(std::sync::Arc<str>);
 
         impl $ty {
             pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
                 let name = name.into();
                 validate($kind, &name, $upper)?;
-                Ok(Self(name))
+                Ok(Self(name.into()))
             }
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 

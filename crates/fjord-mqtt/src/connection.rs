@@ -263,7 +263,9 @@ struct Flight {
 #[derive(Default)]
 struct Subscribed {
     subs: HashMap<String, SubOpts>,
-    tree: SubscriptionTree<String>,
+    /// Filters by topic level; the values are shared, so a match costs
+    /// no allocation.
+    tree: SubscriptionTree<Arc<str>>,
     /// Retained messages owed to new subscriptions, sent as the window
     /// allows.
     backlog: std::collections::VecDeque<Record>,
@@ -564,7 +566,9 @@ impl Session {
                     .await;
                 continue;
             }
-            self.st().tree.insert(&sub.filter, sub.filter.clone());
+            self.st()
+                .tree
+                .insert(&sub.filter, Arc::from(sub.filter.as_str()));
             self.st().subs.insert(sub.filter.clone(), opts);
             self.follow(&sub.filter, Position::Earliest).await;
         }
@@ -1223,7 +1227,9 @@ impl Session {
                 };
                 let is_new = self.st().subs.insert(req.filter.clone(), opts).is_none();
                 if is_new {
-                    self.st().tree.insert(&req.filter, req.filter.clone());
+                    self.st()
+                        .tree
+                        .insert(&req.filter, Arc::from(req.filter.as_str()));
                 }
                 self.follow(&req.filter, Position::Latest).await;
                 // Retain handling: 0 always, 1 only for a new subscription,
@@ -1251,7 +1257,7 @@ impl Session {
             .iter()
             .map(|f| {
                 if self.st().subs.remove(f).is_some() {
-                    self.st().tree.remove(f, f);
+                    self.st().tree.remove(f, &Arc::from(f.as_str()));
                     reason::SUCCESS
                 } else if self.st().shared_subs.remove(f).is_some() {
                     self.shared.groups.leave(f, self.token);
@@ -1412,7 +1418,7 @@ impl Session {
         let mut sub_ids = Vec::new();
         let mut rap = false;
         for f in matched {
-            let Some(o) = self.st().subs.get(&f).copied() else {
+            let Some(o) = self.st().subs.get(&*f).copied() else {
                 continue;
             };
             if o.no_local && own {
