@@ -73,7 +73,7 @@ class Client:
     """A paho client with its messages in a queue."""
 
     def __init__(self, node, client_id, v5=False, clean=True, will=None, session_expiry=None,
-                 websocket=False):
+                 websocket=False, keepalive=30):
         self.messages = queue.Queue()
         self.connected = queue.Queue()
         self.disconnected = queue.Queue()
@@ -87,7 +87,7 @@ class Client:
         if will:
             self.c.will_set(*will)
         self.c.on_message = lambda c, u, m: self.messages.put(m)
-        self.c.on_connect = lambda c, u, flags, rc, props: self.connected.put((flags, rc))
+        self.c.on_connect = lambda c, u, flags, rc, props: self.connected.put((flags, rc, props))
         self.c.on_disconnect = lambda c, u, flags, rc, props: self.disconnected.put(rc)
         props = None
         if v5 and session_expiry is not None:
@@ -95,11 +95,11 @@ class Client:
             props.SessionExpiryInterval = session_expiry
         port = node.ws if websocket else node.mqtt
         if v5:
-            self.c.connect("127.0.0.1", port, 30, clean_start=clean, properties=props)
+            self.c.connect("127.0.0.1", port, keepalive, clean_start=clean, properties=props)
         else:
-            self.c.connect("127.0.0.1", port, 30)
+            self.c.connect("127.0.0.1", port, keepalive)
         self.c.loop_start()
-        self.flags, self.rc = self.connected.get(timeout=TIMEOUT)
+        self.flags, self.rc, self.connack_props = self.connected.get(timeout=TIMEOUT)
 
     def subscribe(self, topic, qos=1, **kw):
         done = queue.Queue()
@@ -381,7 +381,8 @@ class PahoLimits(unittest.TestCase):
     def setUpClass(cls):
         cls.dir = tempfile.mkdtemp()
         cls.node = Node(cls.dir, env={"FJORD_MQTT__MAX_PACKET_BYTES": "4096",
-                                      "FJORD_MQTT__CONNECT_TIMEOUT_MS": "500"})
+                                      "FJORD_MQTT__CONNECT_TIMEOUT_MS": "500",
+                                      "FJORD_MQTT__KEEP_ALIVE_MAX_S": "60"})
 
     @classmethod
     def tearDownClass(cls):
@@ -415,6 +416,21 @@ class PahoLimits(unittest.TestCase):
         self.assertEqual(read_until_closed(s), b"")
         s.close()
         self.assertGreaterEqual(protocol_errors(self.node, "0x95"), before + 2)
+        self.assert_still_serving()
+
+    def test_keep_alive_beyond_the_maximum(self):
+        # 5.0: the server's keep alive replaces the client's (MQTT-3.2.2-21).
+        c = Client(self.node, "ka-v5", v5=True, keepalive=120)
+        self.assertEqual(c.rc, 0)
+        self.assertEqual(c.connack_props.ServerKeepAlive, 60)
+        c.close()
+        within = Client(self.node, "ka-v5-ok", v5=True, keepalive=30)
+        self.assertFalse(hasattr(within.connack_props, "ServerKeepAlive"))
+        within.close()
+        # 3.1.1 cannot be told: refused ("identifier rejected", as Mosquitto).
+        old = Client(self.node, "ka-311", keepalive=120)
+        self.assertEqual(old.rc.value if hasattr(old.rc, "value") else old.rc, 0x85)
+        old.c.loop_stop()
         self.assert_still_serving()
 
     def test_connect_that_never_finishes_is_closed(self):

@@ -385,6 +385,25 @@ impl Session {
             write_out(&mut *wr, &out).await?;
             return Ok(None);
         }
+        // MQTT-3.2.2-21: a 5.0 client uses the Server Keep Alive we send;
+        // 3.1.1 has no way to say it, so a client beyond the maximum is
+        // refused (as Mosquitto's `max_keepalive` does).
+        let keep_alive_max = cfg.keep_alive_max;
+        let beyond_max = keep_alive_max > 0 && (c.keep_alive == 0 || c.keep_alive > keep_alive_max);
+        if beyond_max && !v5 {
+            refuse(
+                reason::UNSPECIFIED_ERROR,
+                reason::v311::IDENTIFIER_REJECTED,
+                &mut out,
+            );
+            write_out(&mut *wr, &out).await?;
+            return Ok(None);
+        }
+        let keep_alive_s = if beyond_max {
+            keep_alive_max
+        } else {
+            c.keep_alive
+        };
         let client_id: Arc<str> = client_id.into();
         let claimed = shared.registry.claim(&client_id);
         if let Some(previous) = &claimed.previous {
@@ -437,6 +456,9 @@ impl Session {
                 props.session_expiry_interval = Some(expiry_s);
             }
             props.assigned_client_identifier = assigned;
+            if beyond_max {
+                props.server_keep_alive = Some(keep_alive_max);
+            }
         }
         codec::encode(
             &Packet::ConnAck(ConnAck {
@@ -471,7 +493,7 @@ impl Session {
                 last_save: Instant::now(),
             },
             // MQTT-3.1.2-24: one and a half times the keep alive.
-            keep_alive: Duration::from_millis(c.keep_alive as u64 * 1500),
+            keep_alive: Duration::from_millis(keep_alive_s as u64 * 1500),
             will: c.will.map(Box::new),
             map,
             subscribed: None,

@@ -36,6 +36,10 @@ pub struct MqttConfig {
     /// Longest a session outlives its connection (5.0 Session Expiry
     /// Interval is capped to it; 3.1.1 persistent sessions expire after it).
     pub session_expiry_max: Duration,
+    /// Longest keep alive a client may ask for, seconds; 0: no maximum.
+    /// A 5.0 client asking for more (or for none) gets this as Server Keep
+    /// Alive; a 3.1.1 client, which cannot be told, is refused.
+    pub keep_alive_max: u16,
 }
 
 impl Default for MqttConfig {
@@ -49,6 +53,7 @@ impl Default for MqttConfig {
             topic_alias_maximum: 64,
             outbound_inflight_max: 1024,
             session_expiry_max: Duration::from_secs(7 * 24 * 3600),
+            keep_alive_max: 0,
         }
     }
 }

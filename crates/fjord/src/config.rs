@@ -52,6 +52,10 @@ pub struct MqttListenerConfig {
     pub topic_alias_maximum: u16,
     /// Longest a persistent session outlives its connection.
     pub session_expiry_max_s: u64,
+    /// Longest keep alive a client may ask for (seconds; 0: no maximum).
+    /// 5.0 clients asking for more, or none, are given this as Server Keep
+    /// Alive; 3.1.1 clients are refused.
+    pub keep_alive_max_s: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +100,7 @@ impl Default for Config {
                 outbound_inflight_max: 1024,
                 topic_alias_maximum: 64,
                 session_expiry_max_s: 7 * 24 * 3600,
+                keep_alive_max_s: 0,
             },
             log: LogConfig {
                 format: "text".into(),

@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> Result<()> {
         outbound_inflight_max: config.mqtt.outbound_inflight_max.max(1),
         topic_alias_maximum: config.mqtt.topic_alias_maximum,
         session_expiry_max: Duration::from_secs(config.mqtt.session_expiry_max_s),
+        keep_alive_max: config.mqtt.keep_alive_max_s,
         ..Default::default()
     };
     let mqtt_server = fjord_mqtt::server::start(
