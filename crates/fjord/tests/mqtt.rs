@@ -7,7 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{http, Node};
+use common::{http, metric, Node};
 use serde_json::{json, Value};
 
 fn host_port(node: &Node) -> (String, u16) {
@@ -1052,4 +1052,122 @@ async fn a_message_too_large_for_its_stream_is_refused_in_the_ack() {
         .await
         .unwrap();
     assert_eq!(v["records"].as_array().unwrap().len(), 1);
+}
+
+/// An ephemeral stream and a subscriber that stops reading: QoS 0 traffic is
+/// dropped for it (the ring keeps the newest), counted in `/metrics`, the
+/// broker does not buffer without bound, and once it reads again it gets
+/// the newest messages, in order. Other subscribers are not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ephemeral_qos0_to_a_slow_subscriber_is_dropped_and_counted() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let (s, v) = {
+        let r = http()
+            .post(format!("{}/v1/streams/public/default", node.url))
+            .json(&json!({"name": "fast", "policy": {"ephemeral": true, "ephemeral_bytes_max": 262144}}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(s, 201, "{v}");
+
+    // The slow subscriber: subscribes, then does not read its socket.
+    let mut slow = raw(&node);
+    slow.write_all(&CONNECT_V311).unwrap();
+    let mut ack = [0u8; 4];
+    slow.read_exact(&mut ack).unwrap();
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    slow.write_all(&[0x82, 11, 0, 1, 0, 6, b'f', b'a', b's', b't', b'/', b'#', 0])
+        .unwrap();
+    let mut suback = [0u8; 5];
+    slow.read_exact(&mut suback).unwrap();
+    assert_eq!(suback, [0x90, 3, 0, 1, 0]);
+
+    // A subscriber that keeps up, to see the end of the run.
+    let (host, port) = host_port(&node);
+    let (fast_sub, mut fev) = AsyncClient::new(MqttOptions::new("keeps-up", &host, port), 10);
+    fast_sub.subscribe("fast/#", QoS::AtMostOnce).await.unwrap();
+    poll_until(&mut fev, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await;
+
+    let n = 20_000usize;
+    let (publisher, mut pev) = AsyncClient::new(MqttOptions::new("firehose", &host, port), 100);
+    tokio::spawn(async move { while pev.poll().await.is_ok() {} });
+    tokio::spawn(async move {
+        for i in 0..n {
+            let payload = format!("{i:08}{}", "x".repeat(1000));
+            publisher
+                .publish("fast/t", QoS::AtMostOnce, false, payload)
+                .await
+                .unwrap();
+        }
+    });
+    // The keeping-up subscriber sees the last message.
+    let last = format!("{:08}", n - 1);
+    poll_until(&mut fev, |e| {
+        matches!(e, Event::Incoming(Packet::Publish(p)) if p.payload.starts_with(last.as_bytes()))
+    })
+    .await;
+
+    // Drops for the slow one are counted, and the broker held no backlog
+    // of its own for it beyond the ring and the bounded queues.
+    let skipped = metric(
+        &node.url,
+        "fjord_subscriber_skipped_records_total{protocol=\"mqtt\"}",
+    )
+    .await;
+    assert!(skipped > 0.0, "drops counted");
+
+    // Reading again, the slow subscriber gets what the socket and the
+    // queues held, then, after a gap, the newest messages in order.
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut seqs = Vec::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    while seqs.last() != Some(&(n - 1)) {
+        let k = slow
+            .read(&mut chunk)
+            .expect("the slow subscriber's stream goes on");
+        assert!(k > 0, "connection kept");
+        buf.extend_from_slice(&chunk[..k]);
+        // Split whole PUBLISH packets (QoS 0: header, length, topic, payload).
+        loop {
+            if buf.len() < 2 {
+                break;
+            }
+            let (mut len, mut mult, mut i) = (0usize, 1usize, 1usize);
+            loop {
+                let b = buf[i];
+                len += (b & 0x7f) as usize * mult;
+                mult *= 128;
+                i += 1;
+                if b & 0x80 == 0 || i >= buf.len() {
+                    break;
+                }
+            }
+            if buf.len() < i + len {
+                break;
+            }
+            let body = &buf[i..i + len];
+            let tlen = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let seq: usize = std::str::from_utf8(&body[2 + tlen..2 + tlen + 8])
+                .unwrap()
+                .parse()
+                .unwrap();
+            seqs.push(seq);
+            buf.drain(..i + len);
+        }
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
+    eprintln!(
+        "slow subscriber got {} of {n}; skipped metric {skipped}",
+        seqs.len()
+    );
+    assert!(seqs.len() < n, "some were dropped: got {}", seqs.len());
 }
