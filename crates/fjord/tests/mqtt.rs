@@ -1171,3 +1171,64 @@ async fn ephemeral_qos0_to_a_slow_subscriber_is_dropped_and_counted() {
     );
     assert!(seqs.len() < n, "some were dropped: got {}", seqs.len());
 }
+
+/// On a stream with durability `always`, each PUBACK waits for an fsync
+/// that covers the message: one message at a time, by the time each ack
+/// arrives one more fsync has completed. With `os` the same acks need none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn puback_waits_for_the_fsync_the_durability_policy_asks_for() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    for (name, durability) in [("safe", "always"), ("quick", "os")] {
+        let r = http()
+            .post(format!("{}/v1/streams/public/default", node.url))
+            .json(&json!({"name": name, "policy": {"durability": durability}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    let (host, port) = host_port(&node);
+    let (c, mut ev) = AsyncClient::new(MqttOptions::new("careful", &host, port), 10);
+    poll_until(&mut ev, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    })
+    .await;
+    let fsyncs = || metric(&node.url, "fjord_fsync_seconds_count");
+    let n = 20;
+    let mut counts = Vec::new();
+    for stream in ["safe", "quick"] {
+        let before = fsyncs().await;
+        for i in 0..n {
+            c.publish(
+                format!("{stream}/m"),
+                QoS::AtLeastOnce,
+                false,
+                format!("{i}"),
+            )
+            .await
+            .unwrap();
+            poll_until(&mut ev, |e| matches!(e, Event::Incoming(Packet::PubAck(_)))).await;
+            if stream == "safe" {
+                // Completed fsyncs are counted before the ack is released.
+                let done = fsyncs().await - before;
+                assert!(
+                    done >= (i + 1) as f64,
+                    "ack {i} arrived after {done} fsyncs"
+                );
+            }
+        }
+        counts.push(fsyncs().await - before);
+    }
+    assert!(
+        counts[0] >= n as f64,
+        "always: {} fsyncs for {n} acks",
+        counts[0]
+    );
+    assert!(
+        counts[1] < n as f64 / 2.0,
+        "os: {} fsyncs for {n} acks",
+        counts[1]
+    );
+}
