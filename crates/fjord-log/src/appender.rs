@@ -317,20 +317,11 @@ impl Appender {
         &self,
         appends: Vec<(Vec<u8>, Reply)>,
     ) -> Vec<(Reply, Result<AppendInfo, LogError>)> {
-        let bytes: u64 = appends.iter().map(|(b, _)| b.len() as u64).sum();
+        // On the blocking pool even when small: measured, writing small
+        // groups on this task saved ~30 µs of p50 latency, but a write into
+        // the page cache can sleep for long under dirty-page throttling, and
+        // would stall every connection on this worker thread.
         let now = now_ms();
-        if bytes <= INLINE_WRITE_MAX {
-            // A small write into the page cache takes microseconds: two
-            // thread hand-offs to the blocking pool would cost more, and
-            // they are most of an idle broker's publish latency. Only when
-            // the log is free right now and no segment roll (an fsync) can
-            // happen.
-            if let Some(mut st) = self.store.try_write() {
-                if !st.may_roll(bytes, now) {
-                    return write_group(&mut **st, self.tail.as_deref(), appends, now);
-                }
-            }
-        }
         let store = self.store.clone();
         let tail = self.tail.clone();
         let res = tokio::task::spawn_blocking(move || {
@@ -342,9 +333,6 @@ impl Appender {
         res.unwrap_or_default()
     }
 }
-
-/// Groups up to this many bytes are written on the appender's own task.
-const INLINE_WRITE_MAX: u64 = 256 * 1024;
 
 /// Writes a group and puts what was written on the tail, before the
 /// caller moves the watermark.

@@ -577,14 +577,6 @@ impl LogStore for PartitionLog {
         self.segments.keys().next().copied().unwrap_or(0)
     }
 
-    fn may_roll(&self, bytes: u64, now_ms: i64) -> bool {
-        let a = self.active();
-        a.size + bytes > self.policy.segment_bytes
-            || a.size + bytes >= u32::MAX as u64
-            || a.first_ts
-                .is_none_or(|t| now_ms.saturating_sub(t) >= self.policy.segment_ms)
-    }
-
     fn next_offset(&self) -> i64 {
         self.active().next_offset
     }

@@ -140,10 +140,6 @@ impl LogStore for Ring {
         self.start_offset
     }
 
-    fn may_roll(&self, _bytes: u64, _now_ms: i64) -> bool {
-        false
-    }
-
     fn next_offset(&self) -> i64 {
         self.next_offset
     }

@@ -68,11 +68,6 @@ pub trait LogStore: Send + Sync {
     fn offset_for_time(&self, ts_ms: i64) -> Result<Option<i64>, LogError>;
     fn start_offset(&self) -> i64;
     fn next_offset(&self) -> i64;
-    /// Whether appending `bytes` now could roll a segment (slow: it seals
-    /// and fsyncs), so the caller keeps such appends off async threads.
-    fn may_roll(&self, _bytes: u64, _now_ms: i64) -> bool {
-        true
-    }
     fn size_bytes(&self) -> u64;
     /// The file to fsync to make every append so far durable (outside locks).
     fn sync_target(&self) -> Option<Arc<File>>;
