@@ -474,14 +474,7 @@ impl Session {
         out.clear();
         // The namespace's topic mapping rules, as they are now (a change
         // applies to connections made after it).
-        let map = shared
-            .broker
-            .get_namespace(&cfg.tenant, &cfg.namespace)
-            .ok()
-            .and_then(|ns| {
-                TopicMap::new(ns.policy.resolve(shared.broker.defaults()).mqtt_topic_rules).ok()
-            })
-            .unwrap_or_default();
+        let map = shared.topic_map();
         let mut session = Session {
             protocol: c.protocol,
             client_id,

@@ -213,6 +213,24 @@ pub struct Shared {
     pub stats: Stats,
 }
 
+impl Shared {
+    /// The namespace's topic mapping rules as they are now (a change applies
+    /// to connections made after it).
+    pub fn topic_map(&self) -> crate::mapping::TopicMap {
+        let cfg = &self.config;
+        self.broker
+            .get_namespace(&cfg.tenant, &cfg.namespace)
+            .ok()
+            .and_then(|ns| {
+                crate::mapping::TopicMap::new(
+                    ns.policy.resolve(self.broker.defaults()).mqtt_topic_rules,
+                )
+                .ok()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Counters behind the `$SYS` topics.
 #[derive(Default)]
 pub struct Stats {

@@ -58,19 +58,6 @@ fn from_stored(w: &StoredWill) -> Option<LastWill> {
     }
 }
 
-/// The namespace's topic mapping rules as they are now.
-pub(crate) fn topic_map(shared: &Shared) -> TopicMap {
-    let cfg = &shared.config;
-    shared
-        .broker
-        .get_namespace(&cfg.tenant, &cfg.namespace)
-        .ok()
-        .and_then(|ns| {
-            TopicMap::new(ns.policy.resolve(shared.broker.defaults()).mqtt_topic_rules).ok()
-        })
-        .unwrap_or_default()
-}
-
 /// Stores the will's message (and, retained, makes it the topic's
 /// retained message).
 pub(crate) async fn publish(shared: &Shared, map: &TopicMap, client_id: &str, will: LastWill) {
@@ -155,7 +142,7 @@ pub(crate) fn schedule(shared: Arc<Shared>, client_id: String, will: LastWill, d
         if shared.registry.is_connected(&client_id) || !still_pending(&shared, &client_id, due_ms) {
             return;
         }
-        let map = topic_map(&shared);
+        let map = shared.topic_map();
         publish(&shared, &map, &client_id, will).await;
         clear(&shared, &client_id, due_ms);
     });
@@ -167,7 +154,7 @@ pub(crate) async fn restore(shared: &Arc<Shared>) {
         return;
     };
     let now = now_ms();
-    let map = topic_map(shared);
+    let map = shared.topic_map();
     for (client_id, bytes) in sessions {
         let Ok(s) = serde_json::from_slice::<StoredSession>(&bytes) else {
             continue;
