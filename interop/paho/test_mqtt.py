@@ -44,12 +44,13 @@ class Node:
 
     def start(self):
         for _ in range(5):
-            self.http, self.mqtt, self.ws = free_port(), free_port(), free_port()
+            self.http, self.mqtt, self.ws, self.kafka = free_port(), free_port(), free_port(), free_port()
             self.proc = subprocess.Popen(
                 [BIN, "serve", "--data-dir", self.data_dir,
                  "--http-addr", f"127.0.0.1:{self.http}",
                  "--mqtt-addr", f"127.0.0.1:{self.mqtt}",
-                 "--mqtt-ws-addr", f"127.0.0.1:{self.ws}", "--log-level", "warn"],
+                 "--mqtt-ws-addr", f"127.0.0.1:{self.ws}",
+                 "--kafka-addr", f"127.0.0.1:{self.kafka}", "--log-level", "warn"],
                 env=self.env)
             deadline = time.time() + 30
             while time.time() < deadline and self.proc.poll() is None:

@@ -102,6 +102,8 @@ impl Broker {
                     .arg(addr.to_string())
                     .arg("--mqtt-ws-addr")
                     .arg(format!("127.0.0.1:{}", free_port()?))
+                    .arg("--kafka-addr")
+                    .arg(format!("127.0.0.1:{}", free_port()?))
                     .arg("--log-level")
                     .arg("warn");
                 c

@@ -826,6 +826,74 @@ impl Broker {
         })
     }
 
+    /// Appends one RecordBatch v2 exactly as a client sent it (any
+    /// compression): the log checks its CRC and assigns offsets and the
+    /// append time; the records are not decoded. For protocols whose
+    /// clients build their own batches (Kafka).
+    pub async fn produce_batch(
+        &self,
+        s: &StreamRef,
+        partition: u32,
+        batch: Vec<u8>,
+    ) -> Result<fjord_log::AppendInfo, BrokerError> {
+        let r = self.produce_batch_inner(s, partition, batch).await;
+        if let Err(e) = &r {
+            self.metrics
+                .produce_errors
+                .with_label_values(&[e.code()])
+                .inc();
+        }
+        r
+    }
+
+    async fn produce_batch_inner(
+        &self,
+        s: &StreamRef,
+        partition: u32,
+        batch: Vec<u8>,
+    ) -> Result<fjord_log::AppendInfo, BrokerError> {
+        self.check_running()?;
+        let st = self.state(s)?;
+        let part = self.partition(s, partition)?;
+        if batch.len() as u64 > st.policy.max_message_bytes {
+            return Err(BrokerError::MessageTooLarge {
+                size: batch.len(),
+                max: st.policy.max_message_bytes,
+            });
+        }
+        let header = batch::BatchHeader::parse(&batch)
+            .map_err(|e| BrokerError::Invalid(format!("record batch: {e}")))?;
+        let records = header.record_count.max(0) as u64;
+        let _permit = self.memory.reserve(batch.len() as u64).await?;
+        let info = part.append(batch).await?;
+        let labels = [s.tenant.as_str(), s.namespace.as_str(), s.stream.as_str()];
+        self.metrics
+            .appended_records
+            .with_label_values(&labels)
+            .inc_by(records);
+        self.metrics
+            .appended_bytes
+            .with_label_values(&labels)
+            .inc_by(info.bytes as u64);
+        st.rate.record(records, info.bytes as u64);
+        Ok(info)
+    }
+
+    /// Reads stored batches of one partition from `offset` as they are on
+    /// disk (no decoding), waiting up to `wait` for new ones: what Kafka's
+    /// Fetch serves.
+    pub async fn fetch_batches(
+        &self,
+        s: &StreamRef,
+        partition: u32,
+        offset: i64,
+        max_bytes: usize,
+        wait: Duration,
+    ) -> Result<fjord_log::ReadResult, BrokerError> {
+        let part = self.partition(s, partition)?;
+        Ok(part.read(offset, max_bytes.max(1), wait).await?)
+    }
+
     /// Follows one partition from `start` for as long as `emit` returns
     /// true: the loop behind every live reader (WebSocket and MQTT
     /// subscribers, shared-subscription groups). Records removed before they

@@ -18,6 +18,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub http: HttpConfig,
     pub mqtt: MqttListenerConfig,
+    pub kafka: KafkaListenerConfig,
     pub log: LogConfig,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
@@ -56,6 +57,19 @@ pub struct MqttListenerConfig {
     /// 5.0 clients asking for more, or none, are given this as Server Keep
     /// Alive; 3.1.1 clients are refused.
     pub keep_alive_max_s: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaListenerConfig {
+    /// Kafka's wire protocol.
+    pub addr: SocketAddr,
+    /// `host:port` clients are told to connect to (Metadata); empty: the
+    /// listener's address, or the machine's host name when it listens on
+    /// every interface.
+    pub advertised_addr: String,
+    /// Largest request accepted (Kafka's `socket.request.max.bytes`).
+    pub max_request_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +116,11 @@ impl Default for Config {
                 session_expiry_max_s: 7 * 24 * 3600,
                 keep_alive_max_s: 0,
             },
+            kafka: KafkaListenerConfig {
+                addr: "0.0.0.0:9092".parse().expect("valid address"),
+                advertised_addr: String::new(),
+                max_request_bytes: 100 * 1024 * 1024,
+            },
             log: LogConfig {
                 format: "text".into(),
                 level: "info".into(),
@@ -130,6 +149,8 @@ pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt_ws_addr: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_level: Option<String>,
@@ -156,6 +177,9 @@ impl Config {
         }
         if let Some(a) = flags.mqtt_ws_addr {
             fig = fig.merge(("mqtt.ws_addr", a));
+        }
+        if let Some(a) = flags.kafka_addr {
+            fig = fig.merge(("kafka.addr", a));
         }
         if let Some(f) = flags.log_format {
             fig = fig.merge(("log.format", f));

@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// MQTT over WebSocket listener address (default 0.0.0.0:8083).
     #[arg(long)]
     mqtt_ws_addr: Option<SocketAddr>,
+    /// Kafka listener address (default 0.0.0.0:9092).
+    #[arg(long)]
+    kafka_addr: Option<SocketAddr>,
     /// Log format: text or json.
     #[arg(long)]
     log_format: Option<String>,
@@ -125,6 +128,7 @@ async fn serve_cmd(a: ServeArgs) -> anyhow::Result<()> {
         http_addr: a.http_addr,
         mqtt_addr: a.mqtt_addr,
         mqtt_ws_addr: a.mqtt_ws_addr,
+        kafka_addr: a.kafka_addr,
         log_format: a.log_format,
         log_level: a.log_level,
     };

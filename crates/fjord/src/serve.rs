@@ -60,6 +60,13 @@ pub async fn run(config: Config) -> Result<()> {
         "FJORD_MQTT__WS_ADDR",
     )
     .await?;
+    let kafka = bind(
+        "Kafka",
+        config.kafka.addr,
+        "--kafka-addr",
+        "FJORD_KAFKA__ADDR",
+    )
+    .await?;
     let mut bc = BrokerConfig::new(&config.data_dir);
     bc.defaults = config.resolved_defaults();
     bc.append_queue_depth = config.storage.append_queue_depth.max(1);
@@ -96,7 +103,15 @@ pub async fn run(config: Config) -> Result<()> {
     )
     .await
     .context("loading MQTT retained messages")?;
+    let kafka_local = kafka.local_addr().context("the Kafka listener's address")?;
+    let kafka_server = fjord_kafka::start(
+        kafka,
+        broker.clone(),
+        kafka_config(&config, kafka_local)?,
+        stop_rx.clone(),
+    );
     tracing::info!(
+        kafka = %kafka_local,
         data_dir = %config.data_dir.display(),
         http = %http_local,
         mqtt = %mqtt_local,
@@ -132,10 +147,47 @@ pub async fn run(config: Config) -> Result<()> {
         server.abort();
     }
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, mqtt_server).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, kafka_server).await;
     broker.shutdown().await;
     maintenance.abort();
     tracing::info!("all partitions flushed and fsynced; bye");
     Ok(())
+}
+
+/// What Kafka clients are told to connect to: the configured advertised
+/// address, else the listener's, with the host name for a wildcard bind.
+fn kafka_config(config: &Config, local: std::net::SocketAddr) -> Result<fjord_kafka::KafkaConfig> {
+    let (host, port) = if config.kafka.advertised_addr.is_empty() {
+        let host = if local.ip().is_unspecified() {
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".to_string())
+        } else {
+            local.ip().to_string()
+        };
+        (host, local.port())
+    } else {
+        let (h, p) = config
+            .kafka
+            .advertised_addr
+            .rsplit_once(':')
+            .context("kafka.advertised_addr must be host:port")?;
+        let port: u16 = p
+            .parse()
+            .context("kafka.advertised_addr: the port is not a number")?;
+        (h.trim_matches(['[', ']']).to_string(), port)
+    };
+    Ok(fjord_kafka::KafkaConfig {
+        tenant: fjord_core::TenantName::new(fjord_core::names::PUBLIC_TENANT)
+            .expect("valid tenant name"),
+        advertised_host: host,
+        advertised_port: port,
+        node_id: 0,
+        cluster_id: "fjord".to_string(),
+        max_request_bytes: config.kafka.max_request_bytes.max(1024 * 1024),
+    })
 }
 
 struct Signals {

@@ -15,6 +15,7 @@ pub struct Node {
     pub mqtt: String,
     /// host:port of the MQTT over WebSocket listener.
     pub mqtt_ws: String,
+    pub kafka: String,
     pub data_dir: PathBuf,
 }
 
@@ -46,6 +47,7 @@ impl Node {
             let addr = format!("127.0.0.1:{}", free_port());
             let mqtt = format!("127.0.0.1:{}", free_port());
             let mqtt_ws = format!("127.0.0.1:{}", free_port());
+            let kafka = format!("127.0.0.1:{}", free_port());
             let mut cmd = Command::new(bin());
             cmd.args(["serve", "--data-dir"])
                 .arg(data_dir)
@@ -56,6 +58,8 @@ impl Node {
                     &mqtt,
                     "--mqtt-ws-addr",
                     &mqtt_ws,
+                    "--kafka-addr",
+                    &kafka,
                 ])
                 .args(if extra.contains(&"--log-level") {
                     &[][..]
@@ -74,6 +78,7 @@ impl Node {
                 addr,
                 mqtt,
                 mqtt_ws,
+                kafka,
                 data_dir: data_dir.to_path_buf(),
             };
             if node.wait_ready() {

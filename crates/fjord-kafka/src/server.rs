@@ -1,0 +1,192 @@
+//! The listener: one task per connection, requests answered in the order
+//! they came (as Kafka brokers do), a malformed frame closing only its
+//! connection.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use fjord_broker::Broker;
+use fjord_core::TenantName;
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::codec::{self, DecodeError};
+use crate::handlers;
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// Tenant of connections (SASL, which picks it per client, comes with
+    /// the security issue).
+    pub tenant: TenantName,
+    /// The address clients are told to connect to (Metadata).
+    pub advertised_host: String,
+    pub advertised_port: u16,
+    pub node_id: i32,
+    pub cluster_id: String,
+    /// Largest request accepted.
+    pub max_request_bytes: usize,
+}
+
+pub struct Shared {
+    pub broker: Arc<Broker>,
+    pub config: KafkaConfig,
+}
+
+/// Accepts Kafka connections on `listener` until `shutdown` turns true.
+pub fn start(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    config: KafkaConfig,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let shared = Arc::new(Shared { broker, config });
+    tokio::spawn(async move {
+        let mut stop = shutdown.clone();
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            match accepted {
+                Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
+                    let shared = shared.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        let metrics = shared.broker.metrics();
+                        metrics
+                            .connections_total
+                            .with_label_values(&["kafka"])
+                            .inc();
+                        let gauge = metrics.connections.with_label_values(&["kafka"]);
+                        gauge.inc();
+                        if let Err(e) = serve(socket, &shared, shutdown).await {
+                            tracing::debug!(%peer, error = %e, "kafka connection ended");
+                        }
+                        gauge.dec();
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("encoding a response: {0}")]
+    Encode(String),
+}
+
+fn count_error(shared: &Shared, reason: &str) {
+    shared
+        .broker
+        .metrics()
+        .protocol_errors
+        .with_label_values(&["kafka", reason])
+        .inc();
+}
+
+async fn serve(
+    mut socket: TcpStream,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ConnError> {
+    let mut inbuf = BytesMut::with_capacity(4096);
+    let mut out = BytesMut::new();
+    loop {
+        while let Some(frame) = match codec::next_frame(&mut inbuf, shared.config.max_request_bytes)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                count_error(shared, "frame");
+                return Err(e.into());
+            }
+        } {
+            match codec::decode_request(frame, handlers::supported) {
+                Ok(req) => {
+                    let version = req.header.request_api_version;
+                    let correlation = req.header.correlation_id;
+                    if let Some(body) = handle(shared, req.body, version).await {
+                        codec::encode_response(req.api, version, correlation, &body, &mut out)
+                            .map_err(|e| ConnError::Encode(format!("{e:#}")))?;
+                    }
+                }
+                Err(DecodeError::UnsupportedVersion {
+                    api: ApiKey::ApiVersions,
+                    correlation_id,
+                    ..
+                }) => {
+                    // KIP-511: answer in version 0 with UNSUPPORTED_VERSION
+                    // and the versions this server has, so the client can
+                    // pick one.
+                    let body = ResponseKind::ApiVersions(handlers::api_versions(Some(
+                        ResponseError::UnsupportedVersion,
+                    )));
+                    codec::encode_response(ApiKey::ApiVersions, 0, correlation_id, &body, &mut out)
+                        .map_err(|e| ConnError::Encode(format!("{e:#}")))?;
+                }
+                Err(e) => {
+                    count_error(
+                        shared,
+                        match &e {
+                            DecodeError::UnsupportedVersion { .. } => "unsupported_version",
+                            DecodeError::UnknownApi(_) => "unknown_api",
+                            _ => "malformed",
+                        },
+                    );
+                    socket.write_all(&out).await?;
+                    return Err(e.into());
+                }
+            }
+        }
+        if !out.is_empty() {
+            socket.write_all(&out).await?;
+            out.clear();
+        }
+        if inbuf.capacity() - inbuf.len() < 4096 {
+            inbuf.reserve(64 * 1024);
+        }
+        let n = tokio::select! {
+            n = socket.read_buf(&mut inbuf) => n?,
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Answers one request; `None` when the protocol wants no response
+/// (Produce with acks=0).
+async fn handle(shared: &Shared, body: RequestKind, version: i16) -> Option<ResponseKind> {
+    Some(match body {
+        RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(handlers::api_versions(None)),
+        RequestKind::Metadata(r) => ResponseKind::Metadata(handlers::metadata(shared, r, version)),
+        RequestKind::Produce(r) => {
+            let acks = r.acks;
+            let resp = handlers::produce(shared, r).await;
+            if acks == 0 {
+                return None;
+            }
+            ResponseKind::Produce(resp)
+        }
+        RequestKind::Fetch(r) => ResponseKind::Fetch(handlers::fetch(shared, r).await),
+        RequestKind::ListOffsets(r) => {
+            ResponseKind::ListOffsets(handlers::list_offsets(shared, r).await)
+        }
+        // Requests of APIs not advertised never get here (decoding refuses
+        // them); an empty answer would be worse than the close they get.
+        _ => return None,
+    })
+}
