@@ -1,0 +1,164 @@
+//! Kafka's wire protocol with a real client nobody here wrote (`rskafka`):
+//! produce and fetch with keys, headers and timestamps, offsets by time,
+//! the same offsets over HTTP, and an MQTT publish read as a Kafka record.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{http, Node};
+use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
+use rskafka::client::ClientBuilder;
+use rskafka::record::Record;
+use serde_json::{json, Value};
+
+async fn create_stream(node: &Node, name: &str, partitions: u32) {
+    let r = http()
+        .post(format!("{}/v1/streams/public/default", node.url))
+        .json(&json!({"name": name, "partitions": partitions}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+}
+
+fn record(i: usize) -> Record {
+    Record {
+        key: Some(format!("key-{i}").into_bytes()),
+        value: Some(format!("value-{i}").into_bytes()),
+        headers: BTreeMap::from([("source".to_string(), b"rskafka".to_vec())]),
+        timestamp: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_fetch_and_offsets_with_rskafka() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    create_stream(&node, "orders", 3).await;
+    let client = ClientBuilder::new(vec![node.kafka.clone()])
+        .build()
+        .await
+        .unwrap();
+    let topics = client.list_topics().await.unwrap();
+    let orders = topics.iter().find(|t| t.name == "orders").expect("listed");
+    assert_eq!(orders.partitions.len(), 3);
+
+    let pc = client
+        .partition_client("orders", 1, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    let before = chrono::Utc::now().timestamp_millis();
+    let first = pc
+        .produce((0..5).map(record).collect(), Compression::NoCompression)
+        .await
+        .unwrap();
+    assert_eq!(first, vec![0, 1, 2, 3, 4]);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mid = chrono::Utc::now().timestamp_millis();
+    let second = pc
+        .produce((5..10).map(record).collect(), Compression::NoCompression)
+        .await
+        .unwrap();
+    assert_eq!(second, vec![5, 6, 7, 8, 9]);
+
+    // Fetch from the middle of the first batch: whole batches come back,
+    // the client drops what is before the offset.
+    let (got, hwm) = pc.fetch_records(3, 1..1_000_000, 1_000).await.unwrap();
+    assert_eq!(hwm, 10);
+    let got: Vec<_> = got.into_iter().filter(|r| r.offset >= 3).collect();
+    assert_eq!(got.len(), 7);
+    for (i, r) in got.iter().enumerate() {
+        let n = i + 3;
+        assert_eq!(r.offset, n as i64);
+        assert_eq!(r.record.key.as_deref(), Some(format!("key-{n}").as_bytes()));
+        assert_eq!(
+            r.record.value.as_deref(),
+            Some(format!("value-{n}").as_bytes())
+        );
+        assert_eq!(
+            r.record.headers.get("source").map(|v| &v[..]),
+            Some(&b"rskafka"[..])
+        );
+        assert!(r.record.timestamp.timestamp_millis() >= before);
+    }
+
+    // Long poll: nothing new, the fetch waits about max_wait and returns empty.
+    let started = std::time::Instant::now();
+    let (none, _) = pc.fetch_records(10, 1..1_000_000, 300).await.unwrap();
+    assert!(none.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+
+    assert_eq!(pc.get_offset(OffsetAt::Earliest).await.unwrap(), 0);
+    assert_eq!(pc.get_offset(OffsetAt::Latest).await.unwrap(), 10);
+    let at = pc
+        .get_offset(OffsetAt::Timestamp(
+            chrono::DateTime::from_timestamp_millis(mid).unwrap(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(at, 5, "the first record appended at or after the time");
+
+    // HTTP reads the same records at the same offsets.
+    let v: Value = http()
+        .get(format!(
+            "{}/v1/streams/public/default/orders/records?partition=1&offset=0&max_records=10",
+            node.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let recs = v["records"].as_array().unwrap();
+    assert_eq!(recs.len(), 10);
+    assert_eq!(recs[7]["offset"], 7);
+    assert_eq!(recs[7]["key"], "key-7");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_publish_is_a_kafka_record_and_unknown_topics_are_errors() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let (host, port) = node.mqtt.rsplit_once(':').unwrap();
+    let (c, mut ev) = AsyncClient::new(MqttOptions::new("dev-7", host, port.parse().unwrap()), 10);
+    c.publish("plant/line1/temp", QoS::AtLeastOnce, false, "21.5")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = tokio::time::timeout_at(deadline, ev.poll())
+            .await
+            .unwrap()
+            .unwrap();
+        if matches!(e, Event::Incoming(Packet::PubAck(_))) {
+            break;
+        }
+    }
+    let client = ClientBuilder::new(vec![node.kafka.clone()])
+        .build()
+        .await
+        .unwrap();
+    let pc = client
+        .partition_client("plant", 0, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    let (recs, _) = pc.fetch_records(0, 1..1_000_000, 1_000).await.unwrap();
+    let r = &recs[0].record;
+    assert_eq!(r.key.as_deref(), Some(&b"plant/line1/temp"[..]));
+    assert_eq!(r.value.as_deref(), Some(&b"21.5"[..]));
+    assert_eq!(r.headers.get("mqtt.qos").map(|v| &v[..]), Some(&b"1"[..]));
+    assert_eq!(
+        r.headers.get("mqtt.client").map(|v| &v[..]),
+        Some(&b"dev-7"[..])
+    );
+
+    // A topic name that is not a valid stream name is refused by name.
+    let bad = client
+        .partition_client("not a topic", 0, UnknownTopicHandling::Error)
+        .await;
+    assert!(bad.is_err());
+}
