@@ -1,0 +1,127 @@
+"""Kafka interoperability with kafka-python against a real node.
+
+Run:  python3 -m pip install -r interop/kafka/requirements.txt
+      cargo build -p fjord && python3 interop/kafka/test_kafka.py [path/to/fjord]
+
+Starts its own node on free localhost ports over a temporary data
+directory. Consumer groups are not served yet: consumers are assigned
+their partitions.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+BIN = None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    def __init__(self, data_dir):
+        self.data_dir = data_dir
+        for _ in range(5):
+            self.http, self.mqtt, self.ws, self.kafka = (free_port() for _ in range(4))
+            self.proc = subprocess.Popen(
+                [BIN, "serve", "--data-dir", data_dir,
+                 "--http-addr", f"127.0.0.1:{self.http}",
+                 "--mqtt-addr", f"127.0.0.1:{self.mqtt}",
+                 "--mqtt-ws-addr", f"127.0.0.1:{self.ws}",
+                 "--kafka-addr", f"127.0.0.1:{self.kafka}", "--log-level", "warn"])
+            deadline = time.time() + 30
+            while time.time() < deadline and self.proc.poll() is None:
+                try:
+                    if urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=2).status == 200:
+                        return
+                except OSError:
+                    time.sleep(0.02)
+        raise RuntimeError("fjord did not start")
+
+    @property
+    def bootstrap(self):
+        return f"127.0.0.1:{self.kafka}"
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=30) == 0
+
+
+class KafkaPython(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp()
+        cls.node = Node(cls.dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+        shutil.rmtree(cls.dir)
+
+    def consume_all(self, topic, partitions, expected):
+        c = KafkaConsumer(bootstrap_servers=self.node.bootstrap, enable_auto_commit=False,
+                          auto_offset_reset="earliest", consumer_timeout_ms=5000)
+        c.assign([TopicPartition(topic, p) for p in partitions])
+        out = []
+        for m in c:
+            out.append(m)
+            if len(out) == expected:
+                break
+        c.close()
+        return out
+
+    def test_produce_consume_keys_headers_every_acks(self):
+        for acks in (0, 1, "all"):
+            topic = f"kp-acks-{acks}"
+            p = KafkaProducer(bootstrap_servers=self.node.bootstrap, acks=acks, linger_ms=5)
+            for i in range(50):
+                p.send(topic, key=f"k{i % 5}".encode(), value=f"v{i}".encode(),
+                       headers=[("seq", str(i).encode())])
+            p.flush()
+            p.close()
+            got = self.consume_all(topic, [0], 50)
+            self.assertEqual([m.value for m in got], [f"v{i}".encode() for i in range(50)])
+            self.assertEqual([m.offset for m in got], list(range(50)))
+            self.assertEqual(got[7].key, b"k2")
+            self.assertEqual(got[7].headers, [("seq", b"7")])
+
+    def test_offsets_for_times_and_ends(self):
+        topic = "kp-times"
+        p = KafkaProducer(bootstrap_servers=self.node.bootstrap)
+        for i in range(5):
+            p.send(topic, value=f"early{i}".encode())
+        p.flush()
+        time.sleep(0.05)
+        mid = int(time.time() * 1000)
+        time.sleep(0.05)
+        for i in range(5):
+            p.send(topic, value=f"late{i}".encode())
+        p.flush()
+        p.close()
+        c = KafkaConsumer(bootstrap_servers=self.node.bootstrap, enable_auto_commit=False)
+        tp = TopicPartition(topic, 0)
+        self.assertEqual(c.beginning_offsets([tp])[tp], 0)
+        self.assertEqual(c.end_offsets([tp])[tp], 10)
+        found = c.offsets_for_times({tp: mid})[tp]
+        self.assertEqual(found.offset, 5)
+        self.assertGreaterEqual(found.timestamp, mid)
+        self.assertIsNone(c.offsets_for_times({tp: int(time.time() * 1000) + 60_000})[tp])
+        c.close()
+
+
+if __name__ == "__main__":
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target"))
+    BIN = sys.argv.pop(1) if len(sys.argv) > 1 else os.path.join(target, "debug", "fjord")
+    unittest.main(verbosity=2)
