@@ -41,6 +41,10 @@ pub struct Request {
     pub header: RequestHeader,
     pub api: ApiKey,
     pub body: RequestKind,
+    /// The version is one the server answers; otherwise the request was
+    /// still decodable (the protocol defines it) and gets an
+    /// UNSUPPORTED_VERSION answer rather than a dropped connection.
+    pub supported: bool,
 }
 
 /// Splits one whole frame off `buf`: `Ok(None)` until all of it is there.
@@ -79,7 +83,10 @@ pub fn decode_request(
     let Some((min, max)) = supported(api) else {
         return Err(DecodeError::UnknownApi(key));
     };
-    if version < min || version > max {
+    let ours = version >= min && version <= max;
+    let known = api.valid_versions();
+    if !ours && (version < known.min || version > known.max) {
+        // Not even the protocol knows this version: the body cannot be read.
         return Err(DecodeError::UnsupportedVersion {
             api,
             version,
@@ -94,7 +101,12 @@ pub fn decode_request(
     let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
         .map_err(malformed)?;
     let body = RequestKind::decode(api, &mut frame, version).map_err(malformed)?;
-    Ok(Request { header, api, body })
+    Ok(Request {
+        header,
+        api,
+        body,
+        supported: ours,
+    })
 }
 
 /// Encodes a response frame (length, header, body) for a request of `api`
@@ -166,8 +178,16 @@ mod tests {
         ));
         let mut buf = request_frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
         let frame = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
+        let r = decode_request(frame, |_| Some((0, 2))).unwrap();
+        assert!(
+            !r.supported,
+            "decoded, marked for an UNSUPPORTED_VERSION answer"
+        );
+        let mut buf = request_frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+        buf[6..8].copy_from_slice(&99i16.to_be_bytes());
+        let frame = next_frame(&mut buf, 1 << 20).unwrap().unwrap();
         assert!(matches!(
-            decode_request(frame, |_| Some((0, 2))),
+            decode_request(frame, |_| Some((0, 3))),
             Err(DecodeError::UnsupportedVersion {
                 correlation_id: 7,
                 ..

@@ -17,7 +17,7 @@ use kafka_protocol::messages::produce_response::{PartitionProduceResponse, Topic
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest,
     ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
-    TopicName,
+    RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -57,6 +57,70 @@ pub fn error_code(e: &BrokerError) -> i16 {
         BrokerError::StorageFull(_) | BrokerError::Storage(_) => ResponseError::KafkaStorageError,
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         _ => ResponseError::UnknownServerError,
+    })
+}
+
+/// The answer to a request of a served API in a version this server does
+/// not serve: each partition asked about refused with UNSUPPORTED_VERSION.
+pub fn unsupported(req: RequestKind) -> Option<ResponseKind> {
+    let err = code(ResponseError::UnsupportedVersion);
+    Some(match req {
+        RequestKind::Produce(r) => {
+            let mut resp = ProduceResponse::default();
+            for t in r.topic_data {
+                let mut tr = TopicProduceResponse::default();
+                tr.name = t.name;
+                for p in t.partition_data {
+                    let mut pr = PartitionProduceResponse::default();
+                    pr.index = p.index;
+                    pr.error_code = err;
+                    pr.base_offset = -1;
+                    pr.log_append_time_ms = -1;
+                    pr.log_start_offset = -1;
+                    tr.partition_responses.push(pr);
+                }
+                resp.responses.push(tr);
+            }
+            ResponseKind::Produce(resp)
+        }
+        RequestKind::Fetch(r) => {
+            let mut resp = FetchResponse::default();
+            resp.error_code = err;
+            for t in r.topics {
+                let mut tr = FetchableTopicResponse::default();
+                tr.topic = t.topic;
+                for p in t.partitions {
+                    let mut pd = PartitionData::default();
+                    pd.partition_index = p.partition;
+                    pd.error_code = err;
+                    pd.high_watermark = -1;
+                    pd.last_stable_offset = -1;
+                    pd.log_start_offset = -1;
+                    pd.preferred_read_replica = BrokerId(-1);
+                    tr.partitions.push(pd);
+                }
+                resp.responses.push(tr);
+            }
+            ResponseKind::Fetch(resp)
+        }
+        RequestKind::ListOffsets(r) => {
+            let mut resp = ListOffsetsResponse::default();
+            for t in r.topics {
+                let mut tr = ListOffsetsTopicResponse::default();
+                tr.name = t.name;
+                for p in t.partitions {
+                    let mut pr = ListOffsetsPartitionResponse::default();
+                    pr.partition_index = p.partition_index;
+                    pr.error_code = err;
+                    pr.timestamp = -1;
+                    pr.offset = -1;
+                    tr.partitions.push(pr);
+                }
+                resp.topics.push(tr);
+            }
+            ResponseKind::ListOffsets(resp)
+        }
+        _ => return None,
     })
 }
 

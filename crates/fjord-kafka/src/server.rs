@@ -86,6 +86,8 @@ enum ConnError {
     Decode(#[from] DecodeError),
     #[error("encoding a response: {0}")]
     Encode(String),
+    #[error("{0:?} version {1} is not served")]
+    Unsupported(ApiKey, i16),
 }
 
 fn count_error(shared: &Shared, reason: &str) {
@@ -114,6 +116,32 @@ async fn serve(
             }
         } {
             match codec::decode_request(frame, handlers::supported) {
+                Ok(req) if !req.supported => {
+                    let version = req.header.request_api_version;
+                    let correlation = req.header.correlation_id;
+                    count_error(shared, "unsupported_version");
+                    // ApiVersions: KIP-511's version-0 answer; the others
+                    // this server serves: every partition refused with
+                    // UNSUPPORTED_VERSION in the version asked for.
+                    let (api, version, body) = match req.body {
+                        RequestKind::ApiVersions(_) => (
+                            ApiKey::ApiVersions,
+                            0,
+                            ResponseKind::ApiVersions(handlers::api_versions(Some(
+                                ResponseError::UnsupportedVersion,
+                            ))),
+                        ),
+                        other => match handlers::unsupported(other) {
+                            Some(body) => (req.api, version, body),
+                            None => {
+                                socket.write_all(&out).await?;
+                                return Err(ConnError::Unsupported(req.api, version));
+                            }
+                        },
+                    };
+                    codec::encode_response(api, version, correlation, &body, &mut out)
+                        .map_err(|e| ConnError::Encode(format!("{e:#}")))?;
+                }
                 Ok(req) => {
                     let version = req.header.request_api_version;
                     let correlation = req.header.correlation_id;

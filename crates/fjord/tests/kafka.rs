@@ -162,3 +162,114 @@ async fn mqtt_publish_is_a_kafka_record_and_unknown_topics_are_errors() {
         .await;
     assert!(bad.is_err());
 }
+
+/// Frames a request the way any client does: length, header, body.
+fn frame(
+    api: kafka_protocol::messages::ApiKey,
+    version: i16,
+    body: &impl kafka_protocol::protocol::Encodable,
+) -> Vec<u8> {
+    use kafka_protocol::messages::RequestHeader;
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let mut header = RequestHeader::default();
+    header.request_api_key = api as i16;
+    header.request_api_version = version;
+    header.correlation_id = 42;
+    header.client_id = Some(StrBytes::from_static_str("raw"));
+    let mut b = bytes::BytesMut::new();
+    header
+        .encode(&mut b, api.request_header_version(version))
+        .unwrap();
+    body.encode(&mut b, version).unwrap();
+    let mut out = (b.len() as i32).to_be_bytes().to_vec();
+    out.extend_from_slice(&b);
+    out
+}
+
+fn read_frame(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    body
+}
+
+/// Versions a client may not use get the protocol's answer, not a closed
+/// connection; a malformed frame closes only its own connection.
+#[test]
+fn unsupported_versions_are_answered_and_bad_frames_close_only_their_connection() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{
+        ApiKey, ApiVersionsRequest, ApiVersionsResponse, ProduceRequest, ProduceResponse, TopicName,
+    };
+    use kafka_protocol::protocol::{Decodable, StrBytes};
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let mut s = std::net::TcpStream::connect(&node.kafka).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+
+    // ApiVersions in a version from the future: version 0 answer with
+    // UNSUPPORTED_VERSION (35) and the supported list (KIP-511).
+    let mut req = frame(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    req[6..8].copy_from_slice(&99i16.to_be_bytes());
+    s.write_all(&req).unwrap();
+    let resp = read_frame(&mut s);
+    assert_eq!(&resp[..4], &42i32.to_be_bytes());
+    let mut body = bytes::Bytes::copy_from_slice(&resp[4..]);
+    let v = ApiVersionsResponse::decode(&mut body, 0).unwrap();
+    assert_eq!(v.error_code, 35);
+    let produce = v
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Produce as i16)
+        .unwrap();
+    assert_eq!((produce.min_version, produce.max_version), (3, 9));
+
+    // Produce v11 (the protocol has it, this server serves up to 9): each
+    // partition refused with UNSUPPORTED_VERSION, in v11's own layout.
+    let mut p = ProduceRequest::default();
+    p.acks = 1;
+    p.timeout_ms = 1000;
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_static_str("old"));
+    let mut pd = PartitionProduceData::default();
+    pd.index = 0;
+    t.partition_data.push(pd);
+    p.topic_data.push(t);
+    s.write_all(&frame(ApiKey::Produce, 11, &p)).unwrap();
+    let resp = read_frame(&mut s);
+    // A flexible version: the header has tagged fields after the id.
+    assert_eq!(&resp[..4], &42i32.to_be_bytes());
+    let mut body = bytes::Bytes::copy_from_slice(&resp[5..]);
+    let r = ProduceResponse::decode(&mut body, 11).unwrap();
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 35);
+
+    // The same connection still serves.
+    s.write_all(&frame(
+        ApiKey::ApiVersions,
+        3,
+        &ApiVersionsRequest::default(),
+    ))
+    .unwrap();
+    let resp = read_frame(&mut s);
+    assert_eq!(&resp[..4], &42i32.to_be_bytes());
+
+    // Garbage: that connection closes, counted; the node keeps serving.
+    let mut bad = std::net::TcpStream::connect(&node.kafka).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    bad.write_all(&[0, 0, 0, 8, 0x7f, 0x7f, 0, 0, 0, 0, 0, 1])
+        .unwrap();
+    let mut rest = Vec::new();
+    use std::io::Read;
+    let _ = bad.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "closed without an answer");
+    s.write_all(&frame(
+        ApiKey::ApiVersions,
+        3,
+        &ApiVersionsRequest::default(),
+    ))
+    .unwrap();
+    assert_eq!(&read_frame(&mut s)[..4], &42i32.to_be_bytes());
+}
