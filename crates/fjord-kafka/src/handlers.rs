@@ -32,6 +32,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 7),
     (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::SyncGroup, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
 ];
 
@@ -497,3 +504,273 @@ pub async fn list_offsets(sh: &Shared, req: ListOffsetsRequest) -> ListOffsetsRe
     }
     r
 }
+
+// ---- consumer groups -------------------------------------------------------
+
+use kafka_protocol::messages::find_coordinator_response::Coordinator as CoordinatorEntry;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponsePartition, OffsetFetchResponseTopic,
+};
+use kafka_protocol::messages::{
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    SyncGroupRequest, SyncGroupResponse,
+};
+
+use crate::groups::JoinArgs;
+
+fn err_code(r: Result<(), ResponseError>) -> i16 {
+    r.err().map_or(0, code)
+}
+
+pub fn find_coordinator(
+    sh: &Shared,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let mut r = FindCoordinatorResponse::default();
+    let host = str_bytes(sh.config.advertised_host.clone());
+    let port = sh.config.advertised_port as i32;
+    // Groups (key type 0) are coordinated here; transactions are not.
+    let refuse = req.key_type != 0;
+    if version >= 4 {
+        r.coordinators = req
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                let mut c = CoordinatorEntry::default();
+                c.key = key;
+                if refuse {
+                    c.error_code = code(ResponseError::CoordinatorNotAvailable);
+                    c.node_id = BrokerId(-1);
+                    c.port = -1;
+                } else {
+                    c.node_id = BrokerId(sh.config.node_id);
+                    c.host = host.clone();
+                    c.port = port;
+                }
+                c
+            })
+            .collect();
+    } else if refuse {
+        r.error_code = code(ResponseError::CoordinatorNotAvailable);
+        r.node_id = BrokerId(-1);
+        r.port = -1;
+    } else {
+        r.node_id = BrokerId(sh.config.node_id);
+        r.host = host;
+        r.port = port;
+    }
+    r
+}
+
+pub async fn join_group(
+    sh: &Shared,
+    req: JoinGroupRequest,
+    version: i16,
+    client_id: String,
+) -> JoinGroupResponse {
+    let session = Duration::from_millis(req.session_timeout_ms.clamp(1, 3_600_000) as u64);
+    let rebalance = if version >= 1 {
+        Duration::from_millis(req.rebalance_timeout_ms.clamp(1, 3_600_000) as u64)
+    } else {
+        session
+    };
+    let j = sh
+        .groups
+        .join(JoinArgs {
+            group: req.group_id.0.to_string(),
+            member_id: req.member_id.to_string(),
+            client_id,
+            group_instance_id: req.group_instance_id.map(|s| s.to_string()),
+            protocol_type: req.protocol_type.to_string(),
+            protocols: req
+                .protocols
+                .into_iter()
+                .map(|p| (p.name.to_string(), p.metadata))
+                .collect(),
+            session_timeout: session,
+            rebalance_timeout: rebalance,
+            require_known_id: version >= 4,
+        })
+        .await;
+    let mut r = JoinGroupResponse::default();
+    r.error_code = j.error.map_or(0, code);
+    r.generation_id = j.generation;
+    r.protocol_type = Some(str_bytes(j.protocol_type));
+    r.protocol_name = Some(str_bytes(j.protocol));
+    r.leader = str_bytes(j.leader);
+    r.member_id = str_bytes(j.member_id);
+    r.members = j
+        .members
+        .into_iter()
+        .map(|(id, instance, meta)| {
+            let mut m = JoinGroupResponseMember::default();
+            m.member_id = str_bytes(id);
+            m.group_instance_id = instance.map(str_bytes);
+            m.metadata = meta;
+            m
+        })
+        .collect();
+    r
+}
+
+pub async fn sync_group(sh: &Shared, req: SyncGroupRequest) -> SyncGroupResponse {
+    let assignments = req
+        .assignments
+        .into_iter()
+        .map(|a| (a.member_id.to_string(), a.assignment))
+        .collect();
+    let mut r = SyncGroupResponse::default();
+    match sh
+        .groups
+        .sync(
+            &req.group_id.0,
+            &req.member_id,
+            req.generation_id,
+            assignments,
+        )
+        .await
+    {
+        Ok((assignment, ptype, pname)) => {
+            r.assignment = assignment;
+            r.protocol_type = Some(str_bytes(ptype));
+            r.protocol_name = Some(str_bytes(pname));
+        }
+        Err(e) => r.error_code = code(e),
+    }
+    r
+}
+
+pub fn heartbeat(sh: &Shared, req: HeartbeatRequest) -> HeartbeatResponse {
+    let mut r = HeartbeatResponse::default();
+    r.error_code = err_code(sh.groups.heartbeat(
+        &req.group_id.0,
+        &req.member_id,
+        req.generation_id,
+    ));
+    r
+}
+
+pub fn leave_group(sh: &Shared, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+    let mut r = LeaveGroupResponse::default();
+    if version < 3 {
+        let out = sh
+            .groups
+            .leave(&req.group_id.0, &[req.member_id.to_string()]);
+        r.error_code = out.into_iter().next().map_or(0, err_code);
+    } else {
+        let ids: Vec<String> = req
+            .members
+            .iter()
+            .map(|m| m.member_id.to_string())
+            .collect();
+        let out = sh.groups.leave(&req.group_id.0, &ids);
+        r.members = req
+            .members
+            .into_iter()
+            .zip(out)
+            .map(|(m, res)| {
+                let mut mr = MemberResponse::default();
+                mr.member_id = m.member_id;
+                mr.group_instance_id = m.group_instance_id;
+                mr.error_code = err_code(res);
+                mr
+            })
+            .collect();
+    }
+    r
+}
+
+/// Committed offsets are Fjord cursors: the consumer is the group id.
+pub fn offset_commit(sh: &Shared, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    let group = req.group_id.0.to_string();
+    // Members of a group commit within their generation; a standalone
+    // consumer (generation -1, no member id) commits freely.
+    let membership = if req.generation_id_or_member_epoch >= 0 || !req.member_id.is_empty() {
+        sh.groups
+            .check_member(&group, &req.member_id, req.generation_id_or_member_epoch)
+    } else {
+        Ok(())
+    };
+    let mut r = OffsetCommitResponse::default();
+    for t in req.topics {
+        let mut tr = OffsetCommitResponseTopic::default();
+        tr.name = t.name.clone();
+        let sref = stream_for_topic(&sh.config.tenant, &t.name.0);
+        for p in t.partitions {
+            let mut pr = OffsetCommitResponsePartition::default();
+            pr.partition_index = p.partition_index;
+            pr.error_code = match (&membership, &sref) {
+                (Err(e), _) => code(*e),
+                (Ok(()), None) => code(ResponseError::UnknownTopicOrPartition),
+                (Ok(()), Some(s)) if p.partition_index >= 0 => {
+                    match sh.broker.commit(
+                        s,
+                        &group,
+                        &[(p.partition_index as u32, p.committed_offset)],
+                    ) {
+                        Ok(()) => 0,
+                        Err(BrokerError::Name(_)) => code(ResponseError::InvalidGroupId),
+                        Err(BrokerError::Invalid(_)) => code(ResponseError::OffsetOutOfRange),
+                        Err(e) => error_code(&e),
+                    }
+                }
+                _ => code(ResponseError::UnknownTopicOrPartition),
+            };
+            tr.partitions.push(pr);
+        }
+        r.topics.push(tr);
+    }
+    r
+}
+
+pub fn offset_fetch(sh: &Shared, req: OffsetFetchRequest) -> OffsetFetchResponse {
+    let group = req.group_id.0.to_string();
+    let mut r = OffsetFetchResponse::default();
+    let topics: Vec<(String, Option<Vec<i32>>)> = match req.topics {
+        Some(ts) => ts
+            .into_iter()
+            .map(|t| (t.name.0.to_string(), Some(t.partition_indexes)))
+            .collect(),
+        // Every topic the group has committed offsets for.
+        None => all_topics(sh).into_iter().map(|t| (t, None)).collect(),
+    };
+    for (name, parts) in topics {
+        let mut tr = OffsetFetchResponseTopic::default();
+        tr.name = TopicName(str_bytes(name.clone()));
+        let committed: HashMap<u32, i64> = stream_for_topic(&sh.config.tenant, &name)
+            .and_then(|s| sh.broker.committed(&s, &group).ok())
+            .map(|v| v.into_iter().collect())
+            .unwrap_or_default();
+        let wanted: Vec<i32> = match parts {
+            Some(p) => p,
+            None => {
+                let mut p: Vec<i32> = committed.keys().map(|&p| p as i32).collect();
+                p.sort_unstable();
+                p
+            }
+        };
+        if wanted.is_empty() {
+            continue;
+        }
+        for p in wanted {
+            let mut pr = OffsetFetchResponsePartition::default();
+            pr.partition_index = p;
+            pr.committed_offset = committed.get(&(p as u32)).copied().unwrap_or(-1);
+            pr.committed_leader_epoch = -1;
+            pr.metadata = Some(StrBytes::from_static_str(""));
+            tr.partitions.push(pr);
+        }
+        r.topics.push(tr);
+    }
+    r
+}
+
+use std::collections::HashMap;

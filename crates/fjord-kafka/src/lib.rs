@@ -12,6 +12,7 @@
 //! serves the stored batches without re-encoding them.
 
 pub mod codec;
+mod groups;
 mod handlers;
 pub mod names;
 pub mod server;

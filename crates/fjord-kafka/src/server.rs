@@ -33,6 +33,7 @@ pub struct KafkaConfig {
 pub struct Shared {
     pub broker: Arc<Broker>,
     pub config: KafkaConfig,
+    pub groups: crate::groups::Coordinator,
 }
 
 /// Accepts Kafka connections on `listener` until `shutdown` turns true.
@@ -42,7 +43,25 @@ pub fn start(
     config: KafkaConfig,
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let shared = Arc::new(Shared { broker, config });
+    let shared = Arc::new(Shared {
+        broker,
+        config,
+        groups: crate::groups::Coordinator::default(),
+    });
+    {
+        // Members whose session timed out leave their groups.
+        let shared = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                match shared.upgrade() {
+                    Some(s) => s.groups.expire(),
+                    None => return,
+                }
+            }
+        });
+    }
     tokio::spawn(async move {
         let mut stop = shutdown.clone();
         loop {
@@ -145,7 +164,13 @@ async fn serve(
                 Ok(req) => {
                     let version = req.header.request_api_version;
                     let correlation = req.header.correlation_id;
-                    if let Some(body) = handle(shared, req.body, version).await {
+                    let client_id = req
+                        .header
+                        .client_id
+                        .as_ref()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default();
+                    if let Some(body) = handle(shared, req.body, version, client_id).await {
                         codec::encode_response(req.api, version, correlation, &body, &mut out)
                             .map_err(|e| ConnError::Encode(format!("{e:#}")))?;
                     }
@@ -197,7 +222,12 @@ async fn serve(
 
 /// Answers one request; `None` when the protocol wants no response
 /// (Produce with acks=0).
-async fn handle(shared: &Shared, body: RequestKind, version: i16) -> Option<ResponseKind> {
+async fn handle(
+    shared: &Shared,
+    body: RequestKind,
+    version: i16,
+    client_id: String,
+) -> Option<ResponseKind> {
     Some(match body {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(handlers::api_versions(None)),
         RequestKind::Metadata(r) => ResponseKind::Metadata(handlers::metadata(shared, r, version)),
@@ -213,6 +243,21 @@ async fn handle(shared: &Shared, body: RequestKind, version: i16) -> Option<Resp
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(handlers::list_offsets(shared, r).await)
         }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(handlers::find_coordinator(shared, r, version))
+        }
+        RequestKind::JoinGroup(r) => {
+            ResponseKind::JoinGroup(handlers::join_group(shared, r, version, client_id).await)
+        }
+        RequestKind::SyncGroup(r) => ResponseKind::SyncGroup(handlers::sync_group(shared, r).await),
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(handlers::heartbeat(shared, r)),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(handlers::leave_group(shared, r, version))
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(handlers::offset_commit(shared, r))
+        }
+        RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(handlers::offset_fetch(shared, r)),
         // Requests of APIs not advertised never get here (decoding refuses
         // them); an empty answer would be worse than the close they get.
         _ => return None,

@@ -1,0 +1,474 @@
+//! The classic consumer-group coordinator (JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup): members join, one generation after another; the leader
+//! gets every member's subscription and hands out the assignment its
+//! client-side assignor made, which the coordinator passes through.
+//!
+//! A rebalance starts when a member joins, leaves or times out; it ends
+//! when every known member has joined again or the rebalance timeout has
+//! passed (those that did not rejoin are dropped). Group state lives in
+//! memory; committed offsets are Fjord cursors (see `offsets`), so they
+//! survive a restart while group membership re-forms from the clients.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError;
+use tokio::sync::Notify;
+
+/// A member as the coordinator sees it.
+struct Member {
+    group_instance_id: Option<String>,
+    /// (protocol name, metadata) in the member's order of preference.
+    protocols: Vec<(String, Bytes)>,
+    session_timeout: Duration,
+    rebalance_timeout: Duration,
+    last_seen: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Empty,
+    /// Waiting for members to (re)join.
+    Preparing,
+    /// Joined; waiting for the leader's assignment.
+    Completing,
+    Stable,
+}
+
+struct State {
+    phase: Phase,
+    generation: i32,
+    protocol_type: String,
+    protocol: Option<String>,
+    leader: Option<String>,
+    members: BTreeMap<String, Member>,
+    /// Members that joined in the rebalance under way.
+    joined: HashSet<String>,
+    /// Member ids handed out (MEMBER_ID_REQUIRED) not yet joined.
+    pending: HashSet<String>,
+    rebalance_deadline: Option<Instant>,
+    assignments: HashMap<String, Bytes>,
+}
+
+struct Group {
+    state: parking_lot::Mutex<State>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+pub struct Coordinator {
+    groups: parking_lot::Mutex<HashMap<String, Arc<Group>>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+pub struct JoinArgs {
+    pub group: String,
+    pub member_id: String,
+    pub client_id: String,
+    pub group_instance_id: Option<String>,
+    pub protocol_type: String,
+    pub protocols: Vec<(String, Bytes)>,
+    pub session_timeout: Duration,
+    pub rebalance_timeout: Duration,
+    /// JoinGroup v4+: a new member first gets its id with
+    /// MEMBER_ID_REQUIRED and joins again with it.
+    pub require_known_id: bool,
+}
+
+pub struct Joined {
+    pub error: Option<ResponseError>,
+    pub generation: i32,
+    pub protocol_type: String,
+    pub protocol: String,
+    pub leader: String,
+    pub member_id: String,
+    /// For the leader: every member and its metadata for the protocol.
+    pub members: Vec<(String, Option<String>, Bytes)>,
+}
+
+impl Joined {
+    fn error(e: ResponseError, member_id: String) -> Joined {
+        Joined {
+            error: Some(e),
+            generation: -1,
+            protocol_type: String::new(),
+            protocol: String::new(),
+            leader: String::new(),
+            member_id,
+            members: Vec::new(),
+        }
+    }
+}
+
+impl Coordinator {
+    fn group(&self, id: &str) -> Arc<Group> {
+        self.groups
+            .lock()
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                Arc::new(Group {
+                    state: parking_lot::Mutex::new(State {
+                        phase: Phase::Empty,
+                        generation: 0,
+                        protocol_type: String::new(),
+                        protocol: None,
+                        leader: None,
+                        members: BTreeMap::new(),
+                        joined: HashSet::new(),
+                        pending: HashSet::new(),
+                        rebalance_deadline: None,
+                        assignments: HashMap::new(),
+                    }),
+                    changed: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    fn existing(&self, id: &str) -> Option<Arc<Group>> {
+        self.groups.lock().get(id).cloned()
+    }
+
+    pub async fn join(&self, a: JoinArgs) -> Joined {
+        if a.group.is_empty() {
+            return Joined::error(ResponseError::InvalidGroupId, a.member_id);
+        }
+        if a.protocols.is_empty() || a.protocol_type.is_empty() {
+            return Joined::error(ResponseError::InconsistentGroupProtocol, a.member_id);
+        }
+        let g = self.group(&a.group);
+        let member_id = {
+            let mut st = g.state.lock();
+            if !st.members.is_empty() && st.protocol_type != a.protocol_type {
+                return Joined::error(ResponseError::InconsistentGroupProtocol, a.member_id);
+            }
+            let member_id = if a.member_id.is_empty() {
+                let n = self
+                    .next_id
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = format!(
+                    "{}-{n}",
+                    if a.client_id.is_empty() {
+                        "member"
+                    } else {
+                        &a.client_id
+                    }
+                );
+                if a.require_known_id {
+                    st.pending.insert(id.clone());
+                    return Joined::error(ResponseError::MemberIdRequired, id);
+                }
+                id
+            } else {
+                if !st.members.contains_key(&a.member_id) && !st.pending.remove(&a.member_id) {
+                    return Joined::error(ResponseError::UnknownMemberId, a.member_id);
+                }
+                a.member_id.clone()
+            };
+            st.protocol_type = a.protocol_type.clone();
+            st.members.insert(
+                member_id.clone(),
+                Member {
+                    group_instance_id: a.group_instance_id.clone(),
+                    protocols: a.protocols.clone(),
+                    session_timeout: a.session_timeout,
+                    rebalance_timeout: a.rebalance_timeout,
+                    last_seen: Instant::now(),
+                },
+            );
+            if st.phase != Phase::Preparing {
+                start_rebalance(&mut st);
+            }
+            st.joined.insert(member_id.clone());
+            try_complete(&mut st, &g.changed);
+            member_id
+        };
+        // Wait for the rebalance to complete (or this member to be dropped).
+        loop {
+            let notified = g.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let deadline = {
+                let mut st = g.state.lock();
+                if !st.members.contains_key(&member_id) {
+                    return Joined::error(ResponseError::UnknownMemberId, member_id);
+                }
+                if st.phase != Phase::Preparing {
+                    return joined_response(&st, &member_id);
+                }
+                if st.rebalance_deadline.is_some_and(|d| Instant::now() >= d) {
+                    expire_rebalance(&mut st, &g.changed);
+                    continue;
+                }
+                st.rebalance_deadline
+            };
+            match deadline {
+                Some(d) => {
+                    let _ = tokio::time::timeout_at(d.into(), notified).await;
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// SyncGroup: the leader's assignment in, each member's share out.
+    pub async fn sync(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Result<(Bytes, String, String), ResponseError> {
+        let Some(g) = self.existing(group) else {
+            return Err(ResponseError::UnknownMemberId);
+        };
+        loop {
+            let notified = g.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let timeout = {
+                let mut st = g.state.lock();
+                let Some(m) = st.members.get_mut(member_id) else {
+                    return Err(ResponseError::UnknownMemberId);
+                };
+                m.last_seen = Instant::now();
+                let timeout = m.session_timeout;
+                if generation != st.generation {
+                    return Err(ResponseError::IllegalGeneration);
+                }
+                match st.phase {
+                    Phase::Preparing | Phase::Empty => {
+                        return Err(ResponseError::RebalanceInProgress)
+                    }
+                    Phase::Stable => {
+                        let a = st.assignments.get(member_id).cloned().unwrap_or_default();
+                        return Ok((
+                            a,
+                            st.protocol_type.clone(),
+                            st.protocol.clone().unwrap_or_default(),
+                        ));
+                    }
+                    Phase::Completing => {
+                        if st.leader.as_deref() == Some(member_id) {
+                            st.assignments = assignments.iter().cloned().collect();
+                            st.phase = Phase::Stable;
+                            g.changed.notify_waiters();
+                            continue;
+                        }
+                    }
+                }
+                timeout
+            };
+            if tokio::time::timeout(timeout, notified).await.is_err() {
+                return Err(ResponseError::RebalanceInProgress);
+            }
+        }
+    }
+
+    pub fn heartbeat(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), ResponseError> {
+        let Some(g) = self.existing(group) else {
+            return Err(ResponseError::UnknownMemberId);
+        };
+        let mut st = g.state.lock();
+        let phase = st.phase;
+        let current = st.generation;
+        let Some(m) = st.members.get_mut(member_id) else {
+            return Err(ResponseError::UnknownMemberId);
+        };
+        m.last_seen = Instant::now();
+        if phase == Phase::Preparing {
+            return Err(ResponseError::RebalanceInProgress);
+        }
+        if generation != current {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        Ok(())
+    }
+
+    /// Removes members; those left rebalance.
+    pub fn leave(&self, group: &str, member_ids: &[String]) -> Vec<Result<(), ResponseError>> {
+        let Some(g) = self.existing(group) else {
+            return member_ids
+                .iter()
+                .map(|_| Err(ResponseError::UnknownMemberId))
+                .collect();
+        };
+        let mut st = g.state.lock();
+        let out = member_ids
+            .iter()
+            .map(|id| match st.members.remove(id) {
+                Some(_) => {
+                    st.joined.remove(id);
+                    Ok(())
+                }
+                None => Err(ResponseError::UnknownMemberId),
+            })
+            .collect();
+        after_departure(&mut st, &g.changed);
+        out
+    }
+
+    /// Drops members whose session timed out (no heartbeat, sync or join
+    /// within it); called periodically.
+    pub fn expire(&self) {
+        let groups: Vec<Arc<Group>> = self.groups.lock().values().cloned().collect();
+        let now = Instant::now();
+        for g in groups {
+            let mut st = g.state.lock();
+            if st.phase == Phase::Preparing {
+                if st.rebalance_deadline.is_some_and(|d| now >= d) {
+                    expire_rebalance(&mut st, &g.changed);
+                }
+                continue;
+            }
+            let before = st.members.len();
+            st.members
+                .retain(|_, m| now.duration_since(m.last_seen) < m.session_timeout);
+            if st.members.len() != before {
+                after_departure(&mut st, &g.changed);
+            }
+        }
+    }
+
+    /// Whether `member_id` belongs to `group` in `generation` (offset
+    /// commits from group members are checked; standalone ones are not).
+    pub fn check_member(
+        &self,
+        group: &str,
+        member_id: &str,
+        generation: i32,
+    ) -> Result<(), ResponseError> {
+        let Some(g) = self.existing(group) else {
+            return Err(ResponseError::UnknownMemberId);
+        };
+        let st = g.state.lock();
+        if !st.members.contains_key(member_id) {
+            return Err(ResponseError::UnknownMemberId);
+        }
+        if st.generation != generation {
+            return Err(ResponseError::IllegalGeneration);
+        }
+        // As Kafka's coordinator: a member of the current generation may
+        // commit while others rejoin, not while the assignment is pending.
+        if st.phase == Phase::Completing {
+            return Err(ResponseError::RebalanceInProgress);
+        }
+        Ok(())
+    }
+}
+
+fn start_rebalance(st: &mut State) {
+    st.phase = Phase::Preparing;
+    st.joined.clear();
+    let wait = st
+        .members
+        .values()
+        .map(|m| m.rebalance_timeout)
+        .max()
+        .unwrap_or(Duration::from_secs(30));
+    st.rebalance_deadline = Some(Instant::now() + wait);
+}
+
+fn after_departure(st: &mut State, changed: &Notify) {
+    if st.members.is_empty() {
+        st.phase = Phase::Empty;
+        st.leader = None;
+        st.protocol = None;
+        st.assignments.clear();
+        st.generation += 1;
+        changed.notify_waiters();
+        return;
+    }
+    if st.phase != Phase::Preparing {
+        start_rebalance(st);
+    }
+    try_complete(st, changed);
+    changed.notify_waiters();
+}
+
+/// The rebalance timed out: members that did not rejoin are dropped.
+fn expire_rebalance(st: &mut State, changed: &Notify) {
+    let joined = st.joined.clone();
+    st.members.retain(|id, _| joined.contains(id));
+    if st.members.is_empty() {
+        after_departure(st, changed);
+        return;
+    }
+    complete(st, changed);
+}
+
+fn try_complete(st: &mut State, changed: &Notify) {
+    if st.phase == Phase::Preparing && st.members.keys().all(|id| st.joined.contains(id)) {
+        complete(st, changed);
+    }
+}
+
+fn complete(st: &mut State, changed: &Notify) {
+    st.generation += 1;
+    // The first protocol, in the leader's order, that every member has.
+    let leader = st
+        .leader
+        .clone()
+        .filter(|l| st.members.contains_key(l))
+        .or_else(|| st.members.keys().next().cloned());
+    let protocol = leader.as_ref().and_then(|l| {
+        st.members[l]
+            .protocols
+            .iter()
+            .map(|(n, _)| n.clone())
+            .find(|n| {
+                st.members
+                    .values()
+                    .all(|m| m.protocols.iter().any(|(p, _)| p == n))
+            })
+    });
+    st.leader = leader;
+    st.protocol = protocol;
+    st.assignments.clear();
+    st.joined.clear();
+    st.rebalance_deadline = None;
+    st.phase = Phase::Completing;
+    changed.notify_waiters();
+}
+
+fn joined_response(st: &State, member_id: &str) -> Joined {
+    let Some(protocol) = st.protocol.clone() else {
+        return Joined::error(
+            ResponseError::InconsistentGroupProtocol,
+            member_id.to_string(),
+        );
+    };
+    let leader = st.leader.clone().unwrap_or_default();
+    let members = if leader == member_id {
+        st.members
+            .iter()
+            .map(|(id, m)| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
+                (id.clone(), m.group_instance_id.clone(), meta)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Joined {
+        error: None,
+        generation: st.generation,
+        protocol_type: st.protocol_type.clone(),
+        protocol,
+        leader,
+        member_id: member_id.to_string(),
+        members,
+    }
+}
