@@ -21,7 +21,7 @@ import unittest
 import urllib.request
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import CommitFailedError
+from kafka.errors import CommitFailedError, KafkaTimeoutError
 
 BIN = None
 
@@ -136,6 +136,23 @@ class KafkaPython(unittest.TestCase):
         self.assertGreaterEqual(found.timestamp, mid)
         self.assertIsNone(c.offsets_for_times({tp: int(time.time() * 1000) + 60_000})[tp])
         c.close()
+
+    def test_topic_auto_creation_follows_the_namespace_policy(self):
+        # public/default allows it, like Kafka's default.
+        p = KafkaProducer(bootstrap_servers=self.node.bootstrap, max_block_ms=5000)
+        p.send("made-by-kafka", value=b"x").get(timeout=10)
+        # A namespace that turns it off: the topic never appears.
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.node.http}/v1/tenants/public/namespaces",
+            data=json.dumps({"name": "locked", "policy": {"kafka_auto_create_topics": False}}).encode(),
+            headers={"content-type": "application/json"}, method="POST")
+        self.assertEqual(urllib.request.urlopen(req, timeout=10).status, 201)
+        with self.assertRaises(KafkaTimeoutError):
+            p.send("locked.newcomer", value=b"x").get(timeout=10)
+        p.close()
+        streams = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{self.node.http}/v1/streams/public/locked", timeout=10).read())
+        self.assertEqual(streams.get("streams", streams), [])
 
     def test_consumer_group_rebalances_and_resumes_after_restart(self):
         self.node.create_stream("grp", 6)

@@ -147,6 +147,10 @@ pub struct Policy {
     /// MQTT topic → stream rules (meaningful on a namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt_topic_rules: Option<Vec<MqttTopicRule>>,
+    /// Kafka clients may create a stream by naming it (Metadata with
+    /// auto-creation allowed, Produce); meaningful on a namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka_auto_create_topics: Option<bool>,
 }
 
 /// Every setting with a concrete value.
@@ -166,6 +170,7 @@ pub struct ResolvedPolicy {
     pub segment_bytes: u64,
     pub segment_ms: i64,
     pub mqtt_topic_rules: Vec<MqttTopicRule>,
+    pub kafka_auto_create_topics: bool,
 }
 
 impl Default for ResolvedPolicy {
@@ -186,6 +191,8 @@ impl Default for ResolvedPolicy {
             segment_bytes: 128 * 1024 * 1024,
             segment_ms: 24 * 3600 * 1000,
             mqtt_topic_rules: Vec::new(),
+            // As Kafka's `auto.create.topics.enable`.
+            kafka_auto_create_topics: true,
         }
     }
 }
@@ -216,7 +223,8 @@ impl Policy {
             partitions_default,
             segment_bytes,
             segment_ms,
-            mqtt_topic_rules
+            mqtt_topic_rules,
+            kafka_auto_create_topics
         )
     }
 
@@ -243,6 +251,9 @@ impl Policy {
                 .mqtt_topic_rules
                 .clone()
                 .unwrap_or_else(|| defaults.mqtt_topic_rules.clone()),
+            kafka_auto_create_topics: self
+                .kafka_auto_create_topics
+                .unwrap_or(defaults.kafka_auto_create_topics),
         }
     }
 

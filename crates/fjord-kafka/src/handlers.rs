@@ -201,6 +201,30 @@ fn all_topics(sh: &Shared) -> Vec<String> {
     out
 }
 
+/// Whether Kafka clients may create streams in this stream's namespace
+/// (`kafka_auto_create_topics`, on unless a policy turns it off).
+fn auto_create_allowed(sh: &Shared, s: &fjord_core::StreamRef) -> bool {
+    let defaults = sh.broker.defaults();
+    sh.broker
+        .get_namespace(&s.tenant, &s.namespace)
+        .map(|ns| ns.policy.resolve(defaults).kafka_auto_create_topics)
+        .unwrap_or(defaults.kafka_auto_create_topics)
+}
+
+/// The stream exists, or is created when the client and the namespace
+/// allow it; otherwise the Kafka error code.
+fn ensure_topic(sh: &Shared, s: &fjord_core::StreamRef, create: bool) -> Result<u32, i16> {
+    match sh.broker.partition_count(s) {
+        Ok(n) => Ok(n),
+        Err(BrokerError::NotFound { .. }) if create && auto_create_allowed(sh, s) => sh
+            .broker
+            .ensure_stream(s)
+            .and_then(|()| sh.broker.partition_count(s))
+            .map_err(|e| error_code(&e)),
+        Err(e) => Err(error_code(&e)),
+    }
+}
+
 fn topic_metadata(sh: &Shared, name: String, create: bool) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = Some(TopicName(str_bytes(name.clone())));
@@ -208,15 +232,7 @@ fn topic_metadata(sh: &Shared, name: String, create: bool) -> MetadataResponseTo
         t.error_code = code(ResponseError::InvalidTopicException);
         return t;
     };
-    let count = match sh.broker.partition_count(&sref) {
-        Ok(n) => Ok(n),
-        Err(BrokerError::NotFound { .. }) if create => sh
-            .broker
-            .ensure_stream(&sref)
-            .and_then(|()| sh.broker.partition_count(&sref)),
-        Err(e) => Err(e),
-    };
-    match count {
+    match ensure_topic(sh, &sref, create) {
         Ok(n) => {
             t.partitions = (0..n as i32)
                 .map(|p| {
@@ -229,7 +245,7 @@ fn topic_metadata(sh: &Shared, name: String, create: bool) -> MetadataResponseTo
                 })
                 .collect();
         }
-        Err(e) => t.error_code = error_code(&e),
+        Err(e) => t.error_code = e,
     }
     t
 }
@@ -264,7 +280,7 @@ pub async fn produce(sh: &Shared, req: ProduceRequest) -> ProduceResponse {
         let sref = stream_for_topic(&sh.config.tenant, &name);
         let ready = match &sref {
             None => Err(code(ResponseError::InvalidTopicException)),
-            Some(s) => sh.broker.ensure_stream(s).map_err(|e| error_code(&e)),
+            Some(s) => ensure_topic(sh, s, true).map(|_| ()),
         };
         for pd in topic.partition_data {
             let mut pr = PartitionProduceResponse::default();
