@@ -154,6 +154,23 @@ class KafkaPython(unittest.TestCase):
             f"http://127.0.0.1:{self.node.http}/v1/streams/public/locked", timeout=10).read())
         self.assertEqual(streams.get("streams", streams), [])
 
+    def test_admin_lists_and_describes_groups(self):
+        from kafka.admin import KafkaAdminClient
+        self.node.create_stream("desc", 2)
+        c = KafkaConsumer("desc", bootstrap_servers=self.node.bootstrap, group_id="g-desc",
+                          client_id="describer", enable_auto_commit=False)
+        deadline = time.time() + 20
+        while not c.assignment() and time.time() < deadline:
+            c.poll(timeout_ms=200)
+        self.assertEqual({tp.partition for tp in c.assignment()}, {0, 1})
+        admin = KafkaAdminClient(bootstrap_servers=self.node.bootstrap)
+        self.assertIn(("g-desc", "consumer"), admin.list_consumer_groups())
+        (d,) = admin.describe_consumer_groups(["g-desc"])
+        self.assertEqual((d.group, d.state, d.protocol_type, d.protocol), ("g-desc", "Stable", "consumer", "range"))
+        self.assertEqual([m.client_id for m in d.members], ["describer"])
+        admin.close()
+        c.close()
+
     def test_consumer_group_rebalances_and_resumes_after_restart(self):
         self.node.create_stream("grp", 6)
         p = KafkaProducer(bootstrap_servers=self.node.bootstrap)

@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 /// A member as the coordinator sees it.
 struct Member {
+    client_id: String,
     group_instance_id: Option<String>,
     /// (protocol name, metadata) in the member's order of preference.
     protocols: Vec<(String, Bytes)>,
@@ -171,6 +172,7 @@ impl Coordinator {
             st.members.insert(
                 member_id.clone(),
                 Member {
+                    client_id: a.client_id.clone(),
                     group_instance_id: a.group_instance_id.clone(),
                     protocols: a.protocols.clone(),
                     session_timeout: a.session_timeout,
@@ -361,6 +363,79 @@ impl Coordinator {
             return Err(ResponseError::RebalanceInProgress);
         }
         Ok(())
+    }
+}
+
+/// A group as ListGroups and DescribeGroups show it.
+pub struct GroupView {
+    pub group_id: String,
+    pub state: &'static str,
+    pub protocol_type: String,
+    pub protocol: String,
+    /// (member id, instance id, client id, metadata, assignment)
+    pub members: Vec<(String, Option<String>, String, Bytes, Bytes)>,
+}
+
+impl Phase {
+    /// Kafka's names for the group states.
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Empty => "Empty",
+            Phase::Preparing => "PreparingRebalance",
+            Phase::Completing => "CompletingRebalance",
+            Phase::Stable => "Stable",
+        }
+    }
+}
+
+impl Coordinator {
+    pub fn list(&self) -> Vec<GroupView> {
+        let groups: Vec<(String, Arc<Group>)> = self
+            .groups
+            .lock()
+            .iter()
+            .map(|(k, g)| (k.clone(), g.clone()))
+            .collect();
+        groups
+            .into_iter()
+            .map(|(id, g)| view(&id, &g.state.lock()))
+            .collect()
+    }
+
+    pub fn describe(&self, group: &str) -> Option<GroupView> {
+        let g = self.existing(group)?;
+        let st = g.state.lock();
+        Some(view(group, &st))
+    }
+}
+
+fn view(id: &str, st: &State) -> GroupView {
+    let protocol = st.protocol.clone().unwrap_or_default();
+    GroupView {
+        group_id: id.to_string(),
+        state: st.phase.name(),
+        protocol_type: st.protocol_type.clone(),
+        protocol: protocol.clone(),
+        members: st
+            .members
+            .iter()
+            .map(|(mid, m)| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
+                let assignment = st.assignments.get(mid).cloned().unwrap_or_default();
+                (
+                    mid.clone(),
+                    m.group_instance_id.clone(),
+                    m.client_id.clone(),
+                    meta,
+                    assignment,
+                )
+            })
+            .collect(),
     }
 }
 

@@ -39,6 +39,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 4),
     (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::ApiVersions, 0, 3),
 ];
 
@@ -790,3 +793,82 @@ pub fn offset_fetch(sh: &Shared, req: OffsetFetchRequest) -> OffsetFetchResponse
 }
 
 use std::collections::HashMap;
+
+// ---- introspection ---------------------------------------------------------
+
+use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::{
+    DescribeClusterResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId,
+    ListGroupsRequest, ListGroupsResponse,
+};
+
+pub fn list_groups(sh: &Shared, req: ListGroupsRequest) -> ListGroupsResponse {
+    let mut r = ListGroupsResponse::default();
+    let states: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
+    r.groups = sh
+        .groups
+        .list()
+        .into_iter()
+        .filter(|g| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(g.state)))
+        .map(|g| {
+            let mut l = ListedGroup::default();
+            l.group_id = GroupId(str_bytes(g.group_id));
+            l.protocol_type = str_bytes(g.protocol_type);
+            l.group_state = StrBytes::from_static_str(g.state);
+            l.group_type = StrBytes::from_static_str("classic");
+            l
+        })
+        .collect();
+    r
+}
+
+pub fn describe_groups(sh: &Shared, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+    let mut r = DescribeGroupsResponse::default();
+    r.groups = req
+        .groups
+        .into_iter()
+        .map(|id| {
+            let mut d = DescribedGroup::default();
+            d.group_id = id.clone();
+            match sh.groups.describe(&id.0) {
+                // Kafka describes a group it does not know as Dead.
+                None => d.group_state = StrBytes::from_static_str("Dead"),
+                Some(g) => {
+                    d.group_state = StrBytes::from_static_str(g.state);
+                    d.protocol_type = str_bytes(g.protocol_type);
+                    d.protocol_data = str_bytes(g.protocol);
+                    d.members = g
+                        .members
+                        .into_iter()
+                        .map(|(mid, instance, client, meta, assignment)| {
+                            let mut m = DescribedGroupMember::default();
+                            m.member_id = str_bytes(mid);
+                            m.group_instance_id = instance.map(str_bytes);
+                            m.client_id = str_bytes(client);
+                            m.member_metadata = meta;
+                            m.member_assignment = assignment;
+                            m
+                        })
+                        .collect();
+                }
+            }
+            d
+        })
+        .collect();
+    r
+}
+
+pub fn describe_cluster(sh: &Shared) -> DescribeClusterResponse {
+    let mut r = DescribeClusterResponse::default();
+    r.endpoint_type = 1;
+    r.cluster_id = str_bytes(sh.config.cluster_id.clone());
+    r.controller_id = BrokerId(sh.config.node_id);
+    let mut b = DescribeClusterBroker::default();
+    b.broker_id = BrokerId(sh.config.node_id);
+    b.host = str_bytes(sh.config.advertised_host.clone());
+    b.port = sh.config.advertised_port as i32;
+    r.brokers = vec![b];
+    r
+}

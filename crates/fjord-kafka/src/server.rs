@@ -258,6 +258,13 @@ async fn handle(
             ResponseKind::OffsetCommit(handlers::offset_commit(shared, r))
         }
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(handlers::offset_fetch(shared, r)),
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(handlers::list_groups(shared, r)),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(handlers::describe_groups(shared, r))
+        }
+        RequestKind::DescribeCluster(_) => {
+            ResponseKind::DescribeCluster(handlers::describe_cluster(shared))
+        }
         // Requests of APIs not advertised never get here (decoding refuses
         // them); an empty answer would be worse than the close they get.
         _ => return None,
