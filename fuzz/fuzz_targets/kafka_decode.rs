@@ -6,6 +6,15 @@ use bytes::BytesMut;
 use fjord_kafka::codec::{decode_request, next_frame};
 use libfuzzer_sys::fuzz_target;
 
+// The node's allocator: a length field claiming billions of elements makes
+// the decoder reserve, not commit, memory (see crates/fjord/src/alloc.rs).
+#[path = "../../crates/fjord/src/alloc.rs"]
+#[allow(dead_code)]
+mod alloc;
+
+#[global_allocator]
+static ALLOCATOR: alloc::ReserveLarge = alloc::ReserveLarge;
+
 fuzz_target!(|data: &[u8]| {
     let mut buf = BytesMut::from(data);
     // Every API in every version kafka-protocol knows, so the fuzzer reaches

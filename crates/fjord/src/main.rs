@@ -3,9 +3,13 @@
 //! `fjord` or `fjord serve` runs a node; every other subcommand talks to a
 //! running node over its HTTP API (`--url`, default `http://127.0.0.1:8080`).
 
+mod alloc;
 mod client;
 mod config;
 mod serve;
+
+#[global_allocator]
+static ALLOCATOR: alloc::ReserveLarge = alloc::ReserveLarge;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

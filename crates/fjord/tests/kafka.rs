@@ -273,3 +273,39 @@ fn unsupported_versions_are_answered_and_bad_frames_close_only_their_connection(
     .unwrap();
     assert_eq!(&read_frame(&mut s)[..4], &42i32.to_be_bytes());
 }
+
+/// A request whose array length claims two billion elements (what the
+/// `kafka_decode` fuzz target found): the decoder sizes a vector from it
+/// before reading; the node must not abort on the allocation — the request
+/// is malformed, its connection closes, the node keeps serving.
+#[test]
+fn an_array_length_of_billions_does_not_take_the_node_down() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let mut s = std::net::TcpStream::connect(&node.kafka).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // DescribeGroups v0: header (key 15, version 0, correlation 1, no
+    // client id), then the groups array: length 0x7fffffff, no elements.
+    let mut body = vec![0, 15, 0, 0, 0, 0, 0, 1, 0xff, 0xff];
+    body.extend_from_slice(&0x7fff_ffffi32.to_be_bytes());
+    let mut req = (body.len() as i32).to_be_bytes().to_vec();
+    req.extend_from_slice(&body);
+    s.write_all(&req).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "closed without an answer");
+    // Still serving.
+    let mut again = std::net::TcpStream::connect(&node.kafka).unwrap();
+    again
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    again
+        .write_all(&frame(
+            kafka_protocol::messages::ApiKey::ApiVersions,
+            3,
+            &kafka_protocol::messages::ApiVersionsRequest::default(),
+        ))
+        .unwrap();
+    assert_eq!(&read_frame(&mut again)[..4], &42i32.to_be_bytes());
+}
