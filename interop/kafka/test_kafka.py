@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import unittest
+import urllib.error
 import urllib.request
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -170,6 +171,32 @@ class KafkaPython(unittest.TestCase):
         self.assertEqual([m.client_id for m in d.members], ["describer"])
         admin.close()
         c.close()
+
+    def test_admin_creates_grows_and_deletes_topics(self):
+        from kafka.admin import KafkaAdminClient, NewPartitions, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+        admin = KafkaAdminClient(bootstrap_servers=self.node.bootstrap)
+        admin.create_topics([NewTopic("adm", 4, 1, topic_configs={
+            "retention.ms": "60000", "cleanup.policy": "compact", "max.message.bytes": "4096"})])
+        info = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{self.node.http}/v1/streams/public/default/adm", timeout=10).read())
+        self.assertEqual(info["partitions"], 4)
+        eff = info["effective_policy"]
+        self.assertEqual((eff["retention_ms"], eff["compaction"], eff["max_message_bytes"]),
+                         (60000, "latest-per-key", 4096))
+        with self.assertRaises(TopicAlreadyExistsError):
+            admin.create_topics([NewTopic("adm", 1, 1)])
+        admin.create_partitions({"adm": NewPartitions(6)})
+        c = KafkaConsumer(bootstrap_servers=self.node.bootstrap)
+        self.assertEqual(c.partitions_for_topic("adm"), set(range(6)))
+        c.close()
+        admin.delete_topics(["adm"])
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.node.http}/v1/streams/public/default/adm")
+        with self.assertRaises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        self.assertEqual(e.exception.code, 404)
+        admin.close()
 
     def test_consumer_group_rebalances_and_resumes_after_restart(self):
         self.node.create_stream("grp", 6)

@@ -42,6 +42,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::ApiVersions, 0, 3),
 ];
 
@@ -872,3 +875,142 @@ pub fn describe_cluster(sh: &Shared) -> DescribeClusterResponse {
     r.brokers = vec![b];
     r
 }
+
+// ---- topic administration ------------------------------------------------
+
+use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::{
+    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse,
+};
+
+fn admin_error(e: &BrokerError) -> i16 {
+    code(match e {
+        BrokerError::AlreadyExists { .. } => ResponseError::TopicAlreadyExists,
+        BrokerError::Invalid(_) => ResponseError::InvalidConfig,
+        BrokerError::Name(_) => ResponseError::InvalidTopicException,
+        BrokerError::NotFound { .. } => ResponseError::UnknownTopicOrPartition,
+        _ => return error_code(e),
+    })
+}
+
+pub fn create_topics(sh: &Shared, req: CreateTopicsRequest) -> CreateTopicsResponse {
+    let mut r = CreateTopicsResponse::default();
+    for t in req.topics {
+        let mut tr = CreatableTopicResult::default();
+        tr.name = t.name.clone();
+        tr.num_partitions = -1;
+        tr.replication_factor = -1;
+        let outcome = (|| {
+            let s = stream_for_topic(&sh.config.tenant, &t.name.0).ok_or((
+                code(ResponseError::InvalidTopicException),
+                "not a valid stream name".to_string(),
+            ))?;
+            // One node keeps one copy: -1 (the default) or 1.
+            if t.replication_factor > 1 {
+                return Err((
+                    code(ResponseError::InvalidReplicationFactor),
+                    "this node keeps one copy of each partition".to_string(),
+                ));
+            }
+            let partitions = match t.num_partitions {
+                -1 => None,
+                n if n >= 1 => Some(n as u32),
+                _ => {
+                    return Err((
+                        code(ResponseError::InvalidPartitions),
+                        "at least one partition".to_string(),
+                    ))
+                }
+            };
+            let mut policy = fjord_core::Policy::default();
+            for c in &t.configs {
+                configs::apply(&mut policy, &c.name, c.value.as_deref())
+                    .map_err(|e| (code(ResponseError::InvalidConfig), e))?;
+            }
+            if req.validate_only {
+                policy
+                    .validate()
+                    .map_err(|e| (code(ResponseError::InvalidConfig), e))?;
+                return Ok(partitions.unwrap_or(1));
+            }
+            let d = sh
+                .broker
+                .create_stream(&s, partitions, policy)
+                .map_err(|e| (admin_error(&e), e.to_string()))?;
+            Ok(d.info.partitions)
+        })();
+        match outcome {
+            Ok(n) => {
+                tr.num_partitions = n as i32;
+                tr.replication_factor = 1;
+            }
+            Err((c, msg)) => {
+                tr.error_code = c;
+                tr.error_message = Some(str_bytes(msg));
+            }
+        }
+        r.topics.push(tr);
+    }
+    r
+}
+
+pub async fn delete_topics(
+    sh: &Shared,
+    req: DeleteTopicsRequest,
+    version: i16,
+) -> DeleteTopicsResponse {
+    let names: Vec<TopicName> = if version >= 6 {
+        req.topics.into_iter().filter_map(|t| t.name).collect()
+    } else {
+        req.topic_names
+    };
+    let mut r = DeleteTopicsResponse::default();
+    for name in names {
+        let mut d = DeletableTopicResult::default();
+        d.name = Some(name.clone());
+        d.error_code = match stream_for_topic(&sh.config.tenant, &name.0) {
+            None => code(ResponseError::UnknownTopicOrPartition),
+            Some(s) => match sh.broker.delete_stream(&s).await {
+                Ok(()) => 0,
+                Err(e) => admin_error(&e),
+            },
+        };
+        r.responses.push(d);
+    }
+    r
+}
+
+pub fn create_partitions(sh: &Shared, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+    let mut r = CreatePartitionsResponse::default();
+    for t in req.topics {
+        let mut tr = CreatePartitionsTopicResult::default();
+        tr.name = t.name.clone();
+        let res = match stream_for_topic(&sh.config.tenant, &t.name.0) {
+            None => Err((code(ResponseError::UnknownTopicOrPartition), String::new())),
+            Some(s) => match sh.broker.partition_count(&s) {
+                Err(e) => Err((admin_error(&e), e.to_string())),
+                Ok(n) if t.count <= n as i32 => Err((
+                    code(ResponseError::InvalidPartitions),
+                    format!("the topic has {n} partitions; the count can only grow"),
+                )),
+                Ok(_) if req.validate_only => Ok(()),
+                Ok(_) => sh
+                    .broker
+                    .update_stream(&s, Some(t.count as u32), None)
+                    .map(|_| ())
+                    .map_err(|e| (admin_error(&e), e.to_string())),
+            },
+        };
+        if let Err((c, msg)) = res {
+            tr.error_code = c;
+            tr.error_message = Some(str_bytes(msg));
+        }
+        r.results.push(tr);
+    }
+    r
+}
+
+use crate::configs;

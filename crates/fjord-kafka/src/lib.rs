@@ -12,6 +12,7 @@
 //! serves the stored batches without re-encoding them.
 
 pub mod codec;
+pub mod configs;
 mod groups;
 mod handlers;
 pub mod names;

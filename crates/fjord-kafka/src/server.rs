@@ -262,6 +262,15 @@ async fn handle(
         RequestKind::DescribeGroups(r) => {
             ResponseKind::DescribeGroups(handlers::describe_groups(shared, r))
         }
+        RequestKind::CreateTopics(r) => {
+            ResponseKind::CreateTopics(handlers::create_topics(shared, r))
+        }
+        RequestKind::DeleteTopics(r) => {
+            ResponseKind::DeleteTopics(handlers::delete_topics(shared, r, version).await)
+        }
+        RequestKind::CreatePartitions(r) => {
+            ResponseKind::CreatePartitions(handlers::create_partitions(shared, r))
+        }
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(handlers::describe_cluster(shared))
         }
