@@ -209,7 +209,7 @@ class KafkaPython(unittest.TestCase):
         def member(name, leave_after=None):
             c = KafkaConsumer("grp", bootstrap_servers=self.node.bootstrap, group_id="g-three",
                               auto_offset_reset="earliest", enable_auto_commit=False,
-                              consumer_timeout_ms=6000, session_timeout_ms=10000,
+                              consumer_timeout_ms=10000, session_timeout_ms=10000,
                               heartbeat_interval_ms=500)
             n = 0
             for m in c:
