@@ -28,6 +28,17 @@ struct Member {
     last_seen: Instant,
 }
 
+impl Member {
+    /// The member's metadata for the group's chosen protocol.
+    fn metadata_for(&self, protocol: &str) -> Bytes {
+        self.protocols
+            .iter()
+            .find(|(n, _)| n == protocol)
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Empty,
@@ -420,12 +431,7 @@ fn view(id: &str, st: &State) -> GroupView {
             .members
             .iter()
             .map(|(mid, m)| {
-                let meta = m
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| *n == protocol)
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default();
+                let meta = m.metadata_for(&protocol);
                 let assignment = st.assignments.get(mid).cloned().unwrap_or_default();
                 (
                     mid.clone(),
@@ -525,12 +531,7 @@ fn joined_response(st: &State, member_id: &str) -> Joined {
         st.members
             .iter()
             .map(|(id, m)| {
-                let meta = m
-                    .protocols
-                    .iter()
-                    .find(|(n, _)| *n == protocol)
-                    .map(|(_, b)| b.clone())
-                    .unwrap_or_default();
+                let meta = m.metadata_for(&protocol);
                 (id.clone(), m.group_instance_id.clone(), meta)
             })
             .collect()
