@@ -401,12 +401,19 @@ pub async fn fetch(sh: &Shared, req: FetchRequest) -> FetchResponse {
                             pd.high_watermark = read.high_watermark;
                             pd.last_stable_offset = read.high_watermark;
                             pd.log_start_offset = read.start_offset;
-                            let mut bytes = BytesMut::new();
-                            for b in &read.batches {
-                                bytes.extend_from_slice(b);
-                            }
-                            total += bytes.len();
-                            pd.records = Some(bytes.freeze());
+                            // The stored bytes as they are; several
+                            // batches are joined (one copy), one is shared.
+                            let records = match read.batches.as_slice() {
+                                [one] => one.clone(),
+                                many => {
+                                    let mut b =
+                                        BytesMut::with_capacity(many.iter().map(|b| b.len()).sum());
+                                    many.iter().for_each(|x| b.extend_from_slice(x));
+                                    b.freeze()
+                                }
+                            };
+                            total += records.len();
+                            pd.records = Some(records);
                         }
                         Err(e) => pd.error_code = error_code(&e),
                     }
