@@ -347,8 +347,11 @@ fn get_bytes(buf: &Bytes, pos: &mut usize) -> Result<Option<Bytes>, CoreError> {
     Ok(Some(v))
 }
 
-/// Decodes every record of one whole, uncompressed batch, sharing `batch`'s
-/// memory for keys, values and headers.
+/// Decodes every record of one whole batch. An uncompressed batch's keys,
+/// values and headers share `batch`'s memory; a compressed one is inflated
+/// first (gzip, snappy, lz4, zstd) and its records share that buffer.
+/// Control batches (transaction markers) hold no user records: none are
+/// returned.
 pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
     let h = BatchHeader::parse(batch)?;
     if batch.len() < h.total_len() {
@@ -357,11 +360,15 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
             available: batch.len(),
         });
     }
-    if h.compression() != 0 {
-        return Err(CoreError::UnsupportedCompression(h.compression()));
+    if h.is_control() {
+        return Ok(Vec::new());
     }
-    let body = batch.slice(0..h.total_len());
-    let mut pos = HEADER_LEN;
+    let (body, mut pos) = if h.compression() == crate::compression::NONE {
+        (batch.slice(0..h.total_len()), HEADER_LEN)
+    } else {
+        let section = &batch[HEADER_LEN..h.total_len()];
+        (crate::compression::decompress(h.compression(), section)?, 0)
+    };
     // Each record takes at least 7 bytes, which bounds the allocation below
     // whatever count a corrupt header claims.
     let cap = (h.record_count as usize).min(body.len() / 7);
@@ -497,6 +504,57 @@ mod tests {
             batch[CRC_START + bit / 8] ^= 1 << (bit % 8);
             prop_assert!(verify_crc(&batch).is_err());
         }
+    }
+
+    /// The same batch with its record section compressed by `codec`, as a
+    /// Kafka producer would send it.
+    fn compressed(plain: &[u8], codec: u8) -> Bytes {
+        let section = crate::compression::compress(codec, &plain[HEADER_LEN..]).unwrap();
+        let mut b = plain[..HEADER_LEN].to_vec();
+        b.extend_from_slice(&section);
+        let len = (b.len() - LOG_OVERHEAD) as i32;
+        b[8..12].copy_from_slice(&len.to_be_bytes());
+        let attrs = be_i16(&b, 21) | codec as i16;
+        b[21..23].copy_from_slice(&attrs.to_be_bytes());
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(b)
+    }
+
+    #[test]
+    fn compressed_batches_decode_like_plain_ones() {
+        let records: Vec<RecordInput> = (0..50)
+            .map(|i| RecordInput {
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("reading {i} ").repeat(20))),
+                headers: vec![Header {
+                    key: "h".into(),
+                    value: Some(Bytes::from_static(b"v")),
+                }],
+                event_ts: Some(1_000 + i),
+            })
+            .collect();
+        let plain = encode(7, 2_000, ProducerInfo::default(), &records);
+        let want = decode_records(&Bytes::from(plain.clone())).unwrap();
+        use crate::compression::{GZIP, LZ4, SNAPPY};
+        for codec in [GZIP, SNAPPY, LZ4] {
+            let b = compressed(&plain, codec);
+            verify_crc(&b).unwrap();
+            assert!(b.len() < plain.len());
+            assert_eq!(decode_records(&b).unwrap(), want, "codec {codec}");
+        }
+    }
+
+    #[test]
+    fn control_batches_hold_no_user_records() {
+        let r = [RecordInput {
+            value: Some(Bytes::from_static(b"marker")),
+            ..Default::default()
+        }];
+        let mut b = encode(0, 10, ProducerInfo::default(), &r);
+        let attrs = be_i16(&b, 21) | (1 << 5);
+        b[21..23].copy_from_slice(&attrs.to_be_bytes());
+        assert!(decode_records(&Bytes::from(b)).unwrap().is_empty());
     }
 
     #[test]

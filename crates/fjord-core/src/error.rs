@@ -16,8 +16,10 @@ pub enum CoreError {
     CrcMismatch { stored: u32, computed: u32 },
     #[error("malformed record: {0}")]
     MalformedRecord(&'static str),
-    #[error("compressed batches (codec {0}) cannot be decoded record by record yet")]
+    #[error("unknown compression codec {0} (Kafka defines 0-4)")]
     UnsupportedCompression(u8),
+    #[error("{codec} record section cannot be inflated: {reason}")]
+    Decompress { codec: &'static str, reason: String },
     #[error("header key is not valid UTF-8")]
     HeaderKeyUtf8,
 }

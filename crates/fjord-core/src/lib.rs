@@ -7,6 +7,7 @@
 //! so all of it can be property-tested and fuzzed in isolation.
 
 pub mod batch;
+pub mod compression;
 pub mod error;
 pub mod names;
 pub mod partitioner;

@@ -359,10 +359,6 @@ impl PartitionLog {
         while offset < end {
             let r = self.read(offset, 4 << 20, end)?;
             for b in &r.batches {
-                let h = BatchHeader::parse(b)?;
-                if h.compression() != 0 {
-                    continue;
-                }
                 for rec in batch::decode_records(b)? {
                     if let Some(k) = rec.key {
                         latest.insert(k, rec.offset);
