@@ -24,6 +24,7 @@ pub struct Metrics {
     pub tail_cache_bytes: IntGauge,
     pub skipped_records: IntCounterVec,
     pub protocol_errors: IntCounterVec,
+    pub duplicate_batches: IntCounterVec,
 }
 
 impl Metrics {
@@ -125,6 +126,11 @@ impl Metrics {
             "Connections closed for bad input, by protocol and reason (MQTT: the 5.0 reason code).",
             &["protocol", "reason"],
         );
+        let duplicate_batches = counter(
+            "fjord_duplicate_batches_total",
+            "Retried batches of idempotent producers acknowledged without being stored again.",
+            stream,
+        );
         let memory_budget = single(
             "fjord_memory_budget_bytes",
             "The node's budget for message bytes in flight.",
@@ -151,6 +157,7 @@ impl Metrics {
             memory_budget,
             skipped_records,
             protocol_errors,
+            duplicate_batches,
         }
     }
 

@@ -45,11 +45,10 @@ pub fn decompress(codec: u8, data: &[u8]) -> Result<Bytes, CoreError> {
         SNAPPY => snappy(data)?,
         LZ4 => read_bounded(lz4_flex::frame::FrameDecoder::new(data), codec).map_err(fail)?,
         ZSTD => read_bounded(
-            ruzstd::decoding::StreamingDecoder::new(data)
-                .map_err(|e| CoreError::Decompress {
-                    codec: "zstd",
-                    reason: e.to_string(),
-                })?,
+            ruzstd::decoding::StreamingDecoder::new(data).map_err(|e| CoreError::Decompress {
+                codec: "zstd",
+                reason: e.to_string(),
+            })?,
             codec,
         )
         .map_err(fail)?,
@@ -97,7 +96,9 @@ fn snappy(data: &[u8]) -> Result<Vec<u8>, CoreError> {
         block(data, &mut out)?;
         return Ok(out);
     }
-    let mut rest = data.get(16..).ok_or_else(|| fail("short xerial header".into()))?;
+    let mut rest = data
+        .get(16..)
+        .ok_or_else(|| fail("short xerial header".into()))?;
     while !rest.is_empty() {
         let len = rest
             .get(..4)
@@ -127,12 +128,14 @@ pub fn compress(codec: u8, data: &[u8]) -> Result<Vec<u8>, CoreError> {
             w.write_all(data).map_err(fail)?;
             w.finish().map_err(fail)?
         }
-        SNAPPY => snap::raw::Encoder::new()
-            .compress_vec(data)
-            .map_err(|e| CoreError::Decompress {
-                codec: "snappy",
-                reason: e.to_string(),
-            })?,
+        SNAPPY => {
+            snap::raw::Encoder::new()
+                .compress_vec(data)
+                .map_err(|e| CoreError::Decompress {
+                    codec: "snappy",
+                    reason: e.to_string(),
+                })?
+        }
         LZ4 => {
             let mut w = lz4_flex::frame::FrameEncoder::new(Vec::new());
             w.write_all(data).map_err(fail)?;
@@ -151,7 +154,9 @@ mod tests {
 
     #[test]
     fn codecs_round_trip() {
-        let data: Vec<u8> = (0..10_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..10_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         for codec in [NONE, GZIP, SNAPPY, LZ4] {
             let c = compress(codec, &data).unwrap();
             assert_eq!(decompress(codec, &c).unwrap(), data, "{}", name(codec));

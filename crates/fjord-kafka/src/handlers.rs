@@ -21,7 +21,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
+
 use crate::names::{stream_for_topic, topic_for_stream};
+use crate::producers::{PartitionProducers, Verdict, REBUILD_BYTES};
 use crate::server::Shared;
 
 /// The APIs served and their versions: what ApiVersions advertises and what
@@ -46,6 +49,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -313,21 +317,17 @@ pub async fn produce(sh: &Shared, req: ProduceRequest) -> ProduceResponse {
                 continue;
             }
             for (i, b) in parts.into_iter().enumerate() {
-                match sh
-                    .broker
-                    .produce_batch(s, pd.index as u32, b.to_vec())
-                    .await
-                {
-                    Ok(info) => {
+                match produce_one(sh, s, pd.index as u32, b).await {
+                    Ok((base_offset, publish_ts)) => {
                         if i == 0 {
-                            pr.base_offset = info.base_offset;
+                            pr.base_offset = base_offset;
                             // Fjord stamps every batch with its append time.
-                            pr.log_append_time_ms = info.publish_ts;
+                            pr.log_append_time_ms = publish_ts;
                         }
                     }
-                    Err(e) => {
-                        pr.error_code = error_code(&e);
-                        pr.error_message = Some(str_bytes(e.to_string()));
+                    Err((c, msg)) => {
+                        pr.error_code = c;
+                        pr.error_message = msg.map(str_bytes);
                         break;
                     }
                 }
@@ -343,6 +343,130 @@ pub async fn produce(sh: &Shared, req: ProduceRequest) -> ProduceResponse {
         }
         r.responses.push(tr);
     }
+    r
+}
+
+type Refusal = (i16, Option<String>);
+
+/// Appends one batch; an idempotent producer's batch (producer id ≥ 0) is
+/// first checked against the sequences already stored. Returns the base
+/// offset and append time (-1 for a duplicate, whose time is not kept).
+async fn produce_one(
+    sh: &Shared,
+    s: &fjord_core::StreamRef,
+    partition: u32,
+    b: Bytes,
+) -> Result<(i64, i64), Refusal> {
+    let h = fjord_core::batch::BatchHeader::parse(&b)
+        .map_err(|e| (code(ResponseError::CorruptMessage), Some(e.to_string())))?;
+    let append = |b: Bytes| async move {
+        sh.broker
+            .produce_batch(s, partition, b.to_vec())
+            .await
+            .map_err(|e| (error_code(&e), Some(e.to_string())))
+    };
+    if h.producer.producer_id < 0 {
+        let info = append(b).await?;
+        return Ok((info.base_offset, info.publish_ts));
+    }
+    if h.attributes & (1 << 4) != 0 {
+        return Err((
+            code(ResponseError::InvalidTxnState),
+            Some("transactions are not supported".into()),
+        ));
+    }
+    let lock = sh.producers.partition(s, partition);
+    let mut state = lock.lock().await;
+    if !state.rebuilt {
+        rebuild_producers(sh, s, partition, &mut state).await;
+    }
+    match state.check(&h) {
+        Verdict::Duplicate(base) => {
+            sh.broker
+                .metrics()
+                .duplicate_batches
+                .with_label_values(&[s.tenant.as_str(), s.namespace.as_str(), s.stream.as_str()])
+                .inc();
+            Ok((base, -1))
+        }
+        Verdict::Refuse(e) => Err((code(e), None)),
+        Verdict::Append => {
+            let info = append(b).await?;
+            state.record(&h, info.base_offset, info.publish_ts);
+            Ok((info.base_offset, info.publish_ts))
+        }
+    }
+}
+
+/// Reads the newest stored batches of a partition (the last 10,000
+/// offsets, at most [`REBUILD_BYTES`]) to learn its producers' sequences
+/// after a restart.
+async fn rebuild_producers(
+    sh: &Shared,
+    s: &fjord_core::StreamRef,
+    partition: u32,
+    state: &mut PartitionProducers,
+) {
+    let Ok(end) = sh.broker.resolve(s, partition, Position::Latest).await else {
+        return;
+    };
+    let start = sh
+        .broker
+        .resolve(s, partition, Position::Earliest)
+        .await
+        .unwrap_or(0);
+    let mut from = start.max(end - 10_000);
+    'window: loop {
+        let mut found = Vec::new();
+        let (mut at, mut bytes) = (from, 0usize);
+        while at < end {
+            let Ok(read) = sh
+                .broker
+                .fetch_batches(s, partition, at, 1 << 20, Duration::ZERO)
+                .await
+            else {
+                return;
+            };
+            for b in &read.batches {
+                bytes += b.len();
+                if let Ok(h) = fjord_core::batch::BatchHeader::parse(b) {
+                    found.push(h);
+                }
+            }
+            if bytes > REBUILD_BYTES && end - from > 1 {
+                // Too much to read: keep only the newer half.
+                from += (end - from) / 2;
+                continue 'window;
+            }
+            if read.next_offset <= at {
+                break;
+            }
+            at = read.next_offset;
+        }
+        for h in found {
+            state.record(&h, h.base_offset, h.max_timestamp);
+        }
+        state.rebuilt = true;
+        return;
+    }
+}
+
+pub async fn init_producer_id(sh: &Shared, req: InitProducerIdRequest) -> InitProducerIdResponse {
+    let mut r = InitProducerIdResponse::default();
+    r.producer_id = ProducerId(-1);
+    r.producer_epoch = -1;
+    r.ongoing_txn_producer_id = ProducerId(-1);
+    r.ongoing_txn_producer_epoch = -1;
+    if req.transactional_id.is_some() {
+        // Idempotence without transactions: a transactional producer is
+        // refused here, before it writes anything.
+        r.error_code = code(ResponseError::TransactionalIdAuthorizationFailed);
+        return r;
+    }
+    // A fresh id every time (also when a client asks to bump its epoch,
+    // KIP-360): sequences start again at 0 under it.
+    r.producer_id = ProducerId(sh.producer_ids.next());
+    r.producer_epoch = 0;
     r
 }
 
@@ -981,7 +1105,10 @@ pub async fn delete_topics(
         d.error_code = match stream_for_topic(&sh.config.tenant, &name.0) {
             None => code(ResponseError::UnknownTopicOrPartition),
             Some(s) => match sh.broker.delete_stream(&s).await {
-                Ok(()) => 0,
+                Ok(()) => {
+                    sh.producers.forget(&s);
+                    0
+                }
                 Err(e) => admin_error(&e),
             },
         };

@@ -16,6 +16,7 @@ pub mod configs;
 mod groups;
 mod handlers;
 pub mod names;
+mod producers;
 pub mod server;
 
 pub use server::{start, KafkaConfig};

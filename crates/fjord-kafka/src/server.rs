@@ -34,6 +34,8 @@ pub struct Shared {
     pub broker: Arc<Broker>,
     pub config: KafkaConfig,
     pub groups: crate::groups::Coordinator,
+    pub producer_ids: crate::producers::ProducerIds,
+    pub producers: crate::producers::ProducerStates,
 }
 
 /// Accepts Kafka connections on `listener` until `shutdown` turns true.
@@ -47,6 +49,8 @@ pub fn start(
         broker,
         config,
         groups: crate::groups::Coordinator::default(),
+        producer_ids: Default::default(),
+        producers: Default::default(),
     });
     {
         // Members whose session timed out leave their groups.
@@ -270,6 +274,9 @@ async fn handle(
         }
         RequestKind::CreatePartitions(r) => {
             ResponseKind::CreatePartitions(handlers::create_partitions(shared, r))
+        }
+        RequestKind::InitProducerId(r) => {
+            ResponseKind::InitProducerId(handlers::init_producer_id(shared, r).await)
         }
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(handlers::describe_cluster(shared))
