@@ -1008,6 +1008,17 @@ impl Broker {
         Ok(self.meta.committed_offsets(s, consumer)?)
     }
 
+    /// Forgets a named consumer's positions (some partitions, or all).
+    pub fn delete_committed(
+        &self,
+        s: &StreamRef,
+        consumer: &str,
+        partitions: Option<&[u32]>,
+    ) -> Result<usize, BrokerError> {
+        self.state(s)?;
+        Ok(self.meta.delete_offsets(s, consumer, partitions)?)
+    }
+
     pub fn consumers(
         &self,
         s: &StreamRef,

@@ -62,6 +62,27 @@ struct State {
     pending: HashSet<String>,
     rebalance_deadline: Option<Instant>,
     assignments: HashMap<String, Bytes>,
+    /// Member ids replaced by a newer member with the same static
+    /// instance id (KIP-345): their requests get FENCED_INSTANCE_ID.
+    fenced: HashSet<String>,
+}
+
+impl State {
+    /// The error for a member id this group does not have.
+    fn unknown(&self, member_id: &str) -> ResponseError {
+        if self.fenced.contains(member_id) {
+            ResponseError::FencedInstanceId
+        } else {
+            ResponseError::UnknownMemberId
+        }
+    }
+
+    fn static_member(&self, instance: &str) -> Option<String> {
+        self.members
+            .iter()
+            .find(|(_, m)| m.group_instance_id.as_deref() == Some(instance))
+            .map(|(id, _)| id.clone())
+    }
 }
 
 struct Group {
@@ -132,6 +153,7 @@ impl Coordinator {
                         pending: HashSet::new(),
                         rebalance_deadline: None,
                         assignments: HashMap::new(),
+                        fenced: HashSet::new(),
                     }),
                     changed: Notify::new(),
                 })
@@ -156,47 +178,99 @@ impl Coordinator {
             if !st.members.is_empty() && st.protocol_type != a.protocol_type {
                 return Joined::error(ResponseError::InconsistentGroupProtocol, a.member_id);
             }
-            let member_id = if a.member_id.is_empty() {
+            let new_id = || {
                 let n = self
                     .next_id
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let id = format!(
+                format!(
                     "{}-{n}",
                     if a.client_id.is_empty() {
                         "member"
                     } else {
                         &a.client_id
                     }
-                );
-                if a.require_known_id {
-                    st.pending.insert(id.clone());
-                    return Joined::error(ResponseError::MemberIdRequired, id);
+                )
+            };
+            let known = a
+                .group_instance_id
+                .as_deref()
+                .and_then(|i| st.static_member(i));
+            if let Some(old) = known.filter(|old| *old != a.member_id) {
+                // A static member back (restarted): it takes over its old
+                // entry under a new id, and the old id is fenced. While the
+                // group is stable and its protocols are unchanged, no
+                // rebalance: it gets its previous assignment at SyncGroup.
+                if !a.member_id.is_empty() {
+                    return Joined::error(ResponseError::FencedInstanceId, a.member_id);
                 }
+                let id = new_id();
+                let Some(mut m) = st.members.remove(&old) else {
+                    return Joined::error(ResponseError::UnknownMemberId, a.member_id);
+                };
+                let same = m.protocols == a.protocols;
+                m.protocols = a.protocols.clone();
+                m.client_id = a.client_id.clone();
+                m.session_timeout = a.session_timeout;
+                m.rebalance_timeout = a.rebalance_timeout;
+                m.last_seen = Instant::now();
+                st.members.insert(id.clone(), m);
+                if let Some(asg) = st.assignments.remove(&old) {
+                    st.assignments.insert(id.clone(), asg);
+                }
+                if st.leader.as_deref() == Some(old.as_str()) {
+                    st.leader = Some(id.clone());
+                }
+                if st.joined.remove(&old) {
+                    st.joined.insert(id.clone());
+                }
+                if st.fenced.len() > 10_000 {
+                    st.fenced.clear();
+                }
+                st.fenced.insert(old);
+                if same && st.phase == Phase::Stable {
+                    return joined_response(&st, &id);
+                }
+                if st.phase != Phase::Preparing {
+                    start_rebalance(&mut st);
+                }
+                st.joined.insert(id.clone());
+                try_complete(&mut st, &g.changed);
                 id
             } else {
-                if !st.members.contains_key(&a.member_id) && !st.pending.remove(&a.member_id) {
-                    return Joined::error(ResponseError::UnknownMemberId, a.member_id);
+                let member_id = if a.member_id.is_empty() {
+                    let id = new_id();
+                    // Static members skip the member-id round trip.
+                    if a.require_known_id && a.group_instance_id.is_none() {
+                        st.pending.insert(id.clone());
+                        return Joined::error(ResponseError::MemberIdRequired, id);
+                    }
+                    id
+                } else {
+                    if !st.members.contains_key(&a.member_id) && !st.pending.remove(&a.member_id) {
+                        let e = st.unknown(&a.member_id);
+                        return Joined::error(e, a.member_id);
+                    }
+                    a.member_id.clone()
+                };
+                st.protocol_type = a.protocol_type.clone();
+                st.members.insert(
+                    member_id.clone(),
+                    Member {
+                        client_id: a.client_id.clone(),
+                        group_instance_id: a.group_instance_id.clone(),
+                        protocols: a.protocols.clone(),
+                        session_timeout: a.session_timeout,
+                        rebalance_timeout: a.rebalance_timeout,
+                        last_seen: Instant::now(),
+                    },
+                );
+                if st.phase != Phase::Preparing {
+                    start_rebalance(&mut st);
                 }
-                a.member_id.clone()
-            };
-            st.protocol_type = a.protocol_type.clone();
-            st.members.insert(
-                member_id.clone(),
-                Member {
-                    client_id: a.client_id.clone(),
-                    group_instance_id: a.group_instance_id.clone(),
-                    protocols: a.protocols.clone(),
-                    session_timeout: a.session_timeout,
-                    rebalance_timeout: a.rebalance_timeout,
-                    last_seen: Instant::now(),
-                },
-            );
-            if st.phase != Phase::Preparing {
-                start_rebalance(&mut st);
+                st.joined.insert(member_id.clone());
+                try_complete(&mut st, &g.changed);
+                member_id
             }
-            st.joined.insert(member_id.clone());
-            try_complete(&mut st, &g.changed);
-            member_id
         };
         // Wait for the rebalance to complete (or this member to be dropped).
         loop {
@@ -244,7 +318,7 @@ impl Coordinator {
             let timeout = {
                 let mut st = g.state.lock();
                 let Some(m) = st.members.get_mut(member_id) else {
-                    return Err(ResponseError::UnknownMemberId);
+                    return Err(st.unknown(member_id));
                 };
                 m.last_seen = Instant::now();
                 let timeout = m.session_timeout;
@@ -293,7 +367,7 @@ impl Coordinator {
         let phase = st.phase;
         let current = st.generation;
         let Some(m) = st.members.get_mut(member_id) else {
-            return Err(ResponseError::UnknownMemberId);
+            return Err(st.unknown(member_id));
         };
         m.last_seen = Instant::now();
         if phase == Phase::Preparing {
@@ -305,23 +379,38 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Removes members; those left rebalance.
-    pub fn leave(&self, group: &str, member_ids: &[String]) -> Vec<Result<(), ResponseError>> {
+    /// Removes members, named by member id or (static members) by
+    /// instance id; those left rebalance.
+    pub fn leave(
+        &self,
+        group: &str,
+        members: &[(String, Option<String>)],
+    ) -> Vec<Result<(), ResponseError>> {
         let Some(g) = self.existing(group) else {
-            return member_ids
+            return members
                 .iter()
                 .map(|_| Err(ResponseError::UnknownMemberId))
                 .collect();
         };
         let mut st = g.state.lock();
-        let out = member_ids
+        let out = members
             .iter()
-            .map(|id| match st.members.remove(id) {
-                Some(_) => {
-                    st.joined.remove(id);
-                    Ok(())
+            .map(|(id, instance)| {
+                let id = match instance.as_deref().map(|i| st.static_member(i)) {
+                    // The instance's current member, unless the request
+                    // names an older, fenced one.
+                    Some(Some(current)) if id.is_empty() || *id == current => current,
+                    Some(Some(_)) => return Err(ResponseError::FencedInstanceId),
+                    Some(None) => return Err(ResponseError::UnknownMemberId),
+                    None => id.clone(),
+                };
+                match st.members.remove(&id) {
+                    Some(_) => {
+                        st.joined.remove(&id);
+                        Ok(())
+                    }
+                    None => Err(st.unknown(&id)),
                 }
-                None => Err(ResponseError::UnknownMemberId),
             })
             .collect();
         after_departure(&mut st, &g.changed);
@@ -335,15 +424,21 @@ impl Coordinator {
         let now = Instant::now();
         for g in groups {
             let mut st = g.state.lock();
-            if st.phase == Phase::Preparing {
-                if st.rebalance_deadline.is_some_and(|d| now >= d) {
-                    expire_rebalance(&mut st, &g.changed);
-                }
+            if st.phase == Phase::Preparing && st.rebalance_deadline.is_some_and(|d| now >= d) {
+                expire_rebalance(&mut st, &g.changed);
                 continue;
             }
+            // As Kafka's coordinator: a member waiting for its JoinGroup
+            // answer does not expire; any other whose session ran out goes,
+            // also in the middle of a rebalance (which may then complete).
             let before = st.members.len();
-            st.members
-                .retain(|_, m| now.duration_since(m.last_seen) < m.session_timeout);
+            let waiting = std::mem::take(&mut st.joined);
+            let in_rebalance = st.phase == Phase::Preparing;
+            st.members.retain(|id, m| {
+                (in_rebalance && waiting.contains(id))
+                    || now.duration_since(m.last_seen) < m.session_timeout
+            });
+            st.joined = waiting;
             if st.members.len() != before {
                 after_departure(&mut st, &g.changed);
             }
@@ -363,7 +458,7 @@ impl Coordinator {
         };
         let st = g.state.lock();
         if !st.members.contains_key(member_id) {
-            return Err(ResponseError::UnknownMemberId);
+            return Err(st.unknown(member_id));
         }
         if st.generation != generation {
             return Err(ResponseError::IllegalGeneration);
@@ -411,6 +506,44 @@ impl Coordinator {
             .into_iter()
             .map(|(id, g)| view(&id, &g.state.lock()))
             .collect()
+    }
+
+    /// Forgets an empty group (DeleteGroups); one with members is refused
+    /// with NON_EMPTY_GROUP. `Ok(false)`: the group was not here.
+    pub fn remove_if_empty(&self, group: &str) -> Result<bool, ResponseError> {
+        let mut groups = self.groups.lock();
+        let Some(g) = groups.get(group) else {
+            return Ok(false);
+        };
+        if !g.state.lock().members.is_empty() {
+            return Err(ResponseError::NonEmptyGroup);
+        }
+        groups.remove(group);
+        Ok(true)
+    }
+
+    /// Whether a member of `group` subscribes to `topic` (consumer
+    /// protocol metadata; metadata that cannot be read counts as yes).
+    pub fn subscribes_to(&self, group: &str, topic: &str) -> bool {
+        use kafka_protocol::messages::ConsumerProtocolSubscription;
+        use kafka_protocol::protocol::Decodable;
+        let Some(g) = self.existing(group) else {
+            return false;
+        };
+        let st = g.state.lock();
+        let protocol = st.protocol.clone().unwrap_or_default();
+        st.members.values().any(|m| {
+            let mut meta = m.metadata_for(&protocol);
+            if st.protocol_type != "consumer" || meta.len() < 2 {
+                return true;
+            }
+            let version = i16::from_be_bytes([meta[0], meta[1]]);
+            let _ = bytes::Buf::get_i16(&mut meta);
+            match ConsumerProtocolSubscription::decode(&mut meta, version.clamp(0, 3)) {
+                Ok(sub) => sub.topics.iter().any(|t| &**t == topic),
+                Err(_) => true,
+            }
+        })
     }
 
     pub fn describe(&self, group: &str) -> Option<GroupView> {

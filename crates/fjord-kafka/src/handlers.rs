@@ -50,6 +50,11 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 pub fn supported(api: ApiKey) -> Option<(i16, i16)> {
@@ -157,7 +162,7 @@ pub fn api_versions(error: Option<ResponseError>) -> ApiVersionsResponse {
     r
 }
 
-fn str_bytes(s: String) -> StrBytes {
+pub(crate) fn str_bytes(s: String) -> StrBytes {
     StrBytes::from_string(s)
 }
 
@@ -194,7 +199,7 @@ pub fn metadata(sh: &Shared, req: MetadataRequest, version: i16) -> MetadataResp
     r
 }
 
-fn all_topics(sh: &Shared) -> Vec<String> {
+pub(crate) fn all_topics(sh: &Shared) -> Vec<String> {
     let Ok(namespaces) = sh.broker.list_namespaces(&sh.config.tenant) else {
         return Vec::new();
     };
@@ -816,13 +821,18 @@ pub fn leave_group(sh: &Shared, req: LeaveGroupRequest, version: i16) -> LeaveGr
     if version < 3 {
         let out = sh
             .groups
-            .leave(&req.group_id.0, &[req.member_id.to_string()]);
+            .leave(&req.group_id.0, &[(req.member_id.to_string(), None)]);
         r.error_code = out.into_iter().next().map_or(0, err_code);
     } else {
-        let ids: Vec<String> = req
+        let ids: Vec<(String, Option<String>)> = req
             .members
             .iter()
-            .map(|m| m.member_id.to_string())
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|i| i.to_string()),
+                )
+            })
             .collect();
         let out = sh.groups.leave(&req.group_id.0, &ids);
         r.members = req
@@ -931,68 +941,7 @@ use std::collections::HashMap;
 // ---- introspection ---------------------------------------------------------
 
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
-use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
-use kafka_protocol::messages::list_groups_response::ListedGroup;
-use kafka_protocol::messages::{
-    DescribeClusterResponse, DescribeGroupsRequest, DescribeGroupsResponse, GroupId,
-    ListGroupsRequest, ListGroupsResponse,
-};
-
-pub fn list_groups(sh: &Shared, req: ListGroupsRequest) -> ListGroupsResponse {
-    let mut r = ListGroupsResponse::default();
-    let states: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
-    r.groups = sh
-        .groups
-        .list()
-        .into_iter()
-        .filter(|g| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(g.state)))
-        .map(|g| {
-            let mut l = ListedGroup::default();
-            l.group_id = GroupId(str_bytes(g.group_id));
-            l.protocol_type = str_bytes(g.protocol_type);
-            l.group_state = StrBytes::from_static_str(g.state);
-            l.group_type = StrBytes::from_static_str("classic");
-            l
-        })
-        .collect();
-    r
-}
-
-pub fn describe_groups(sh: &Shared, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
-    let mut r = DescribeGroupsResponse::default();
-    r.groups = req
-        .groups
-        .into_iter()
-        .map(|id| {
-            let mut d = DescribedGroup::default();
-            d.group_id = id.clone();
-            match sh.groups.describe(&id.0) {
-                // Kafka describes a group it does not know as Dead.
-                None => d.group_state = StrBytes::from_static_str("Dead"),
-                Some(g) => {
-                    d.group_state = StrBytes::from_static_str(g.state);
-                    d.protocol_type = str_bytes(g.protocol_type);
-                    d.protocol_data = str_bytes(g.protocol);
-                    d.members = g
-                        .members
-                        .into_iter()
-                        .map(|(mid, instance, client, meta, assignment)| {
-                            let mut m = DescribedGroupMember::default();
-                            m.member_id = str_bytes(mid);
-                            m.group_instance_id = instance.map(str_bytes);
-                            m.client_id = str_bytes(client);
-                            m.member_metadata = meta;
-                            m.member_assignment = assignment;
-                            m
-                        })
-                        .collect();
-                }
-            }
-            d
-        })
-        .collect();
-    r
-}
+use kafka_protocol::messages::DescribeClusterResponse;
 
 pub fn describe_cluster(sh: &Shared) -> DescribeClusterResponse {
     let mut r = DescribeClusterResponse::default();

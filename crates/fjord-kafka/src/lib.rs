@@ -12,7 +12,9 @@
 //! serves the stored batches without re-encoding them.
 
 pub mod codec;
+mod config_api;
 pub mod configs;
+mod group_api;
 mod groups;
 mod handlers;
 pub mod names;

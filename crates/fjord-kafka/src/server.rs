@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::codec::{self, DecodeError};
 use crate::handlers;
+use crate::{config_api, group_api};
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -262,9 +263,24 @@ async fn handle(
             ResponseKind::OffsetCommit(handlers::offset_commit(shared, r))
         }
         RequestKind::OffsetFetch(r) => ResponseKind::OffsetFetch(handlers::offset_fetch(shared, r)),
-        RequestKind::ListGroups(r) => ResponseKind::ListGroups(handlers::list_groups(shared, r)),
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(group_api::list_groups(shared, r)),
         RequestKind::DescribeGroups(r) => {
-            ResponseKind::DescribeGroups(handlers::describe_groups(shared, r))
+            ResponseKind::DescribeGroups(group_api::describe_groups(shared, r))
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(group_api::delete_groups(shared, r))
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(group_api::offset_delete(shared, r))
+        }
+        RequestKind::DescribeConfigs(r) => {
+            ResponseKind::DescribeConfigs(config_api::describe_configs(shared, r))
+        }
+        RequestKind::AlterConfigs(r) => {
+            ResponseKind::AlterConfigs(config_api::alter_configs(shared, r))
+        }
+        RequestKind::IncrementalAlterConfigs(r) => {
+            ResponseKind::IncrementalAlterConfigs(config_api::incremental_alter_configs(shared, r))
         }
         RequestKind::CreateTopics(r) => {
             ResponseKind::CreateTopics(handlers::create_topics(shared, r))

@@ -412,6 +412,39 @@ impl MetaStore for EmbeddedStore {
         Ok(out)
     }
 
+    fn delete_offsets(
+        &self,
+        stream: &StreamRef,
+        consumer: &str,
+        partitions: Option<&[u32]>,
+    ) -> Result<usize, MetaError> {
+        crate::validate_consumer_name(consumer)?;
+        let prefix = format!("{}/{consumer}/", stream_key(stream));
+        let tx = self.db.begin_write()?;
+        let removed;
+        {
+            let mut c = tx.open_table(CURSORS)?;
+            let keys: Vec<String> = match partitions {
+                Some(ps) => ps.iter().map(|p| format!("{prefix}{p}")).collect(),
+                None => {
+                    let (a, b) = prefix_range(&prefix);
+                    c.range(a.as_str()..b.as_str())?
+                        .map(|r| r.map(|(k, _)| k.value().to_string()))
+                        .collect::<Result<_, _>>()?
+                }
+            };
+            let mut n = 0;
+            for k in keys {
+                if c.remove(k.as_str())?.is_some() {
+                    n += 1;
+                }
+            }
+            removed = n;
+        }
+        tx.commit()?;
+        Ok(removed)
+    }
+
     fn list_consumers(&self, stream: &StreamRef) -> Result<Vec<ConsumerOffsets>, MetaError> {
         let prefix = format!("{}/", stream_key(stream));
         let tx = self.db.begin_read()?;

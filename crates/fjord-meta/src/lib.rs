@@ -69,6 +69,14 @@ pub trait MetaStore: Send + Sync {
         stream: &StreamRef,
         consumer: &str,
     ) -> Result<Vec<(u32, i64)>, MetaError>;
+    /// Forgets `consumer`'s positions on `stream`: the given partitions, or
+    /// all of them. Returns how many were removed.
+    fn delete_offsets(
+        &self,
+        stream: &StreamRef,
+        consumer: &str,
+        partitions: Option<&[u32]>,
+    ) -> Result<usize, MetaError>;
     /// Every consumer of `stream` with its positions.
     fn list_consumers(&self, stream: &StreamRef) -> Result<Vec<ConsumerOffsets>, MetaError>;
 

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{http, Node};
+use common::{get_json, http, Node};
 use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
 use rskafka::client::ClientBuilder;
 use rskafka::record::Record;
@@ -101,17 +101,11 @@ async fn produce_fetch_and_offsets_with_rskafka() {
     assert_eq!(at, 5, "the first record appended at or after the time");
 
     // HTTP reads the same records at the same offsets.
-    let v: Value = http()
-        .get(format!(
-            "{}/v1/streams/public/default/orders/records?partition=1&offset=0&max_records=10",
-            node.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&format!(
+        "{}/v1/streams/public/default/orders/records?partition=1&offset=0&max_records=10",
+        node.url
+    ))
+    .await;
     let recs = v["records"].as_array().unwrap();
     assert_eq!(recs.len(), 10);
     assert_eq!(recs[7]["offset"], 7);
@@ -308,4 +302,95 @@ fn an_array_length_of_billions_does_not_take_the_node_down() {
         ))
         .unwrap();
     assert_eq!(&read_frame(&mut again)[..4], &42i32.to_be_bytes());
+}
+
+/// A request/response round trip over a raw connection.
+fn call<R: kafka_protocol::protocol::Decodable>(
+    s: &mut std::net::TcpStream,
+    api: kafka_protocol::messages::ApiKey,
+    version: i16,
+    body: &impl kafka_protocol::protocol::Encodable,
+) -> R {
+    use std::io::Write;
+    s.write_all(&frame(api, version, body)).unwrap();
+    let resp = read_frame(s);
+    assert_eq!(&resp[..4], &42i32.to_be_bytes());
+    // Flexible versions carry tagged fields after the correlation id.
+    let skip = if api.response_header_version(version) >= 1 {
+        5
+    } else {
+        4
+    };
+    R::decode(&mut bytes::Bytes::copy_from_slice(&resp[skip..]), version).unwrap()
+}
+
+/// Offsets committed by any protocol (here a named HTTP consumer) are a
+/// group to Kafka's admin APIs: listed as Empty, described, deleted by
+/// partition (OffsetDelete) and as a whole (DeleteGroups).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_are_groups_that_can_be_listed_and_deleted() {
+    use kafka_protocol::messages::offset_delete_request::{
+        OffsetDeleteRequestPartition, OffsetDeleteRequestTopic,
+    };
+    use kafka_protocol::messages::{
+        ApiKey, DeleteGroupsRequest, DeleteGroupsResponse, GroupId, ListGroupsRequest,
+        ListGroupsResponse, OffsetDeleteRequest, OffsetDeleteResponse, TopicName,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    create_stream(&node, "temps", 2).await;
+    let base = format!("{}/v1/streams/public/default/temps", node.url);
+    for i in 0..4 {
+        http()
+            .post(format!("{base}/records"))
+            .json(&json!({"records": [{"value": i}], "partition": i % 2}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let r = http()
+        .put(format!("{base}/consumers/app-1"))
+        .json(&json!({"offsets": [{"partition": 0, "offset": 2}, {"partition": 1, "offset": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+
+    let mut s = std::net::TcpStream::connect(&node.kafka).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let listed: ListGroupsResponse =
+        call(&mut s, ApiKey::ListGroups, 4, &ListGroupsRequest::default());
+    let g = listed
+        .groups
+        .iter()
+        .find(|g| &*g.group_id.0 == "app-1")
+        .expect("listed");
+    assert_eq!(&*g.group_state, "Empty");
+
+    // OffsetDelete of partition 0 only.
+    let mut od = OffsetDeleteRequest::default();
+    od.group_id = GroupId(StrBytes::from_static_str("app-1"));
+    let mut t = OffsetDeleteRequestTopic::default();
+    t.name = TopicName(StrBytes::from_static_str("temps"));
+    let mut p = OffsetDeleteRequestPartition::default();
+    p.partition_index = 0;
+    t.partitions.push(p);
+    od.topics.push(t);
+    let r: OffsetDeleteResponse = call(&mut s, ApiKey::OffsetDelete, 0, &od);
+    assert_eq!(r.error_code, 0);
+    assert_eq!(r.topics[0].partitions[0].error_code, 0);
+    let c: Value = get_json(&format!("{base}/consumers")).await;
+    let offsets = c["consumers"][0]["offsets"].as_array().unwrap().clone();
+    assert_eq!(offsets.len(), 1, "only partition 1 is left: {c}");
+
+    // DeleteGroups: gone; a second delete finds nothing (GROUP_ID_NOT_FOUND).
+    let mut dg = DeleteGroupsRequest::default();
+    dg.groups_names = vec![GroupId(StrBytes::from_static_str("app-1"))];
+    let r: DeleteGroupsResponse = call(&mut s, ApiKey::DeleteGroups, 2, &dg);
+    assert_eq!(r.results[0].error_code, 0);
+    let c: Value = get_json(&format!("{base}/consumers")).await;
+    assert_eq!(c["consumers"], json!([]), "{c}");
+    let r: DeleteGroupsResponse = call(&mut s, ApiKey::DeleteGroups, 2, &dg);
+    assert_eq!(r.results[0].error_code, 69);
 }

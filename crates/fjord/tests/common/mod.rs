@@ -163,17 +163,36 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
-/// The value of the first sample of `series` (name and labels, as printed)
-/// in the node's `/metrics`.
-pub async fn metric(url: &str, series: &str) -> f64 {
-    let text = http()
+/// GETs `url` and parses the JSON answer.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
+}
+
+async fn metrics_text(url: &str) -> String {
+    http()
         .get(format!("{url}/metrics"))
         .send()
         .await
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The sum of every sample of metric `name` (over all its labels).
+pub async fn metric_sum(url: &str, name: &str) -> f64 {
+    metrics_text(url)
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The value of the first sample of `series` (name and labels, as printed)
+/// in the node's `/metrics`.
+pub async fn metric(url: &str, series: &str) -> f64 {
+    let text = metrics_text(url).await;
     text.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
