@@ -1,6 +1,8 @@
-"""Kafka interoperability with kafka-python against a real node.
+"""Kafka interoperability with kafka-python, confluent-kafka and kcat against a
+real node.
 
 Run:  python3 -m pip install -r interop/kafka/requirements.txt
+      apt-get install kcat
       cargo build -p fjord && python3 interop/kafka/test_kafka.py [path/to/fjord]
 
 Starts its own node on free localhost ports over a temporary data
@@ -20,6 +22,7 @@ import time
 import unittest
 import urllib.error
 import urllib.request
+import warnings
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaTimeoutError
@@ -254,6 +257,94 @@ class KafkaPython(unittest.TestCase):
         after = [m.value for m in c]
         c.close()
         self.assertEqual(sorted(after), sorted(f"second{i}".encode() for i in range(30)))
+
+
+class ConfluentKafka(unittest.TestCase):
+    """The same node through confluent-kafka (librdkafka 2.x, bundled in
+    its wheel) and Debian's kcat (librdkafka as a command-line tool)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempfile.mkdtemp()
+        cls.node = Node(cls.dir)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.node.stop()
+        shutil.rmtree(cls.dir)
+
+    def consume(self, topic, n, partitions=(0,)):
+        from confluent_kafka import Consumer, TopicPartition as TP, OFFSET_BEGINNING
+        c = Consumer({"bootstrap.servers": self.node.bootstrap, "group.id": f"check-{topic}",
+                      "enable.auto.commit": False})
+        c.assign([TP(topic, p, OFFSET_BEGINNING) for p in partitions])
+        out, deadline = [], time.time() + 30
+        while len(out) < n and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                out.append(m)
+        c.close()
+        return out
+
+    def test_every_codec_with_an_idempotent_producer(self):
+        from confluent_kafka import Producer
+        for codec in ("none", "gzip", "snappy", "lz4", "zstd"):
+            topic = f"ck-{codec}"
+            p = Producer({"bootstrap.servers": self.node.bootstrap, "enable.idempotence": True,
+                          "compression.type": codec, "linger.ms": 20})
+            errors = []
+            for i in range(200):
+                p.produce(topic, key=f"k{i}", value=(f"{codec}-{i} " * 20).encode(),
+                          headers=[("i", str(i).encode())],
+                          on_delivery=lambda e, m: e and errors.append(e))
+            self.assertEqual(p.flush(30), 0)
+            self.assertEqual(errors, [])
+            got = self.consume(topic, 200)
+            self.assertEqual([m.value() for m in got], [(f"{codec}-{i} " * 20).encode() for i in range(200)])
+            self.assertEqual([m.offset() for m in got], list(range(200)))
+            self.assertEqual(got[9].headers(), [("i", b"9")])
+
+    def test_admin_config_errors_carry_kafka_codes(self):
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry,
+                                           ConfigResource, NewTopic, ResourceType)
+        a = AdminClient({"bootstrap.servers": self.node.bootstrap})
+        for f in a.create_topics([NewTopic("ck-admin", 1, 1)]).values():
+            f.result()
+        # Unknown topic, unknown config: refused with their Kafka codes.
+        f = a.describe_configs([ConfigResource(ResourceType.TOPIC, "ck-nope")])
+        with self.assertRaises(KafkaException) as e:
+            list(f.values())[0].result()
+        self.assertEqual(e.exception.args[0].code(), KafkaError.UNKNOWN_TOPIC_OR_PART)
+        bad = ConfigResource(ResourceType.TOPIC, "ck-admin", set_config={"unclean.leader.election.enable": "true"})
+        with self.assertRaises(KafkaException) as e, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the legacy API, on purpose
+            list(a.alter_configs([bad]).values())[0].result()
+        self.assertEqual(e.exception.args[0].code(), KafkaError.INVALID_CONFIG)
+        # IncrementalAlterConfigs: APPEND compact to cleanup.policy.
+        inc = ConfigResource(ResourceType.TOPIC, "ck-admin", incremental_configs=[
+            ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.APPEND),
+            ConfigEntry("retention.ms", "3600000", incremental_operation=AlterConfigOpType.SET)])
+        list(a.incremental_alter_configs([inc]).values())[0].result()
+        d = list(a.describe_configs([ConfigResource(ResourceType.TOPIC, "ck-admin")]).values())[0].result()
+        self.assertEqual(d["cleanup.policy"].value, "compact")
+        self.assertEqual(d["retention.ms"].value, "3600000")
+
+    def test_kcat_produces_and_consumes_keys_headers_and_compression(self):
+        for codec in ("gzip", "snappy", "lz4", "zstd"):
+            topic = f"kcat-{codec}"
+            lines = "".join(f"dev{i}:reading {i}\n" for i in range(30))
+            subprocess.run(["kcat", "-b", self.node.bootstrap, "-t", topic, "-P", "-K:", "-z", codec,
+                            "-H", "source=kcat"], input=lines.encode(), check=True, timeout=60)
+            out = subprocess.run(["kcat", "-b", self.node.bootstrap, "-t", topic, "-C", "-o", "beginning",
+                                  "-e", "-q", "-f", "%o|%k|%s|%h\n"], capture_output=True, check=True,
+                                 timeout=60).stdout.decode().splitlines()
+            self.assertEqual(out, [f"{i}|dev{i}|reading {i}|source=kcat" for i in range(30)])
+        # kcat's metadata listing sees the broker at its advertised address.
+        meta = subprocess.run(["kcat", "-b", self.node.bootstrap, "-L", "-J"], capture_output=True,
+                              check=True, timeout=60).stdout
+        brokers = json.loads(meta)["brokers"]
+        self.assertEqual([b["name"] for b in brokers], [f"127.0.0.1:{self.node.kafka}"])
 
 
 if __name__ == "__main__":
