@@ -6,6 +6,7 @@
 
 mod brokers;
 mod clients;
+pub mod limits;
 mod report;
 mod scenarios;
 mod wire;
@@ -150,6 +151,16 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&work)?;
 
+    // The machine's own limits, beside which broker figures are read.
+    let limits = limits::measure(
+        &work,
+        Duration::from_secs(if args.quick { 1 } else { 3 }),
+        if args.quick { 64 << 20 } else { 1 << 30 },
+    );
+    match &limits {
+        Ok(l) => eprintln!("▸ machine limits: {}", report::limits_line(l)),
+        Err(e) => eprintln!("▸ machine limits not measured: {e:#}"),
+    }
     let started = Instant::now();
     let mut rows = Vec::new();
     for &scenario in &scenarios {
@@ -166,7 +177,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.push(Row { scenario, results });
     }
     let _ = std::fs::remove_dir_all(&work);
-    let text = report::render(&rows, &kinds, &args, &fjord_exe, started.elapsed());
+    let mut text = report::render(&rows, &kinds, &args, &fjord_exe, started.elapsed());
+    if let Ok(l) = &limits {
+        text.push_str(&format!(
+            "\nMachine limits in this run: {}.\n",
+            report::limits_line(l)
+        ));
+    }
     println!("{text}");
     if let Some(out) = &args.out {
         std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;

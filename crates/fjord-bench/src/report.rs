@@ -104,6 +104,15 @@ fn target(row: &Row) -> (String, Option<bool>) {
     }
 }
 
+/// The machine's limits as one line, in MB/s (10^6 bytes).
+pub fn limits_line(l: &crate::limits::Limits) -> String {
+    format!(
+        "loopback TCP {:.0} MB/s (one connection), sequential disk write {:.0} MB/s (with fsync)",
+        l.loopback / 1e6,
+        l.disk_write / 1e6
+    )
+}
+
 pub fn render(
     rows: &[Row],
     kinds: &[Kind],
