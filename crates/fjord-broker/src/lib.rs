@@ -863,6 +863,16 @@ impl Broker {
         }
         let header = batch::BatchHeader::parse(&batch)
             .map_err(|e| BrokerError::Invalid(format!("record batch: {e}")))?;
+        // Every reader must be able to decode what is stored: a batch whose
+        // records (or compressed section) are malformed is refused, not
+        // stored for MQTT and HTTP readers to trip over. The CRC is checked
+        // first, so a damaged batch is reported as such.
+        batch::verify_crc(&batch)
+            .map_err(|e| BrokerError::Invalid(format!("record batch: {e}")))?;
+        let batch = bytes::Bytes::from(batch);
+        batch::validate_records(&batch)
+            .map_err(|e| BrokerError::Invalid(format!("record batch: {e}")))?;
+        let batch = Vec::from(batch);
         let records = header.record_count.max(0) as u64;
         let _permit = self.memory.reserve(batch.len() as u64).await?;
         let info = part.append(batch).await?;

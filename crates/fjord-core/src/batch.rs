@@ -435,6 +435,34 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
     Ok(out)
 }
 
+/// Checks that a client's batch decodes record by record (inflating it if
+/// compressed) with offset deltas 0, 1, 2, … matching its header, as a
+/// Kafka broker validates on append: a batch that other protocols could
+/// not read must not be stored.
+pub fn validate_records(batch: &Bytes) -> Result<(), CoreError> {
+    let h = BatchHeader::parse(batch)?;
+    if h.is_control() {
+        return Ok(());
+    }
+    let records = decode_records(batch)?;
+    if records.is_empty() {
+        return Err(CoreError::MalformedRecord("a batch without records"));
+    }
+    for (i, r) in records.iter().enumerate() {
+        if r.offset != h.base_offset + i as i64 {
+            return Err(CoreError::MalformedRecord(
+                "offset deltas are not 0, 1, 2, …",
+            ));
+        }
+    }
+    if h.last_offset_delta as usize != records.len() - 1 {
+        return Err(CoreError::MalformedRecord(
+            "last offset delta disagrees with the record count",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,6 +571,27 @@ mod tests {
             assert!(b.len() < plain.len());
             assert_eq!(decode_records(&b).unwrap(), want, "codec {codec}");
         }
+    }
+
+    #[test]
+    fn batches_that_cannot_be_read_are_not_valid() {
+        let r = [RecordInput {
+            value: Some(Bytes::from_static(b"v")),
+            ..Default::default()
+        }];
+        let good = encode(0, 10, ProducerInfo::default(), &r);
+        validate_records(&Bytes::from(good.clone())).unwrap();
+        // Claims gzip, holds plain records: the CRC is right, the data not.
+        let mut bad = good.clone();
+        let attrs = be_i16(&bad, 21) | crate::compression::GZIP as i16;
+        bad[21..23].copy_from_slice(&attrs.to_be_bytes());
+        let crc = crc32c::crc32c(&bad[CRC_START..]);
+        bad[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(validate_records(&Bytes::from(bad)).is_err());
+        // A last offset delta that promises more records than there are.
+        let mut bad = good;
+        bad[23..27].copy_from_slice(&5i32.to_be_bytes());
+        assert!(validate_records(&Bytes::from(bad)).is_err());
     }
 
     #[test]

@@ -394,3 +394,48 @@ async fn committed_offsets_are_groups_that_can_be_listed_and_deleted() {
     let r: DeleteGroupsResponse = call(&mut s, ApiKey::DeleteGroups, 2, &dg);
     assert_eq!(r.results[0].error_code, 69);
 }
+
+/// A batch whose CRC is right but whose records cannot be read (here it
+/// claims gzip and holds plain records) is refused with CORRUPT_MESSAGE and
+/// not stored: MQTT and HTTP readers of the stream never meet it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_batches_are_refused_not_stored() {
+    use fjord_core::batch::{encode, ProducerInfo};
+    use fjord_core::record::RecordInput;
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    create_stream(&node, "clean", 1).await;
+    let rec = [RecordInput {
+        value: Some(bytes::Bytes::from_static(b"plain")),
+        ..Default::default()
+    }];
+    let mut b = encode(0, 0, ProducerInfo::default(), &rec);
+    let attrs = i16::from_be_bytes([b[21], b[22]]) | 1; // gzip
+    b[21..23].copy_from_slice(&attrs.to_be_bytes());
+    let crc = crc32c::crc32c(&b[21..]);
+    b[17..21].copy_from_slice(&crc.to_be_bytes());
+
+    let mut p = ProduceRequest::default();
+    p.acks = -1;
+    p.timeout_ms = 5000;
+    let mut t = TopicProduceData::default();
+    t.name = TopicName(StrBytes::from_static_str("clean"));
+    let mut pd = PartitionProduceData::default();
+    pd.index = 0;
+    pd.records = Some(bytes::Bytes::from(b));
+    t.partition_data.push(pd);
+    p.topic_data.push(t);
+    let mut s = std::net::TcpStream::connect(&node.kafka).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let r: ProduceResponse = call(&mut s, ApiKey::Produce, 9, &p);
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 2);
+    let end = get_json(&format!(
+        "{}/v1/streams/public/default/clean/records?partition=0&from=latest",
+        node.url
+    ))
+    .await;
+    assert_eq!(end["high_watermark"], 0, "{end}");
+}
