@@ -12,85 +12,21 @@ directory.
 import json
 import os
 import threading
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import unittest
 import urllib.error
 import urllib.request
 import warnings
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from fjord_node import NodeCase, main  # noqa: E402
+
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CommitFailedError, KafkaTimeoutError
 
-BIN = None
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Node:
-    def __init__(self, data_dir):
-        self.data_dir = data_dir
-        self.start()
-
-    def start(self):
-        data_dir = self.data_dir
-        for _ in range(5):
-            self.http, self.mqtt, self.ws, self.kafka = (free_port() for _ in range(4))
-            self.proc = subprocess.Popen(
-                [BIN, "serve", "--data-dir", data_dir,
-                 "--http-addr", f"127.0.0.1:{self.http}",
-                 "--mqtt-addr", f"127.0.0.1:{self.mqtt}",
-                 "--mqtt-ws-addr", f"127.0.0.1:{self.ws}",
-                 "--kafka-addr", f"127.0.0.1:{self.kafka}", "--log-level", "warn"])
-            deadline = time.time() + 30
-            while time.time() < deadline and self.proc.poll() is None:
-                try:
-                    if urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=2).status == 200:
-                        return
-                except OSError:
-                    time.sleep(0.02)
-        raise RuntimeError("fjord did not start")
-
-    @property
-    def bootstrap(self):
-        return f"127.0.0.1:{self.kafka}"
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=30) == 0
-
-    def restart(self):
-        self.stop()
-        self.start()
-
-    def create_stream(self, name, partitions):
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.http}/v1/streams/public/default",
-            data=json.dumps({"name": name, "partitions": partitions}).encode(),
-            headers={"content-type": "application/json"}, method="POST")
-        assert urllib.request.urlopen(req, timeout=10).status == 201
-
-
-class KafkaPython(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp()
-        cls.node = Node(cls.dir)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.node.stop()
-        shutil.rmtree(cls.dir)
-
+class KafkaPython(NodeCase):
     def consume_all(self, topic, partitions, expected):
         c = KafkaConsumer(bootstrap_servers=self.node.bootstrap, enable_auto_commit=False,
                           auto_offset_reset="earliest", consumer_timeout_ms=5000)
@@ -259,19 +195,10 @@ class KafkaPython(unittest.TestCase):
         self.assertEqual(sorted(after), sorted(f"second{i}".encode() for i in range(30)))
 
 
-class ConfluentKafka(unittest.TestCase):
+class ConfluentKafka(NodeCase):
     """The same node through confluent-kafka (librdkafka 2.x, bundled in
     its wheel) and Debian's kcat (librdkafka as a command-line tool)."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp()
-        cls.node = Node(cls.dir)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.node.stop()
-        shutil.rmtree(cls.dir)
 
     def consume(self, topic, n, partitions=(0,)):
         from confluent_kafka import Consumer, TopicPartition as TP, OFFSET_BEGINNING
@@ -348,6 +275,4 @@ class ConfluentKafka(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target"))
-    BIN = sys.argv.pop(1) if len(sys.argv) > 1 else os.path.join(target, "debug", "fjord")
-    unittest.main(verbosity=2)
+    main()

@@ -11,63 +11,19 @@ deadlines, never on fixed sleeps, except where time passing is the point
 
 import os
 import queue
-import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-import unittest
 import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from fjord_node import NodeCase, main  # noqa: E402
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-BIN = None
 TIMEOUT = 15
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Node:
-    def __init__(self, data_dir, env=None):
-        self.data_dir = data_dir
-        self.env = dict(os.environ, **(env or {}))
-        self.proc = None
-        self.start()
-
-    def start(self):
-        for _ in range(5):
-            self.http, self.mqtt, self.ws, self.kafka = free_port(), free_port(), free_port(), free_port()
-            self.proc = subprocess.Popen(
-                [BIN, "serve", "--data-dir", self.data_dir,
-                 "--http-addr", f"127.0.0.1:{self.http}",
-                 "--mqtt-addr", f"127.0.0.1:{self.mqtt}",
-                 "--mqtt-ws-addr", f"127.0.0.1:{self.ws}",
-                 "--kafka-addr", f"127.0.0.1:{self.kafka}", "--log-level", "warn"],
-                env=self.env)
-            deadline = time.time() + 30
-            while time.time() < deadline and self.proc.poll() is None:
-                try:
-                    if urllib.request.urlopen(f"http://127.0.0.1:{self.http}/readyz", timeout=2).status == 200:
-                        return
-                except OSError:
-                    time.sleep(0.02)
-        raise RuntimeError("fjord did not start")
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=30) == 0
-
-    def restart(self):
-        self.stop()
-        self.start()
 
 
 class Client:
@@ -124,17 +80,7 @@ class Client:
         self.c.loop_stop()
 
 
-class Paho(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp()
-        cls.node = Node(cls.dir)
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.node.stop()
-        shutil.rmtree(cls.dir)
-
+class Paho(NodeCase):
     def test_qos_levels_both_versions(self):
         for v5 in (False, True):
             sub = Client(self.node, f"q-sub-{v5}", v5=v5)
@@ -374,21 +320,13 @@ def protocol_errors(node, reason):
     return total
 
 
-class PahoLimits(unittest.TestCase):
+class PahoLimits(NodeCase):
     """Bad input against a node with small limits: each case ends only its
     own connection, with the MQTT 5 reason code, and is counted."""
 
-    @classmethod
-    def setUpClass(cls):
-        cls.dir = tempfile.mkdtemp()
-        cls.node = Node(cls.dir, env={"FJORD_MQTT__MAX_PACKET_BYTES": "4096",
-                                      "FJORD_MQTT__CONNECT_TIMEOUT_MS": "500",
-                                      "FJORD_MQTT__KEEP_ALIVE_MAX_S": "60"})
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.node.stop()
-        shutil.rmtree(cls.dir)
+    node_env = {"FJORD_MQTT__MAX_PACKET_BYTES": "4096",
+                "FJORD_MQTT__CONNECT_TIMEOUT_MS": "500",
+                "FJORD_MQTT__KEEP_ALIVE_MAX_S": "60"}
 
     def assert_still_serving(self):
         ok = Client(self.node, "still-serving", v5=True)
@@ -459,6 +397,4 @@ class PahoLimits(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target"))
-    BIN = sys.argv.pop(1) if len(sys.argv) > 1 else os.path.join(target, "debug", "fjord")
-    unittest.main(verbosity=2)
+    main()

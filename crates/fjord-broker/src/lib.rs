@@ -865,13 +865,13 @@ impl Broker {
             .map_err(|e| BrokerError::Invalid(format!("record batch: {e}")))?;
         // Every reader must be able to decode what is stored: a batch whose
         // records (or compressed section) are malformed is refused, not
-        // stored for MQTT and HTTP readers to trip over. The CRC is checked
-        // first, so a damaged batch is reported as such.
-        batch::verify_crc(&batch)
-            .map_err(|e| BrokerError::Invalid(format!("record batch: {e}")))?;
+        // stored for MQTT and HTTP readers to trip over. The append checks
+        // the CRC; it is computed here only to name a damaged batch as such.
         let batch = bytes::Bytes::from(batch);
-        batch::validate_records(&batch)
-            .map_err(|e| BrokerError::Invalid(format!("record batch: {e}")))?;
+        batch::validate_records(&batch).map_err(|e| {
+            let e = batch::verify_crc(&batch).err().unwrap_or(e);
+            BrokerError::Invalid(format!("record batch: {e}"))
+        })?;
         let batch = Vec::from(batch);
         let records = header.record_count.max(0) as u64;
         let _permit = self.memory.reserve(batch.len() as u64).await?;

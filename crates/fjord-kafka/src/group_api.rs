@@ -27,10 +27,7 @@ use crate::server::Shared;
 /// streams it has them on.
 fn committed_groups(sh: &Shared) -> BTreeMap<String, Vec<StreamRef>> {
     let mut out: BTreeMap<String, Vec<StreamRef>> = BTreeMap::new();
-    for topic in crate::handlers::all_topics(sh) {
-        let Some(s) = stream_for_topic(&sh.config.tenant, &topic) else {
-            continue;
-        };
+    for s in crate::handlers::all_streams(sh) {
         for (name, _) in sh.broker.consumers(&s).unwrap_or_default() {
             out.entry(name).or_default().push(s.clone());
         }

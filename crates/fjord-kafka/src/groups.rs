@@ -77,6 +77,28 @@ impl State {
         }
     }
 
+    /// Moves static member `old`'s place (assignment, leadership) to `new`
+    /// and fences `old`; the caller inserts `new`'s entry. Returns whether
+    /// `old` had the same protocols.
+    fn hand_over(&mut self, old: &str, new: &str, protocols: &[(String, Bytes)]) -> bool {
+        let same = self
+            .members
+            .remove(old)
+            .is_some_and(|m| m.protocols == protocols);
+        if let Some(a) = self.assignments.remove(old) {
+            self.assignments.insert(new.to_string(), a);
+        }
+        if self.leader.as_deref() == Some(old) {
+            self.leader = Some(new.to_string());
+        }
+        self.joined.remove(old);
+        if self.fenced.len() > 10_000 {
+            self.fenced.clear();
+        }
+        self.fenced.insert(old.to_string());
+        same
+    }
+
     fn static_member(&self, instance: &str) -> Option<String> {
         self.members
             .iter()
@@ -195,82 +217,54 @@ impl Coordinator {
                 .group_instance_id
                 .as_deref()
                 .and_then(|i| st.static_member(i));
-            if let Some(old) = known.filter(|old| *old != a.member_id) {
-                // A static member back (restarted): it takes over its old
-                // entry under a new id, and the old id is fenced. While the
-                // group is stable and its protocols are unchanged, no
-                // rebalance: it gets its previous assignment at SyncGroup.
+            // A static member back (restarted) takes over its old entry
+            // under a new id; while the group is stable and its protocols
+            // are unchanged, no rebalance: it gets its previous assignment
+            // at SyncGroup.
+            let mut unchanged_static = false;
+            let member_id = if let Some(old) = known.filter(|old| *old != a.member_id) {
                 if !a.member_id.is_empty() {
                     return Joined::error(ResponseError::FencedInstanceId, a.member_id);
                 }
                 let id = new_id();
-                let Some(mut m) = st.members.remove(&old) else {
-                    return Joined::error(ResponseError::UnknownMemberId, a.member_id);
-                };
-                let same = m.protocols == a.protocols;
-                m.protocols = a.protocols.clone();
-                m.client_id = a.client_id.clone();
-                m.session_timeout = a.session_timeout;
-                m.rebalance_timeout = a.rebalance_timeout;
-                m.last_seen = Instant::now();
-                st.members.insert(id.clone(), m);
-                if let Some(asg) = st.assignments.remove(&old) {
-                    st.assignments.insert(id.clone(), asg);
+                unchanged_static = st.hand_over(&old, &id, &a.protocols);
+                id
+            } else if a.member_id.is_empty() {
+                let id = new_id();
+                // Static members skip the member-id round trip.
+                if a.require_known_id && a.group_instance_id.is_none() {
+                    st.pending.insert(id.clone());
+                    return Joined::error(ResponseError::MemberIdRequired, id);
                 }
-                if st.leader.as_deref() == Some(old.as_str()) {
-                    st.leader = Some(id.clone());
-                }
-                if st.joined.remove(&old) {
-                    st.joined.insert(id.clone());
-                }
-                if st.fenced.len() > 10_000 {
-                    st.fenced.clear();
-                }
-                st.fenced.insert(old);
-                if same && st.phase == Phase::Stable {
-                    return joined_response(&st, &id);
-                }
-                if st.phase != Phase::Preparing {
-                    start_rebalance(&mut st);
-                }
-                st.joined.insert(id.clone());
-                try_complete(&mut st, &g.changed);
                 id
             } else {
-                let member_id = if a.member_id.is_empty() {
-                    let id = new_id();
-                    // Static members skip the member-id round trip.
-                    if a.require_known_id && a.group_instance_id.is_none() {
-                        st.pending.insert(id.clone());
-                        return Joined::error(ResponseError::MemberIdRequired, id);
-                    }
-                    id
-                } else {
-                    if !st.members.contains_key(&a.member_id) && !st.pending.remove(&a.member_id) {
-                        let e = st.unknown(&a.member_id);
-                        return Joined::error(e, a.member_id);
-                    }
-                    a.member_id.clone()
-                };
-                st.protocol_type = a.protocol_type.clone();
-                st.members.insert(
-                    member_id.clone(),
-                    Member {
-                        client_id: a.client_id.clone(),
-                        group_instance_id: a.group_instance_id.clone(),
-                        protocols: a.protocols.clone(),
-                        session_timeout: a.session_timeout,
-                        rebalance_timeout: a.rebalance_timeout,
-                        last_seen: Instant::now(),
-                    },
-                );
-                if st.phase != Phase::Preparing {
-                    start_rebalance(&mut st);
+                if !st.members.contains_key(&a.member_id) && !st.pending.remove(&a.member_id) {
+                    let e = st.unknown(&a.member_id);
+                    return Joined::error(e, a.member_id);
                 }
-                st.joined.insert(member_id.clone());
-                try_complete(&mut st, &g.changed);
-                member_id
+                a.member_id.clone()
+            };
+            st.protocol_type = a.protocol_type.clone();
+            st.members.insert(
+                member_id.clone(),
+                Member {
+                    client_id: a.client_id.clone(),
+                    group_instance_id: a.group_instance_id.clone(),
+                    protocols: a.protocols.clone(),
+                    session_timeout: a.session_timeout,
+                    rebalance_timeout: a.rebalance_timeout,
+                    last_seen: Instant::now(),
+                },
+            );
+            if unchanged_static && st.phase == Phase::Stable {
+                return joined_response(&st, &member_id);
             }
+            if st.phase != Phase::Preparing {
+                start_rebalance(&mut st);
+            }
+            st.joined.insert(member_id.clone());
+            try_complete(&mut st, &g.changed);
+            member_id
         };
         // Wait for the rebalance to complete (or this member to be dropped).
         loop {

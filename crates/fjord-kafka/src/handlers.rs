@@ -199,21 +199,21 @@ pub fn metadata(sh: &Shared, req: MetadataRequest, version: i16) -> MetadataResp
     r
 }
 
-pub(crate) fn all_topics(sh: &Shared) -> Vec<String> {
+/// Every stream of the connection's tenant.
+pub(crate) fn all_streams(sh: &Shared) -> Vec<fjord_core::StreamRef> {
     let Ok(namespaces) = sh.broker.list_namespaces(&sh.config.tenant) else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for ns in namespaces {
-        if let Ok(streams) = sh.broker.list_streams(&sh.config.tenant, &ns.name) {
-            out.extend(
-                streams
-                    .into_iter()
-                    .map(|s| topic_for_stream(&s.stream_ref())),
-            );
-        }
-    }
-    out
+    namespaces
+        .iter()
+        .filter_map(|ns| sh.broker.list_streams(&sh.config.tenant, &ns.name).ok())
+        .flatten()
+        .map(|s| s.stream_ref())
+        .collect()
+}
+
+fn all_topics(sh: &Shared) -> Vec<String> {
+    all_streams(sh).iter().map(topic_for_stream).collect()
 }
 
 /// Whether Kafka clients may create streams in this stream's namespace
@@ -456,7 +456,7 @@ async fn rebuild_producers(
     }
 }
 
-pub async fn init_producer_id(sh: &Shared, req: InitProducerIdRequest) -> InitProducerIdResponse {
+pub fn init_producer_id(sh: &Shared, req: InitProducerIdRequest) -> InitProducerIdResponse {
     let mut r = InitProducerIdResponse::default();
     r.producer_id = ProducerId(-1);
     r.producer_epoch = -1;
@@ -556,53 +556,28 @@ pub async fn fetch(sh: &Shared, req: FetchRequest) -> FetchResponse {
         }
         // Long poll: wait for any requested partition to grow.
         waited = true;
-        let mut waits = Vec::new();
+        let mut waits: Vec<WaitFuture> = Vec::new();
         for topic in &req.topics {
-            if let Some(s) = stream_for_topic(&sh.config.tenant, &topic.topic.0) {
-                for p in &topic.partitions {
-                    if p.partition >= 0 {
-                        waits.push((s.clone(), p.partition as u32, p.fetch_offset));
-                    }
-                }
+            let Some(s) = stream_for_topic(&sh.config.tenant, &topic.topic.0) else {
+                continue;
+            };
+            for p in topic.partitions.iter().filter(|p| p.partition >= 0) {
+                let (broker, s) = (sh.broker.clone(), s.clone());
+                let (partition, offset) = (p.partition as u32, p.fetch_offset);
+                waits.push(Box::pin(async move {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let _ = broker.fetch_batches(&s, partition, offset, 1, left).await;
+                }));
             }
         }
-        let broker = sh.broker.clone();
-        let all: Vec<WaitFuture> = waits
-            .into_iter()
-            .map(|(s, p, off)| {
-                let broker = broker.clone();
-                Box::pin(async move {
-                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                    let _ = broker.fetch_batches(&s, p, off, 1, left).await;
-                }) as WaitFuture
-            })
-            .collect();
-        if all.is_empty() {
+        if waits.is_empty() {
             return r;
         }
-        let _ = tokio::time::timeout_at(deadline, futures_select_any(all)).await;
+        let _ = tokio::time::timeout_at(deadline, futures_util::future::select_all(waits)).await;
     }
 }
 
 type WaitFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// Resolves when the first of `futs` does.
-async fn futures_select_any(futs: Vec<WaitFuture>) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let mut handles = Vec::new();
-    for f in futs {
-        let tx = tx.clone();
-        handles.push(tokio::spawn(async move {
-            f.await;
-            let _ = tx.send(()).await;
-        }));
-    }
-    drop(tx);
-    let _ = rx.recv().await;
-    for h in handles {
-        h.abort();
-    }
-}
 
 pub async fn list_offsets(sh: &Shared, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let mut r = ListOffsetsResponse::default();

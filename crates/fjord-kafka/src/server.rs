@@ -292,7 +292,7 @@ async fn handle(
             ResponseKind::CreatePartitions(handlers::create_partitions(shared, r))
         }
         RequestKind::InitProducerId(r) => {
-            ResponseKind::InitProducerId(handlers::init_producer_id(shared, r).await)
+            ResponseKind::InitProducerId(handlers::init_producer_id(shared, r))
         }
         RequestKind::DescribeCluster(_) => {
             ResponseKind::DescribeCluster(handlers::describe_cluster(shared))

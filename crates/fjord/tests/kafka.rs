@@ -7,21 +7,11 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{get_json, http, Node};
+use common::{create_stream, get_json, http, Node};
 use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
 use rskafka::client::ClientBuilder;
 use rskafka::record::Record;
 use serde_json::{json, Value};
-
-async fn create_stream(node: &Node, name: &str, partitions: u32) {
-    let r = http()
-        .post(format!("{}/v1/streams/public/default", node.url))
-        .json(&json!({"name": name, "partitions": partitions}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
-}
 
 fn record(i: usize) -> Record {
     Record {

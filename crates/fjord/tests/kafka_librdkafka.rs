@@ -8,11 +8,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{get_json, http, metric_sum, Node};
+use common::{create_stream, get_json, metric_sum, Node};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -21,20 +21,10 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-async fn create_stream(node: &Node, name: &str, partitions: u32) {
-    let r = http()
-        .post(format!("{}/v1/streams/public/default", node.url))
-        .json(&json!({"name": name, "partitions": partitions}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
-}
 
 fn config(bootstrap: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -218,10 +208,23 @@ async fn every_codec_reads_back_over_kafka_http_and_mqtt() {
     }
 }
 
+const NOT_CUT: i64 = i64::MIN;
+
+/// One length-prefixed Kafka frame: (length bytes, body); `None` at the end
+/// of the stream.
+async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> Option<([u8; 4], Vec<u8>)> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await.ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
+    r.read_exact(&mut body).await.ok()?;
+    Some((len, body))
+}
+
 /// A TCP proxy in front of the Kafka listener that, at the given Produce
 /// requests (counted from 1 over all connections), forwards the request,
-/// then drops the connection without relaying the answer: the client cannot
-/// know the batch was stored and must retry it.
+/// waits for the broker's answer, then drops the connection without
+/// relaying it: the client cannot know the batch was stored and must retry
+/// it.
 struct CuttingProxy {
     addr: String,
     listener: Option<tokio::net::TcpListener>,
@@ -253,41 +256,42 @@ impl CuttingProxy {
                 tokio::spawn(async move {
                     let (mut cr, mut cw) = client.into_split();
                     let (mut sr, mut sw) = server.into_split();
-                    let mute = Arc::new(AtomicBool::new(false));
-                    let m = mute.clone();
+                    // The correlation id of the request being cut; its
+                    // answer (the broker stored the batch) is swallowed.
+                    let cut_id = Arc::new(AtomicI64::new(NOT_CUT));
+                    let answered = Arc::new(tokio::sync::Notify::new());
+                    let (id, done) = (cut_id.clone(), answered.clone());
                     let relay = tokio::spawn(async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match sr.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if m.load(Ordering::SeqCst) || cw.write_all(&buf[..n]).await.is_err() {
+                        while let Some((len, body)) = read_frame(&mut sr).await {
+                            let corr = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                            if i64::from(corr) == id.load(Ordering::SeqCst) {
+                                done.notify_one();
+                                return;
+                            }
+                            if cw.write_all(&len).await.is_err()
+                                || cw.write_all(&body).await.is_err()
+                            {
                                 return;
                             }
                         }
                     });
-                    loop {
-                        let mut len = [0u8; 4];
-                        if cr.read_exact(&mut len).await.is_err() {
-                            break;
-                        }
-                        let mut body = vec![0u8; i32::from_be_bytes(len) as usize];
-                        if cr.read_exact(&mut body).await.is_err() {
-                            break;
-                        }
+                    while let Some((len, body)) = read_frame(&mut cr).await {
                         let api = i16::from_be_bytes([body[0], body[1]]);
                         let cut = api == 0
                             && cut_at.contains(&(produces.fetch_add(1, Ordering::SeqCst) + 1));
                         if cut {
-                            mute.store(true, Ordering::SeqCst);
+                            let corr = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                            cut_id.store(i64::from(corr), Ordering::SeqCst);
                         }
                         if sw.write_all(&len).await.is_err() || sw.write_all(&body).await.is_err() {
                             break;
                         }
                         if cut {
-                            // Let the broker store it, then vanish.
-                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            // Once the broker has answered (the batch is
+                            // stored), vanish without passing the answer on.
+                            tokio::time::timeout(WAIT, answered.notified())
+                                .await
+                                .expect("the broker answered the cut Produce");
                             cuts.fetch_add(1, Ordering::SeqCst);
                             break;
                         }
@@ -591,7 +595,6 @@ async fn sixty_four_partitions_largest_message_and_offsets_for_times() {
 
     // Offsets for times: the first record appended at or after the time.
     let before: i64 = chrono::Utc::now().timestamp_millis();
-    tokio::time::sleep(Duration::from_millis(30)).await;
     let later = p
         .send(
             FutureRecord::<(), _>::to("wide")
@@ -762,7 +765,6 @@ async fn static_members_rejoin_without_a_rebalance_and_empty_groups_are_deleted(
     // `a` restarts (a static member does not leave on close) and is back
     // within the session timeout: same partition, and `b` is not disturbed.
     drop(a);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let ca2 = CountRebalances::default();
     let a = static_member(&node.kafka, "a", ca2.clone());
     poll_until(&a, "a rejoined", one).await;
@@ -789,11 +791,18 @@ async fn static_members_rejoin_without_a_rebalance_and_empty_groups_are_deleted(
         .await
         .unwrap();
     assert!(r[0].is_err(), "{r:?}");
-    // After the session timeout the members are gone and so is the group.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let r = admin
-        .delete_groups(&["static"], &AdminOptions::new())
-        .await
-        .unwrap();
-    assert!(r[0].is_ok(), "{r:?}");
+    // After the session timeout (6 s) the members are gone and so is the
+    // group.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = admin
+            .delete_groups(&["static"], &AdminOptions::new())
+            .await
+            .unwrap();
+        if r[0].is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http, Node};
+use common::{create_stream, http, Node};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -39,21 +39,11 @@ async fn next_json(ws: &mut Ws) -> Value {
     }
 }
 
-async fn create(node: &Node, name: &str, partitions: u32) {
-    let r = http()
-        .post(format!("{}/v1/streams/public/default", node.url))
-        .json(&json!({"name": name, "partitions": partitions}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-}
-
 #[tokio::test]
 async fn publish_acks_every_frame_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let node = Node::start(tmp.path());
-    create(&node, "ws", 1).await;
+    create_stream(&node, "ws", 1).await;
     let mut ws = connect(&node, "ws", "mode=publish").await;
     for i in 0..200 {
         ws.send(Message::Text(
@@ -134,7 +124,7 @@ async fn publish_acks_every_frame_in_order() {
 async fn subscribe_from_every_kind_of_position_and_follow_live() {
     let tmp = tempfile::tempdir().unwrap();
     let node = Node::start(tmp.path());
-    create(&node, "feed", 2).await;
+    create_stream(&node, "feed", 2).await;
     let c = http();
     let produce = |vals: Vec<&str>| {
         let c = c.clone();

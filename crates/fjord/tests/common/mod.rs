@@ -163,6 +163,17 @@ pub fn http() -> reqwest::Client {
         .unwrap()
 }
 
+/// Creates stream `name` in `public/default` over the HTTP admin API.
+pub async fn create_stream(node: &Node, name: &str, partitions: u32) {
+    let r = http()
+        .post(format!("{}/v1/streams/public/default", node.url))
+        .json(&serde_json::json!({"name": name, "partitions": partitions}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+}
+
 /// GETs `url` and parses the JSON answer.
 pub async fn get_json(url: &str) -> serde_json::Value {
     http().get(url).send().await.unwrap().json().await.unwrap()
