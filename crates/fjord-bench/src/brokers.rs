@@ -68,7 +68,10 @@ pub struct Tuning {
 
 pub struct Broker {
     pub kind: Kind,
+    /// The MQTT listener.
     pub addr: SocketAddr,
+    /// The Kafka listener (Fjord only).
+    pub kafka: Option<SocketAddr>,
     child: Child,
     _dir: PathBuf,
 }
@@ -90,6 +93,10 @@ impl Broker {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let port = free_port()?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let kafka: Option<SocketAddr> = match kind {
+            Kind::Fjord => Some(([127, 0, 0, 1], free_port()?).into()),
+            _ => None,
+        };
         let mut cmd = match kind {
             Kind::Fjord => {
                 let mut c = Command::new(fjord_exe);
@@ -103,7 +110,7 @@ impl Broker {
                     .arg("--mqtt-ws-addr")
                     .arg(format!("127.0.0.1:{}", free_port()?))
                     .arg("--kafka-addr")
-                    .arg(format!("127.0.0.1:{}", free_port()?))
+                    .arg(kafka.map(|a| a.to_string()).unwrap_or_default())
                     .arg("--log-level")
                     .arg("warn");
                 c
@@ -147,6 +154,7 @@ impl Broker {
         let mut b = Broker {
             kind,
             addr,
+            kafka,
             child,
             _dir: dir,
         };

@@ -6,6 +6,7 @@
 
 mod brokers;
 mod clients;
+mod kafka;
 pub mod limits;
 mod report;
 mod scenarios;
@@ -26,9 +27,11 @@ pub struct BenchArgs {
     /// Brokers to run, comma-separated: fjord, mosquitto, nats.
     #[arg(long, default_value = "fjord,mosquitto,nats", value_delimiter = ',')]
     pub brokers: Vec<String>,
-    /// Scenarios, comma-separated: a (QoS 0 fan-in), b (QoS 1 fan-in),
-    /// c (QoS 0 fan-out), d (latency), e (idle connections).
-    #[arg(long, default_value = "a,b,c,d,e", value_delimiter = ',')]
+    /// Scenarios, comma-separated: MQTT a (QoS 0 fan-in), b (QoS 1
+    /// fan-in), c (QoS 0 fan-out), d (latency), e (idle connections);
+    /// Kafka (Fjord only, librdkafka load) f (produce), g (consume),
+    /// h (produce latency at half of peak).
+    #[arg(long, default_value = "a,b,c,d,e,f,g,h", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// (a) messages in all, over 4 publishers.
     #[arg(long, default_value_t = 2_000_000)]
@@ -51,6 +54,21 @@ pub struct BenchArgs {
     /// (e) idle connections.
     #[arg(long, default_value_t = 19_000)]
     pub connections: usize,
+    /// (f, g) Kafka records produced (and consumed).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub kafka_records: u64,
+    /// (f, g, h) Kafka record size.
+    #[arg(long, default_value_t = 1024)]
+    pub kafka_record_bytes: usize,
+    /// (f, g, h) partitions of the Kafka topics.
+    #[arg(long, default_value_t = 4)]
+    pub kafka_partitions: u32,
+    /// (h) seconds measured, after one second of warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub kafka_latency_secs: u64,
+    /// The Kafka load client (default: `fjord-kafka-load` beside fjord).
+    #[arg(long)]
+    pub kafka_load: Option<PathBuf>,
     /// QoS 1 publications a publisher keeps unacknowledged at most.
     #[arg(long, default_value_t = 256)]
     pub window: u64,
@@ -76,6 +94,9 @@ pub enum Scenario {
     Latency0,
     Latency1,
     Idle,
+    KafkaProduce,
+    KafkaConsume,
+    KafkaLatency,
 }
 
 impl Scenario {
@@ -87,7 +108,18 @@ impl Scenario {
             Scenario::Latency0 => "(d) latency QoS 0",
             Scenario::Latency1 => "(d) latency QoS 1",
             Scenario::Idle => "(e) idle connections",
+            Scenario::KafkaProduce => "(f) Kafka produce 1 KiB, acks=all",
+            Scenario::KafkaConsume => "(g) Kafka consume 1 KiB",
+            Scenario::KafkaLatency => "(h) Kafka produce latency at ½ peak",
         }
+    }
+
+    /// Kafka scenarios run against Fjord only.
+    pub fn is_kafka(self) -> bool {
+        matches!(
+            self,
+            Scenario::KafkaProduce | Scenario::KafkaConsume | Scenario::KafkaLatency
+        )
     }
 }
 
@@ -107,6 +139,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         args.fan_out_subscribers = args.fan_out_subscribers.min(5);
         args.latency_secs = args.latency_secs.min(1);
         args.connections = args.connections.min(200);
+        args.kafka_records = args.kafka_records.min(20_000);
+        args.kafka_latency_secs = args.kafka_latency_secs.min(1);
     }
     let kinds = args
         .brokers
@@ -121,7 +155,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "c" => scenarios.push(Scenario::FanOut),
             "d" => scenarios.extend([Scenario::Latency0, Scenario::Latency1]),
             "e" => scenarios.push(Scenario::Idle),
-            other => bail!("unknown scenario {other:?}: expected a, b, c, d or e"),
+            "f" => scenarios.push(Scenario::KafkaProduce),
+            "g" => scenarios.push(Scenario::KafkaConsume),
+            "h" => scenarios.push(Scenario::KafkaLatency),
+            other => bail!("unknown scenario {other:?}: expected a to h"),
         }
     }
     let fjord_exe = match &args.fjord_exe {
@@ -161,13 +198,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok(l) => eprintln!("▸ machine limits: {}", report::limits_line(l)),
         Err(e) => eprintln!("▸ machine limits not measured: {e:#}"),
     }
+    let mut kafka =
+        kafka::find_load(args.kafka_load.as_deref(), &fjord_exe).map(|load| kafka::KafkaRun {
+            load,
+            records: args.kafka_records,
+            record_bytes: args.kafka_record_bytes,
+            partitions: args.kafka_partitions,
+            latency_secs: args.kafka_latency_secs,
+            peak: None,
+        });
     let started = Instant::now();
     let mut rows = Vec::new();
     for &scenario in &scenarios {
         let mut results = Vec::new();
         for &kind in &kinds {
+            if scenario.is_kafka() && kind != Kind::Fjord {
+                continue;
+            }
             eprintln!("▸ {} · {}", scenario.title(), kind);
-            let r = run_one(scenario, kind, &args, &fjord_exe, &work);
+            let r = run_one(
+                scenario,
+                kind,
+                &args,
+                &fjord_exe,
+                &work,
+                &mut kafka,
+                limits.as_ref().ok(),
+            );
             match &r {
                 Ok(o) => eprintln!("  {}", report::summary(o)),
                 Err(e) => eprintln!("  failed: {e:#}"),
@@ -177,7 +234,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.push(Row { scenario, results });
     }
     let _ = std::fs::remove_dir_all(&work);
-    let mut text = report::render(&rows, &kinds, &args, &fjord_exe, started.elapsed());
+    let mut text = report::render(
+        &rows,
+        &kinds,
+        &args,
+        &fjord_exe,
+        started.elapsed(),
+        limits.as_ref().ok(),
+    );
     if let Ok(l) = &limits {
         text.push_str(&format!(
             "\nMachine limits in this run: {}.\n",
@@ -197,7 +261,13 @@ fn run_one(
     args: &BenchArgs,
     fjord_exe: &std::path::Path,
     work: &std::path::Path,
+    kafka: &mut Result<kafka::KafkaRun>,
+    limits: Option<&limits::Limits>,
 ) -> Result<Outcome> {
+    // Without the load client there is nothing to start a node for.
+    if scenario.is_kafka() {
+        kafka::ready(kafka)?;
+    }
     let low_latency = matches!(scenario, Scenario::Latency0 | Scenario::Latency1);
     let mut broker = Broker::start(kind, fjord_exe, work, Tuning { low_latency })?;
     let progress = |n: u64, of: u64| {
@@ -256,6 +326,15 @@ fn run_one(
             )
         }
         Scenario::Idle => scenarios::idle_connections(&mut broker, args.connections, &progress),
+        Scenario::KafkaProduce => kafka::produce(
+            kafka::ready(kafka)?,
+            &broker,
+            limits.map(|l| l.loopback.min(l.disk_write)),
+        ),
+        Scenario::KafkaConsume => {
+            kafka::consume(kafka::ready(kafka)?, &broker, limits.map(|l| l.loopback))
+        }
+        Scenario::KafkaLatency => kafka::latency(kafka::ready(kafka)?, &broker),
     }
 }
 

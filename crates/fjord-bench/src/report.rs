@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::brokers::Kind;
+use crate::limits::Limits;
 use crate::scenarios::{Outcome, Unit};
 use crate::{BenchArgs, Row, Scenario};
 
@@ -44,6 +45,8 @@ fn fmt_value(v: f64, unit: Unit) -> String {
         Unit::Millis => format!("{v:.3} ms"),
         Unit::Bytes if v >= 10_240.0 => format!("{:.1} KB", v / 1000.0),
         Unit::Bytes => format!("{v:.0} B"),
+        Unit::MegabytesPerSecond => format!("{v:.0} MB/s"),
+        Unit::Percent => format!("{v:.0} %"),
     }
 }
 
@@ -60,7 +63,7 @@ fn figure(o: &Result<Outcome, String>, label: &str) -> Option<(f64, Unit)> {
 
 /// Which figure a scenario's target is about, and whether Fjord met it
 /// against the peers measured in the same run.
-fn target(row: &Row) -> (String, Option<bool>) {
+fn target(row: &Row, limits: Option<&Limits>) -> (String, Option<bool>) {
     let get = |k: Kind, label: &str| {
         row.results
             .iter()
@@ -97,6 +100,15 @@ fn target(row: &Row) -> (String, Option<bool>) {
                 fj("p99").zip(best).map(|(f, b)| f <= b),
             )
         }
+        Scenario::KafkaProduce => (
+            "≥ 60 % of min(loopback, disk)".into(),
+            limits.and(fj("of limit")).map(|p| p >= 60.0),
+        ),
+        Scenario::KafkaConsume => (
+            "≥ 80 % of loopback".into(),
+            limits.and(fj("of limit")).map(|p| p >= 80.0),
+        ),
+        Scenario::KafkaLatency => ("p99 < 10 ms".into(), fj("p99").map(|p| p < 10.0)),
         Scenario::Idle => (
             "≤ 2 KiB per connection".into(),
             fj("per conn").map(|f| f <= IDLE_TARGET_BYTES),
@@ -119,6 +131,7 @@ pub fn render(
     args: &BenchArgs,
     fjord_exe: &Path,
     took: Duration,
+    limits: Option<&Limits>,
 ) -> String {
     let mut s = String::new();
     let peers: Vec<Kind> = kinds
@@ -156,7 +169,7 @@ pub fn render(
             .find_map(|(_, r)| r.as_ref().ok())
             .map(|o| o.figures.iter().map(|f| f.label).collect())
             .unwrap_or_else(|| vec!["—"]);
-        let (tgt, met) = target(row);
+        let (tgt, met) = target(row, limits);
         for (i, label) in labels.iter().enumerate() {
             let _ = write!(s, "| {} | {label} |", row.scenario.title());
             for k in kinds {
@@ -243,6 +256,13 @@ pub fn render(
     let _ = writeln!(s, "\nSet-up: 4 publishers / 1 subscriber for (a) {} and (b) {} messages; (c) {} messages to {} subscribers; (d) {} msg/s for {} s after 1 s of warm-up; (e) {} connections from 127.0.0.2–251. MQTT 3.1.1, clean sessions, 64-byte payloads, QoS 1 window {} per publisher. Fjord runs its defaults (durable, `interval(5)` fsync); Mosquitto runs in memory with `max_queued_messages 0` (no drops), `set_tcp_nodelay true` for (d) only; nats-server with JetStream on disk.",
         args.fan_in_messages, args.qos1_messages, args.fan_out_messages, args.fan_out_subscribers,
         args.latency_rate, args.latency_secs, args.connections, args.window);
+    if rows.iter().any(|r| r.scenario.is_kafka()) {
+        let _ = writeln!(
+            s,
+            "\nKafka: librdkafka (`fjord-kafka-load`, its own process) on a {}-partition topic created by CreateTopics; (f) {} records of {} B, unpaced, acks=all, librdkafka's batching (linger.ms 5), Fjord's default `interval(5)` durability, from the first send to the last acknowledgement; (g) the same count read from the start of every partition, from the first record to the last; (h) paced at half of (f)'s peak for {} s after 1 s of warm-up, acknowledgement latency per record (linger included). Targets against the machine limits below.",
+            args.kafka_partitions, args.kafka_records, args.kafka_record_bytes, args.kafka_latency_secs
+        );
+    }
     let _ = writeln!(
         s,
         "\nVersions: {}.",

@@ -27,6 +27,10 @@ pub enum Unit {
     Millis,
     /// Lower is better.
     Bytes,
+    /// Higher is better.
+    MegabytesPerSecond,
+    /// Of a limit; higher is better.
+    Percent,
 }
 
 /// What one broker did in one scenario, with its delivery check.
