@@ -253,9 +253,11 @@ pub fn render(
         }
     }
 
-    let _ = writeln!(s, "\nSet-up: 4 publishers / 1 subscriber for (a) {} and (b) {} messages; (c) {} messages to {} subscribers; (d) {} msg/s for {} s after 1 s of warm-up; (e) {} connections from 127.0.0.2–251. MQTT 3.1.1, clean sessions, 64-byte payloads, QoS 1 window {} per publisher. Fjord runs its defaults (durable, `interval(5)` fsync); Mosquitto runs in memory with `max_queued_messages 0` (no drops), `set_tcp_nodelay true` for (d) only; nats-server with JetStream on disk.",
+    if rows.iter().any(|r| !r.scenario.is_kafka()) {
+        let _ = writeln!(s, "\nSet-up: 4 publishers / 1 subscriber for (a) {} and (b) {} messages; (c) {} messages to {} subscribers; (d) {} msg/s for {} s after 1 s of warm-up; (e) {} connections from 127.0.0.2–251. MQTT 3.1.1, clean sessions, 64-byte payloads, QoS 1 window {} per publisher. Fjord runs its defaults (durable, `interval(5)` fsync); Mosquitto runs in memory with `max_queued_messages 0` (no drops), `set_tcp_nodelay true` for (d) only; nats-server with JetStream on disk.",
         args.fan_in_messages, args.qos1_messages, args.fan_out_messages, args.fan_out_subscribers,
         args.latency_rate, args.latency_secs, args.connections, args.window);
+    }
     if rows.iter().any(|r| r.scenario.is_kafka()) {
         let _ = writeln!(
             s,
