@@ -6,6 +6,7 @@
 //! Front-ends (HTTP today; MQTT, Kafka, AMQP later) call this narrow API and
 //! never touch the log or the metadata store directly.
 
+pub mod auth;
 mod dedup;
 mod error;
 mod memory;

@@ -60,6 +60,52 @@ pub async fn delete_tenant(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SetPassword {
+    password: String,
+}
+
+pub async fn list_users(
+    State(s): State<AppState>,
+    Path(t): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(
+        serde_json::json!({"users": s.broker.list_users(&TenantName::new(t)?)?}),
+    ))
+}
+
+/// Creates the user or sets its password. Argon2 hashing is slow by
+/// design: it runs off the async workers.
+pub async fn put_user(
+    State(s): State<AppState>,
+    Path((t, user)): Path<(String, String)>,
+    body: crate::memory::RawBody,
+) -> ApiResult<impl IntoResponse> {
+    let req: SetPassword = parse_json(&crate::memory::body_bytes(body)?)?;
+    let tenant = TenantName::new(t)?;
+    let view = tokio::task::spawn_blocking(move || {
+        s.broker.set_user_password(&tenant, &user, &req.password)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            format!("hashing task: {e}"),
+        )
+    })??;
+    Ok(Json(view))
+}
+
+pub async fn delete_user(
+    State(s): State<AppState>,
+    Path((t, user)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    s.broker.delete_user(&TenantName::new(t)?, &user)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct CreateNamespace {
     name: String,
     #[serde(default)]

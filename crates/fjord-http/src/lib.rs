@@ -16,7 +16,7 @@ mod ws;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::Router;
 use fjord_broker::Broker;
 
@@ -48,6 +48,11 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route(
             "/v1/tenants/{tenant}",
             get(admin::get_tenant).delete(admin::delete_tenant),
+        )
+        .route("/v1/tenants/{tenant}/users", get(admin::list_users))
+        .route(
+            "/v1/tenants/{tenant}/users/{user}",
+            put(admin::put_user).delete(admin::delete_user),
         )
         .route(
             "/v1/tenants/{tenant}/namespaces",

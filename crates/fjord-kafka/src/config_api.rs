@@ -17,7 +17,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::configs::{self, Entry};
 use crate::names::stream_for_topic;
-use crate::server::Shared;
+use crate::server::Session;
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
@@ -29,8 +29,8 @@ const SOURCE_DEFAULT: i8 = 5;
 
 type Refusal = (ResponseError, String);
 
-fn topic(sh: &Shared, name: &str) -> Result<StreamRef, Refusal> {
-    stream_for_topic(&sh.config.tenant, name).ok_or((
+fn topic(sh: &Session<'_>, name: &str) -> Result<StreamRef, Refusal> {
+    stream_for_topic(&sh.tenant, name).ok_or((
         ResponseError::InvalidTopicException,
         format!("{name:?} is not a valid topic name"),
     ))
@@ -45,12 +45,12 @@ fn broker_refusal(e: BrokerError) -> Refusal {
     (code, e.to_string())
 }
 
-fn is_this_broker(sh: &Shared, name: &str) -> bool {
+fn is_this_broker(sh: &Session<'_>, name: &str) -> bool {
     // An empty name asks for the cluster-wide defaults.
     name.is_empty() || name == sh.config.node_id.to_string()
 }
 
-fn entries(sh: &Shared, resource_type: i8, name: &str) -> Result<(Vec<Entry>, i8), Refusal> {
+fn entries(sh: &Session<'_>, resource_type: i8, name: &str) -> Result<(Vec<Entry>, i8), Refusal> {
     match resource_type {
         TOPIC => {
             let s = topic(sh, name)?;
@@ -75,7 +75,7 @@ fn entries(sh: &Shared, resource_type: i8, name: &str) -> Result<(Vec<Entry>, i8
     }
 }
 
-pub fn describe_configs(sh: &Shared, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+pub fn describe_configs(sh: &Session<'_>, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
     let mut r = DescribeConfigsResponse::default();
     for res in req.resources {
         let mut out = DescribeConfigsResult::default();
@@ -116,7 +116,7 @@ pub fn describe_configs(sh: &Shared, req: DescribeConfigsRequest) -> DescribeCon
 
 /// Writes `edit`'s result onto the stream's policy (or only checks it).
 fn alter_topic(
-    sh: &Shared,
+    sh: &Session<'_>,
     name: &str,
     validate_only: bool,
     edit: impl FnOnce(&mut Policy, &fjord_core::policy::ResolvedPolicy) -> Result<(), String>,
@@ -160,7 +160,7 @@ fn outcome_fields(outcome: Result<(), Refusal>) -> (i16, Option<StrBytes>) {
 
 /// AlterConfigs replaces a topic's whole set: every key not given goes
 /// back to its inherited value.
-pub fn alter_configs(sh: &Shared, req: AlterConfigsRequest) -> AlterConfigsResponse {
+pub fn alter_configs(sh: &Session<'_>, req: AlterConfigsRequest) -> AlterConfigsResponse {
     let mut r = AlterConfigsResponse::default();
     for res in req.resources {
         let outcome = if res.resource_type == TOPIC {
@@ -188,7 +188,7 @@ pub fn alter_configs(sh: &Shared, req: AlterConfigsRequest) -> AlterConfigsRespo
 }
 
 pub fn incremental_alter_configs(
-    sh: &Shared,
+    sh: &Session<'_>,
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let mut r = IncrementalAlterConfigsResponse::default();

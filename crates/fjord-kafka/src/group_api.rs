@@ -21,11 +21,11 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::handlers::str_bytes;
 use crate::names::stream_for_topic;
-use crate::server::Shared;
+use crate::server::Session;
 
 /// Every name with committed offsets in the connection's tenant, with the
 /// streams it has them on.
-fn committed_groups(sh: &Shared) -> BTreeMap<String, Vec<StreamRef>> {
+fn committed_groups(sh: &Session<'_>) -> BTreeMap<String, Vec<StreamRef>> {
     let mut out: BTreeMap<String, Vec<StreamRef>> = BTreeMap::new();
     for s in crate::handlers::all_streams(sh) {
         for (name, _) in sh.broker.consumers(&s).unwrap_or_default() {
@@ -44,12 +44,12 @@ fn listed(group_id: String, protocol_type: String, state: &'static str) -> Liste
     l
 }
 
-pub fn list_groups(sh: &Shared, req: ListGroupsRequest) -> ListGroupsResponse {
+pub fn list_groups(sh: &Session<'_>, req: ListGroupsRequest) -> ListGroupsResponse {
     let mut r = ListGroupsResponse::default();
     let states: Vec<String> = req.states_filter.iter().map(|s| s.to_string()).collect();
     let wanted =
         |state: &str| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(state));
-    let live = sh.groups.list();
+    let live = sh.groups_of_tenant();
     let mut groups: Vec<ListedGroup> = Vec::new();
     for name in committed_groups(sh).into_keys() {
         if !live.iter().any(|g| g.group_id == name) && wanted("Empty") {
@@ -65,7 +65,7 @@ pub fn list_groups(sh: &Shared, req: ListGroupsRequest) -> ListGroupsResponse {
     r
 }
 
-pub fn describe_groups(sh: &Shared, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
+pub fn describe_groups(sh: &Session<'_>, req: DescribeGroupsRequest) -> DescribeGroupsResponse {
     let mut r = DescribeGroupsResponse::default();
     let committed = committed_groups(sh);
     r.groups = req
@@ -74,7 +74,7 @@ pub fn describe_groups(sh: &Shared, req: DescribeGroupsRequest) -> DescribeGroup
         .map(|id| {
             let mut d = DescribedGroup::default();
             d.group_id = id.clone();
-            match sh.groups.describe(&id.0) {
+            match sh.groups.describe(&sh.group_key(&id.0)) {
                 // Offsets but no members: Empty, as Kafka shows a group
                 // whose consumers are all gone.
                 None if committed.contains_key(&*id.0) => {
@@ -109,13 +109,13 @@ pub fn describe_groups(sh: &Shared, req: DescribeGroupsRequest) -> DescribeGroup
 }
 
 /// Deletes empty groups and every offset they committed.
-pub fn delete_groups(sh: &Shared, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub fn delete_groups(sh: &Session<'_>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
     let mut r = DeleteGroupsResponse::default();
     let committed = committed_groups(sh);
     for id in req.groups_names {
         let mut res = DeletableGroupResult::default();
         res.group_id = id.clone();
-        res.error_code = match sh.groups.remove_if_empty(&id.0) {
+        res.error_code = match sh.groups.remove_if_empty(&sh.group_key(&id.0)) {
             Err(e) => e.code(),
             Ok(live) => {
                 let streams = committed.get(&*id.0).cloned().unwrap_or_default();
@@ -140,10 +140,11 @@ pub fn delete_groups(sh: &Shared, req: DeleteGroupsRequest) -> DeleteGroupsRespo
 
 /// Deletes a group's committed offsets on some partitions; refused for a
 /// topic the group's live members subscribe to.
-pub fn offset_delete(sh: &Shared, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+pub fn offset_delete(sh: &Session<'_>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let mut r = OffsetDeleteResponse::default();
     let group = req.group_id.0.to_string();
-    let live = sh.groups.describe(&group).is_some();
+    let key = sh.group_key(&group);
+    let live = sh.groups.describe(&key).is_some();
     if !live && !committed_groups(sh).contains_key(&group) {
         r.error_code = ResponseError::GroupIdNotFound.code();
         return r;
@@ -151,8 +152,8 @@ pub fn offset_delete(sh: &Shared, req: OffsetDeleteRequest) -> OffsetDeleteRespo
     for t in req.topics {
         let mut tr = OffsetDeleteResponseTopic::default();
         tr.name = t.name.clone();
-        let sref = stream_for_topic(&sh.config.tenant, &t.name.0);
-        let subscribed = live && sh.groups.subscribes_to(&group, &t.name.0);
+        let sref = stream_for_topic(&sh.tenant, &t.name.0);
+        let subscribed = live && sh.groups.subscribes_to(&key, &t.name.0);
         for p in t.partitions {
             let mut pr = OffsetDeleteResponsePartition::default();
             pr.partition_index = p.partition_index;

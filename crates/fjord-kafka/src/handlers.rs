@@ -25,7 +25,7 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 
 use crate::names::{stream_for_topic, topic_for_stream};
 use crate::producers::{PartitionProducers, Verdict, REBUILD_BYTES};
-use crate::server::Shared;
+use crate::server::Session;
 
 /// The APIs served and their versions: what ApiVersions advertises and what
 /// requests are checked against. Lower bounds: RecordBatch v2 only (Produce
@@ -166,7 +166,7 @@ pub(crate) fn str_bytes(s: String) -> StrBytes {
     StrBytes::from_string(s)
 }
 
-pub fn metadata(sh: &Shared, req: MetadataRequest, version: i16) -> MetadataResponse {
+pub fn metadata(sh: &Session<'_>, req: MetadataRequest, version: i16) -> MetadataResponse {
     let mut r = MetadataResponse::default();
     let mut b = MetadataResponseBroker::default();
     b.node_id = BrokerId(sh.config.node_id);
@@ -200,25 +200,25 @@ pub fn metadata(sh: &Shared, req: MetadataRequest, version: i16) -> MetadataResp
 }
 
 /// Every stream of the connection's tenant.
-pub(crate) fn all_streams(sh: &Shared) -> Vec<fjord_core::StreamRef> {
-    let Ok(namespaces) = sh.broker.list_namespaces(&sh.config.tenant) else {
+pub(crate) fn all_streams(sh: &Session<'_>) -> Vec<fjord_core::StreamRef> {
+    let Ok(namespaces) = sh.broker.list_namespaces(&sh.tenant) else {
         return Vec::new();
     };
     namespaces
         .iter()
-        .filter_map(|ns| sh.broker.list_streams(&sh.config.tenant, &ns.name).ok())
+        .filter_map(|ns| sh.broker.list_streams(&sh.tenant, &ns.name).ok())
         .flatten()
         .map(|s| s.stream_ref())
         .collect()
 }
 
-fn all_topics(sh: &Shared) -> Vec<String> {
+fn all_topics(sh: &Session<'_>) -> Vec<String> {
     all_streams(sh).iter().map(topic_for_stream).collect()
 }
 
 /// Whether Kafka clients may create streams in this stream's namespace
 /// (`kafka_auto_create_topics`, on unless a policy turns it off).
-fn auto_create_allowed(sh: &Shared, s: &fjord_core::StreamRef) -> bool {
+fn auto_create_allowed(sh: &Session<'_>, s: &fjord_core::StreamRef) -> bool {
     let defaults = sh.broker.defaults();
     sh.broker
         .get_namespace(&s.tenant, &s.namespace)
@@ -228,7 +228,7 @@ fn auto_create_allowed(sh: &Shared, s: &fjord_core::StreamRef) -> bool {
 
 /// The stream exists, or is created when the client and the namespace
 /// allow it; otherwise the Kafka error code.
-fn ensure_topic(sh: &Shared, s: &fjord_core::StreamRef, create: bool) -> Result<u32, i16> {
+fn ensure_topic(sh: &Session<'_>, s: &fjord_core::StreamRef, create: bool) -> Result<u32, i16> {
     match sh.broker.partition_count(s) {
         Ok(n) => Ok(n),
         Err(BrokerError::NotFound { .. }) if create && auto_create_allowed(sh, s) => sh
@@ -240,10 +240,10 @@ fn ensure_topic(sh: &Shared, s: &fjord_core::StreamRef, create: bool) -> Result<
     }
 }
 
-fn topic_metadata(sh: &Shared, name: String, create: bool) -> MetadataResponseTopic {
+fn topic_metadata(sh: &Session<'_>, name: String, create: bool) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = Some(TopicName(str_bytes(name.clone())));
-    let Some(sref) = stream_for_topic(&sh.config.tenant, &name) else {
+    let Some(sref) = stream_for_topic(&sh.tenant, &name) else {
         t.error_code = code(ResponseError::InvalidTopicException);
         return t;
     };
@@ -286,13 +286,13 @@ fn batches(records: &Bytes) -> Result<Vec<Bytes>, ()> {
     Ok(out)
 }
 
-pub async fn produce(sh: &Shared, req: ProduceRequest) -> ProduceResponse {
+pub async fn produce(sh: &Session<'_>, req: ProduceRequest) -> ProduceResponse {
     let mut r = ProduceResponse::default();
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let mut tr = TopicProduceResponse::default();
         tr.name = topic.name.clone();
-        let sref = stream_for_topic(&sh.config.tenant, &name);
+        let sref = stream_for_topic(&sh.tenant, &name);
         let ready = match &sref {
             None => Err(code(ResponseError::InvalidTopicException)),
             Some(s) => ensure_topic(sh, s, true).map(|_| ()),
@@ -357,7 +357,7 @@ type Refusal = (i16, Option<String>);
 /// first checked against the sequences already stored. Returns the base
 /// offset and append time (-1 for a duplicate, whose time is not kept).
 async fn produce_one(
-    sh: &Shared,
+    sh: &Session<'_>,
     s: &fjord_core::StreamRef,
     partition: u32,
     b: Bytes,
@@ -407,7 +407,7 @@ async fn produce_one(
 /// offsets, at most [`REBUILD_BYTES`]) to learn its producers' sequences
 /// after a restart.
 async fn rebuild_producers(
-    sh: &Shared,
+    sh: &Session<'_>,
     s: &fjord_core::StreamRef,
     partition: u32,
     state: &mut PartitionProducers,
@@ -456,7 +456,7 @@ async fn rebuild_producers(
     }
 }
 
-pub fn init_producer_id(sh: &Shared, req: InitProducerIdRequest) -> InitProducerIdResponse {
+pub fn init_producer_id(sh: &Session<'_>, req: InitProducerIdRequest) -> InitProducerIdResponse {
     let mut r = InitProducerIdResponse::default();
     r.producer_id = ProducerId(-1);
     r.producer_epoch = -1;
@@ -475,7 +475,7 @@ pub fn init_producer_id(sh: &Shared, req: InitProducerIdRequest) -> InitProducer
     r
 }
 
-pub async fn fetch(sh: &Shared, req: FetchRequest) -> FetchResponse {
+pub async fn fetch(sh: &Session<'_>, req: FetchRequest) -> FetchResponse {
     let mut r = FetchResponse::default();
     let wait = Duration::from_millis(req.max_wait_ms.clamp(0, 60_000) as u64);
     let deadline = tokio::time::Instant::now() + wait;
@@ -495,7 +495,7 @@ pub async fn fetch(sh: &Shared, req: FetchRequest) -> FetchResponse {
             let name = topic.topic.0.to_string();
             let mut tr = FetchableTopicResponse::default();
             tr.topic = topic.topic.clone();
-            let sref = stream_for_topic(&sh.config.tenant, &name);
+            let sref = stream_for_topic(&sh.tenant, &name);
             for p in &topic.partitions {
                 let mut pd = PartitionData::default();
                 pd.partition_index = p.partition;
@@ -558,7 +558,7 @@ pub async fn fetch(sh: &Shared, req: FetchRequest) -> FetchResponse {
         waited = true;
         let mut waits: Vec<WaitFuture> = Vec::new();
         for topic in &req.topics {
-            let Some(s) = stream_for_topic(&sh.config.tenant, &topic.topic.0) else {
+            let Some(s) = stream_for_topic(&sh.tenant, &topic.topic.0) else {
                 continue;
             };
             for p in topic.partitions.iter().filter(|p| p.partition >= 0) {
@@ -579,12 +579,12 @@ pub async fn fetch(sh: &Shared, req: FetchRequest) -> FetchResponse {
 
 type WaitFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-pub async fn list_offsets(sh: &Shared, req: ListOffsetsRequest) -> ListOffsetsResponse {
+pub async fn list_offsets(sh: &Session<'_>, req: ListOffsetsRequest) -> ListOffsetsResponse {
     let mut r = ListOffsetsResponse::default();
     for topic in req.topics {
         let mut tr = ListOffsetsTopicResponse::default();
         tr.name = topic.name.clone();
-        let sref = stream_for_topic(&sh.config.tenant, &topic.name.0);
+        let sref = stream_for_topic(&sh.tenant, &topic.name.0);
         for p in topic.partitions {
             let mut pr = ListOffsetsPartitionResponse::default();
             pr.partition_index = p.partition_index;
@@ -663,7 +663,7 @@ fn err_code(r: Result<(), ResponseError>) -> i16 {
 }
 
 pub fn find_coordinator(
-    sh: &Shared,
+    sh: &Session<'_>,
     req: FindCoordinatorRequest,
     version: i16,
 ) -> FindCoordinatorResponse {
@@ -704,7 +704,7 @@ pub fn find_coordinator(
 }
 
 pub async fn join_group(
-    sh: &Shared,
+    sh: &Session<'_>,
     req: JoinGroupRequest,
     version: i16,
     client_id: String,
@@ -718,7 +718,7 @@ pub async fn join_group(
     let j = sh
         .groups
         .join(JoinArgs {
-            group: req.group_id.0.to_string(),
+            group: sh.group_key(&req.group_id.0),
             member_id: req.member_id.to_string(),
             client_id,
             group_instance_id: req.group_instance_id.map(|s| s.to_string()),
@@ -754,7 +754,7 @@ pub async fn join_group(
     r
 }
 
-pub async fn sync_group(sh: &Shared, req: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn sync_group(sh: &Session<'_>, req: SyncGroupRequest) -> SyncGroupResponse {
     let assignments = req
         .assignments
         .into_iter()
@@ -764,7 +764,7 @@ pub async fn sync_group(sh: &Shared, req: SyncGroupRequest) -> SyncGroupResponse
     match sh
         .groups
         .sync(
-            &req.group_id.0,
+            &sh.group_key(&req.group_id.0),
             &req.member_id,
             req.generation_id,
             assignments,
@@ -781,22 +781,23 @@ pub async fn sync_group(sh: &Shared, req: SyncGroupRequest) -> SyncGroupResponse
     r
 }
 
-pub fn heartbeat(sh: &Shared, req: HeartbeatRequest) -> HeartbeatResponse {
+pub fn heartbeat(sh: &Session<'_>, req: HeartbeatRequest) -> HeartbeatResponse {
     let mut r = HeartbeatResponse::default();
     r.error_code = err_code(sh.groups.heartbeat(
-        &req.group_id.0,
+        &sh.group_key(&req.group_id.0),
         &req.member_id,
         req.generation_id,
     ));
     r
 }
 
-pub fn leave_group(sh: &Shared, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+pub fn leave_group(sh: &Session<'_>, req: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
     let mut r = LeaveGroupResponse::default();
     if version < 3 {
-        let out = sh
-            .groups
-            .leave(&req.group_id.0, &[(req.member_id.to_string(), None)]);
+        let out = sh.groups.leave(
+            &sh.group_key(&req.group_id.0),
+            &[(req.member_id.to_string(), None)],
+        );
         r.error_code = out.into_iter().next().map_or(0, err_code);
     } else {
         let ids: Vec<(String, Option<String>)> = req
@@ -809,7 +810,7 @@ pub fn leave_group(sh: &Shared, req: LeaveGroupRequest, version: i16) -> LeaveGr
                 )
             })
             .collect();
-        let out = sh.groups.leave(&req.group_id.0, &ids);
+        let out = sh.groups.leave(&sh.group_key(&req.group_id.0), &ids);
         r.members = req
             .members
             .into_iter()
@@ -827,13 +828,16 @@ pub fn leave_group(sh: &Shared, req: LeaveGroupRequest, version: i16) -> LeaveGr
 }
 
 /// Committed offsets are Fjord cursors: the consumer is the group id.
-pub fn offset_commit(sh: &Shared, req: OffsetCommitRequest) -> OffsetCommitResponse {
+pub fn offset_commit(sh: &Session<'_>, req: OffsetCommitRequest) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
     // Members of a group commit within their generation; a standalone
     // consumer (generation -1, no member id) commits freely.
     let membership = if req.generation_id_or_member_epoch >= 0 || !req.member_id.is_empty() {
-        sh.groups
-            .check_member(&group, &req.member_id, req.generation_id_or_member_epoch)
+        sh.groups.check_member(
+            &sh.group_key(&group),
+            &req.member_id,
+            req.generation_id_or_member_epoch,
+        )
     } else {
         Ok(())
     };
@@ -841,7 +845,7 @@ pub fn offset_commit(sh: &Shared, req: OffsetCommitRequest) -> OffsetCommitRespo
     for t in req.topics {
         let mut tr = OffsetCommitResponseTopic::default();
         tr.name = t.name.clone();
-        let sref = stream_for_topic(&sh.config.tenant, &t.name.0);
+        let sref = stream_for_topic(&sh.tenant, &t.name.0);
         for p in t.partitions {
             let mut pr = OffsetCommitResponsePartition::default();
             pr.partition_index = p.partition_index;
@@ -869,7 +873,7 @@ pub fn offset_commit(sh: &Shared, req: OffsetCommitRequest) -> OffsetCommitRespo
     r
 }
 
-pub fn offset_fetch(sh: &Shared, req: OffsetFetchRequest) -> OffsetFetchResponse {
+pub fn offset_fetch(sh: &Session<'_>, req: OffsetFetchRequest) -> OffsetFetchResponse {
     let group = req.group_id.0.to_string();
     let mut r = OffsetFetchResponse::default();
     let topics: Vec<(String, Option<Vec<i32>>)> = match req.topics {
@@ -883,7 +887,7 @@ pub fn offset_fetch(sh: &Shared, req: OffsetFetchRequest) -> OffsetFetchResponse
     for (name, parts) in topics {
         let mut tr = OffsetFetchResponseTopic::default();
         tr.name = TopicName(str_bytes(name.clone()));
-        let committed: HashMap<u32, i64> = stream_for_topic(&sh.config.tenant, &name)
+        let committed: HashMap<u32, i64> = stream_for_topic(&sh.tenant, &name)
             .and_then(|s| sh.broker.committed(&s, &group).ok())
             .map(|v| v.into_iter().collect())
             .unwrap_or_default();
@@ -918,7 +922,7 @@ use std::collections::HashMap;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::DescribeClusterResponse;
 
-pub fn describe_cluster(sh: &Shared) -> DescribeClusterResponse {
+pub fn describe_cluster(sh: &Session<'_>) -> DescribeClusterResponse {
     let mut r = DescribeClusterResponse::default();
     r.endpoint_type = 1;
     r.cluster_id = str_bytes(sh.config.cluster_id.clone());
@@ -951,7 +955,7 @@ fn admin_error(e: &BrokerError) -> i16 {
     })
 }
 
-pub fn create_topics(sh: &Shared, req: CreateTopicsRequest) -> CreateTopicsResponse {
+pub fn create_topics(sh: &Session<'_>, req: CreateTopicsRequest) -> CreateTopicsResponse {
     let mut r = CreateTopicsResponse::default();
     for t in req.topics {
         let mut tr = CreatableTopicResult::default();
@@ -959,7 +963,7 @@ pub fn create_topics(sh: &Shared, req: CreateTopicsRequest) -> CreateTopicsRespo
         tr.num_partitions = -1;
         tr.replication_factor = -1;
         let outcome = (|| {
-            let s = stream_for_topic(&sh.config.tenant, &t.name.0).ok_or((
+            let s = stream_for_topic(&sh.tenant, &t.name.0).ok_or((
                 code(ResponseError::InvalidTopicException),
                 "not a valid stream name".to_string(),
             ))?;
@@ -1013,7 +1017,7 @@ pub fn create_topics(sh: &Shared, req: CreateTopicsRequest) -> CreateTopicsRespo
 }
 
 pub async fn delete_topics(
-    sh: &Shared,
+    sh: &Session<'_>,
     req: DeleteTopicsRequest,
     version: i16,
 ) -> DeleteTopicsResponse {
@@ -1026,7 +1030,7 @@ pub async fn delete_topics(
     for name in names {
         let mut d = DeletableTopicResult::default();
         d.name = Some(name.clone());
-        d.error_code = match stream_for_topic(&sh.config.tenant, &name.0) {
+        d.error_code = match stream_for_topic(&sh.tenant, &name.0) {
             None => code(ResponseError::UnknownTopicOrPartition),
             Some(s) => match sh.broker.delete_stream(&s).await {
                 Ok(()) => {
@@ -1041,12 +1045,15 @@ pub async fn delete_topics(
     r
 }
 
-pub fn create_partitions(sh: &Shared, req: CreatePartitionsRequest) -> CreatePartitionsResponse {
+pub fn create_partitions(
+    sh: &Session<'_>,
+    req: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
     let mut r = CreatePartitionsResponse::default();
     for t in req.topics {
         let mut tr = CreatePartitionsTopicResult::default();
         tr.name = t.name.clone();
-        let res = match stream_for_topic(&sh.config.tenant, &t.name.0) {
+        let res = match stream_for_topic(&sh.tenant, &t.name.0) {
             None => Err((code(ResponseError::UnknownTopicOrPartition), String::new())),
             Some(s) => match sh.broker.partition_count(&s) {
                 Err(e) => Err((admin_error(&e), e.to_string())),

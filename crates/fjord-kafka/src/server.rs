@@ -39,6 +39,44 @@ pub struct Shared {
     pub producers: crate::producers::ProducerStates,
 }
 
+/// One connection's view: the shared state and the tenant it acts in
+/// (`kafka.tenant`, or the one its SASL login proved).
+pub struct Session<'a> {
+    pub shared: &'a Shared,
+    pub tenant: TenantName,
+}
+
+impl std::ops::Deref for Session<'_> {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        self.shared
+    }
+}
+
+/// Separates tenant and group id in the coordinator's keys (tenant names
+/// cannot hold it), so equal group ids of two tenants never meet.
+const GROUP_KEY_SEP: char = '\u{1f}';
+
+impl Session<'_> {
+    /// The coordinator's key of this tenant's group `id`.
+    pub fn group_key(&self, id: &str) -> String {
+        format!("{}{GROUP_KEY_SEP}{id}", self.tenant)
+    }
+
+    /// This tenant's live groups, with their own ids.
+    pub fn groups_of_tenant(&self) -> Vec<crate::groups::GroupView> {
+        let prefix = self.group_key("");
+        self.groups
+            .list()
+            .into_iter()
+            .filter_map(|mut g| {
+                g.group_id = g.group_id.strip_prefix(&prefix)?.to_string();
+                Some(g)
+            })
+            .collect()
+    }
+}
+
 /// Accepts Kafka connections on `listener` until `shutdown` turns true.
 pub fn start(
     listener: TcpListener,
@@ -128,6 +166,7 @@ async fn serve(
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
+    let tenant = shared.config.tenant.clone();
     let mut inbuf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::new();
     loop {
@@ -175,7 +214,11 @@ async fn serve(
                         .as_ref()
                         .map(|c| c.to_string())
                         .unwrap_or_default();
-                    if let Some(body) = handle(shared, req.body, version, client_id).await {
+                    let session = Session {
+                        shared,
+                        tenant: tenant.clone(),
+                    };
+                    if let Some(body) = handle(&session, req.body, version, client_id).await {
                         codec::encode_response(req.api, version, correlation, &body, &mut out)
                             .map_err(|e| ConnError::Encode(format!("{e:#}")))?;
                     }
@@ -228,7 +271,7 @@ async fn serve(
 /// Answers one request; `None` when the protocol wants no response
 /// (Produce with acks=0).
 async fn handle(
-    shared: &Shared,
+    shared: &Session<'_>,
     body: RequestKind,
     version: i16,
     client_id: String,

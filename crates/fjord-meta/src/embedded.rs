@@ -10,13 +10,17 @@ use redb::{Database, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::{ConsumerOffsets, MetaError, MetaStore, NamespaceInfo, StreamInfo, TenantInfo};
+use crate::{
+    ConsumerOffsets, MetaError, MetaStore, NamespaceInfo, StreamInfo, TenantInfo, UserInfo,
+};
 
 const TENANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("tenants");
 const NAMESPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("namespaces");
 const STREAMS: TableDefinition<&str, &[u8]> = TableDefinition::new("streams");
 /// Key `tenant/ns/stream/consumer/partition` → committed offset.
 const CURSORS: TableDefinition<&str, i64> = TableDefinition::new("cursors");
+/// Key `tenant/user` → [`UserInfo`].
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// Key `tenant/client id` → opaque session state.
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 
@@ -59,6 +63,7 @@ impl EmbeddedStore {
         tx.open_table(STREAMS)?;
         tx.open_table(CURSORS)?;
         tx.open_table(SESSIONS)?;
+        tx.open_table(USERS)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -161,13 +166,16 @@ impl MetaStore for EmbeddedStore {
                     detail: format!("it has {n_streams} stream(s); delete them first"),
                 });
             }
-            let mut n = tx.open_table(NAMESPACES)?;
-            let keys: Vec<String> = n
-                .range(a.as_str()..b.as_str())?
-                .map(|r| r.map(|(k, _)| k.value().to_string()))
-                .collect::<Result<_, _>>()?;
-            for k in keys {
-                n.remove(k.as_str())?;
+            // Its namespaces and users go with it.
+            for table in [NAMESPACES, USERS] {
+                let mut n = tx.open_table(table)?;
+                let keys: Vec<String> = n
+                    .range(a.as_str()..b.as_str())?
+                    .map(|r| r.map(|(k, _)| k.value().to_string()))
+                    .collect::<Result<_, _>>()?;
+                for k in keys {
+                    n.remove(k.as_str())?;
+                }
             }
         }
         tx.commit()?;
@@ -469,6 +477,51 @@ impl MetaStore for EmbeddedStore {
         Ok(out)
     }
 
+    fn put_user(&self, user: &UserInfo) -> Result<(), MetaError> {
+        crate::validate_user_name(&user.name)?;
+        let tx = self.db.begin_write()?;
+        {
+            if tx.open_table(TENANTS)?.get(user.tenant.as_str())?.is_none() {
+                return Err(MetaError::NotFound {
+                    kind: "tenant",
+                    name: user.tenant.to_string(),
+                });
+            }
+            tx.open_table(USERS)?.insert(
+                format!("{}/{}", user.tenant, user.name).as_str(),
+                enc(user)?.as_slice(),
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_user(&self, tenant: &TenantName, name: &str) -> Result<Option<UserInfo>, MetaError> {
+        crate::validate_user_name(name)?;
+        self.get(USERS, &format!("{tenant}/{name}"))
+    }
+
+    fn delete_user(&self, tenant: &TenantName, name: &str) -> Result<(), MetaError> {
+        crate::validate_user_name(name)?;
+        let tx = self.db.begin_write()?;
+        let removed = tx
+            .open_table(USERS)?
+            .remove(format!("{tenant}/{name}").as_str())?
+            .is_some();
+        if !removed {
+            return Err(MetaError::NotFound {
+                kind: "user",
+                name: format!("{tenant}:{name}"),
+            });
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_users(&self, tenant: &TenantName) -> Result<Vec<UserInfo>, MetaError> {
+        self.list(USERS, Some(&format!("{tenant}/")))
+    }
+
     fn put_session(
         &self,
         tenant: &TenantName,
@@ -529,6 +582,52 @@ mod tests {
             policy: Policy::default(),
             created_ms: 1,
         }
+    }
+
+    #[test]
+    fn users_belong_to_their_tenant_and_go_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(dir.path()).unwrap();
+        let acme = TenantName::new("acme").unwrap();
+        let user = |name: &str| UserInfo {
+            tenant: acme.clone(),
+            name: name.into(),
+            password_hash: "$argon2id$x".into(),
+            created_ms: 1,
+        };
+        // No tenant, no user.
+        assert!(matches!(
+            s.put_user(&user("alice")),
+            Err(MetaError::NotFound { .. })
+        ));
+        s.create_tenant(&TenantInfo {
+            name: acme.clone(),
+            created_ms: 1,
+        })
+        .unwrap();
+        s.put_user(&user("alice")).unwrap();
+        s.put_user(&user("bob")).unwrap();
+        assert!(
+            s.put_user(&user("a:b")).is_err(),
+            "':' separates tenant and user"
+        );
+        assert_eq!(s.get_user(&acme, "alice").unwrap(), Some(user("alice")));
+        let public = TenantName::new("public").unwrap();
+        assert_eq!(s.get_user(&public, "alice").unwrap(), None);
+        assert_eq!(s.list_users(&acme).unwrap().len(), 2);
+        s.delete_user(&acme, "bob").unwrap();
+        assert!(s.delete_user(&acme, "bob").is_err());
+        s.delete_tenant(&acme).unwrap();
+        s.create_tenant(&TenantInfo {
+            name: acme.clone(),
+            created_ms: 2,
+        })
+        .unwrap();
+        assert_eq!(
+            s.get_user(&acme, "alice").unwrap(),
+            None,
+            "deleted with the tenant"
+        );
     }
 
     #[test]

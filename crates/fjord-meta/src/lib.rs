@@ -12,7 +12,7 @@ mod model;
 
 pub use embedded::EmbeddedStore;
 pub use error::MetaError;
-pub use model::{NamespaceInfo, StreamInfo, TenantInfo};
+pub use model::{NamespaceInfo, StreamInfo, TenantInfo, UserInfo};
 
 use fjord_core::{NamespaceName, Policy, StreamRef, TenantName};
 
@@ -80,6 +80,12 @@ pub trait MetaStore: Send + Sync {
     /// Every consumer of `stream` with its positions.
     fn list_consumers(&self, stream: &StreamRef) -> Result<Vec<ConsumerOffsets>, MetaError>;
 
+    /// Creates or replaces a user (its tenant must exist).
+    fn put_user(&self, user: &UserInfo) -> Result<(), MetaError>;
+    fn get_user(&self, tenant: &TenantName, name: &str) -> Result<Option<UserInfo>, MetaError>;
+    fn delete_user(&self, tenant: &TenantName, name: &str) -> Result<(), MetaError>;
+    fn list_users(&self, tenant: &TenantName) -> Result<Vec<UserInfo>, MetaError>;
+
     /// Protocol sessions that outlive their connection (MQTT persistent
     /// sessions), stored opaquely under `(tenant, client id)`.
     fn put_session(
@@ -111,6 +117,22 @@ pub fn ensure_defaults(store: &dyn MetaStore, now_ms: i64) -> Result<(), MetaErr
 }
 
 /// Consumer names: 1–200 printable ASCII characters without `/`.
+/// User names: 1-128 of `[A-Za-z0-9._@-]` (no `:`, which separates the
+/// tenant in `tenant:user` logins, and no `/`).
+pub fn validate_user_name(name: &str) -> Result<(), MetaError> {
+    if name.is_empty()
+        || name.len() > 128
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+    {
+        return Err(MetaError::Invalid(format!(
+            "user name {name:?} must be 1-128 characters of A-Z a-z 0-9 . _ @ -"
+        )));
+    }
+    Ok(())
+}
+
 pub fn validate_consumer_name(name: &str) -> Result<(), MetaError> {
     if name.is_empty()
         || name.len() > 200

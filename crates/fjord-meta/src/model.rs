@@ -9,6 +9,16 @@ pub struct TenantInfo {
     pub created_ms: i64,
 }
 
+/// A user of a tenant, who proves itself with a password. Only the
+/// password's argon2 hash (PHC string) is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub tenant: TenantName,
+    pub name: String,
+    pub password_hash: String,
+    pub created_ms: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamespaceInfo {
     pub tenant: TenantName,

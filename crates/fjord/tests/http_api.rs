@@ -762,3 +762,79 @@ async fn logs_are_json_lines_when_asked() {
         .as_str()
         .is_some_and(|m| m.contains("flushed and fsynced"))));
 }
+
+#[tokio::test]
+async fn users_are_kept_per_tenant_without_their_passwords() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let c = http();
+    let u = node.url.clone();
+    use reqwest::Method as M;
+    let put = |pw: &str| Some(json!({ "password": pw }));
+    // The tenant must exist; a short password is refused.
+    let (s, _) = call(
+        &c,
+        M::PUT,
+        &format!("{u}/v1/tenants/acme/users/alice"),
+        put("long enough"),
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        &c,
+        M::POST,
+        &format!("{u}/v1/tenants"),
+        Some(json!({"name": "acme"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, v) = call(
+        &c,
+        M::PUT,
+        &format!("{u}/v1/tenants/acme/users/alice"),
+        put("short"),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    let (s, v) = call(
+        &c,
+        M::PUT,
+        &format!("{u}/v1/tenants/acme/users/a:b"),
+        put("long enough"),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = call(
+        &c,
+        M::PUT,
+        &format!("{u}/v1/tenants/acme/users/alice"),
+        put("long enough"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["name"], "alice");
+    assert!(!v.to_string().contains("argon2"), "no hash shown: {v}");
+    let (s, v) = call(&c, M::GET, &format!("{u}/v1/tenants/acme/users"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["users"].as_array().unwrap().len(), 1);
+    assert!(!v.to_string().contains("argon2"));
+    let (s, _) = call(
+        &c,
+        M::DELETE,
+        &format!("{u}/v1/tenants/acme/users/alice"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = call(
+        &c,
+        M::DELETE,
+        &format!("{u}/v1/tenants/acme/users/alice"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+}
