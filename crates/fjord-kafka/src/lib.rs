@@ -19,6 +19,7 @@ mod groups;
 mod handlers;
 pub mod names;
 mod producers;
+pub mod sasl;
 pub mod server;
 
 pub use server::{start, KafkaConfig};

@@ -8,14 +8,15 @@ use bytes::BytesMut;
 use fjord_broker::Broker;
 use fjord_core::TenantName;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind};
+use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind, SaslAuthenticateResponse};
+use kafka_protocol::protocol::StrBytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::codec::{self, DecodeError};
-use crate::handlers;
 use crate::{config_api, group_api};
+use crate::{handlers, sasl};
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
@@ -29,6 +30,8 @@ pub struct KafkaConfig {
     pub cluster_id: String,
     /// Largest request accepted.
     pub max_request_bytes: usize,
+    /// Whether clients must log in with SASL before anything else.
+    pub sasl: crate::sasl::SaslMode,
 }
 
 pub struct Shared {
@@ -150,6 +153,10 @@ enum ConnError {
     Encode(String),
     #[error("{0:?} version {1} is not served")]
     Unsupported(ApiKey, i16),
+    #[error("SASL authentication failed: {0}")]
+    AuthFailed(String),
+    #[error("{0:?} before SASL authentication, which this listener requires")]
+    AuthRequired(ApiKey),
 }
 
 fn count_error(shared: &Shared, reason: &str) {
@@ -166,7 +173,8 @@ async fn serve(
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
-    let tenant = shared.config.tenant.clone();
+    let mut tenant = shared.config.tenant.clone();
+    let mut sasl_state = sasl::State::Start;
     let mut inbuf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::new();
     loop {
@@ -178,6 +186,22 @@ async fn serve(
                 return Err(e.into());
             }
         } {
+            if sasl_state == sasl::State::RawToken {
+                // SaslHandshake v0: this frame is the PLAIN token itself; an
+                // empty token answers success.
+                match login(shared, &frame).await {
+                    Ok(t) => {
+                        tenant = t;
+                        sasl_state = sasl::State::Done;
+                        out.extend_from_slice(&0i32.to_be_bytes());
+                        continue;
+                    }
+                    Err(e) => {
+                        count_error(shared, "sasl_failed");
+                        return Err(ConnError::AuthFailed(e));
+                    }
+                }
+            }
             match codec::decode_request(frame, handlers::supported) {
                 Ok(req) if !req.supported => {
                     let version = req.header.request_api_version;
@@ -208,6 +232,55 @@ async fn serve(
                 Ok(req) => {
                     let version = req.header.request_api_version;
                     let correlation = req.header.correlation_id;
+                    let answer = |body: ResponseKind, out: &mut BytesMut| {
+                        codec::encode_response(req.api, version, correlation, &body, out)
+                            .map_err(|e| ConnError::Encode(format!("{e:#}")))
+                    };
+                    match &req.body {
+                        RequestKind::SaslHandshake(r) => {
+                            let resp = sasl::handshake(&mut sasl_state, r, version);
+                            answer(ResponseKind::SaslHandshake(resp), &mut out)?;
+                            continue;
+                        }
+                        RequestKind::SaslAuthenticate(r) => {
+                            let mut resp = SaslAuthenticateResponse::default();
+                            let outcome = if sasl_state == sasl::State::Authenticate {
+                                login(shared, &r.auth_bytes).await
+                            } else {
+                                Err("SaslAuthenticate without a SaslHandshake (v1) first".into())
+                            };
+                            match outcome {
+                                Ok(t) => {
+                                    tenant = t;
+                                    sasl_state = sasl::State::Done;
+                                    answer(ResponseKind::SaslAuthenticate(resp), &mut out)?;
+                                    continue;
+                                }
+                                Err(e) => {
+                                    // Answered, then closed, as Kafka does.
+                                    count_error(shared, "sasl_failed");
+                                    resp.error_code = if sasl_state == sasl::State::Authenticate {
+                                        ResponseError::SaslAuthenticationFailed.code()
+                                    } else {
+                                        ResponseError::IllegalSaslState.code()
+                                    };
+                                    resp.error_message = Some(StrBytes::from_string(e.clone()));
+                                    answer(ResponseKind::SaslAuthenticate(resp), &mut out)?;
+                                    socket.write_all(&out).await?;
+                                    return Err(ConnError::AuthFailed(e));
+                                }
+                            }
+                        }
+                        RequestKind::ApiVersions(_) => {}
+                        _ if shared.config.sasl == sasl::SaslMode::Required
+                            && sasl_state != sasl::State::Done =>
+                        {
+                            count_error(shared, "sasl_required");
+                            socket.write_all(&out).await?;
+                            return Err(ConnError::AuthRequired(req.api));
+                        }
+                        _ => {}
+                    }
                     let client_id = req
                         .header
                         .client_id
@@ -264,6 +337,27 @@ async fn serve(
         };
         if n == 0 {
             return Ok(());
+        }
+    }
+}
+
+/// Checks a PLAIN token against Fjord's users (argon2, off the async
+/// workers); the tenant the login belongs to.
+async fn login(shared: &Shared, token: &[u8]) -> Result<TenantName, String> {
+    let (user, password) = sasl::parse_plain(token).map_err(str::to_string)?;
+    let broker = shared.broker.clone();
+    let who = user.clone();
+    let outcome = tokio::task::spawn_blocking(move || broker.authenticate(&user, &password))
+        .await
+        .map_err(|e| format!("authentication task: {e}"))?;
+    match outcome {
+        Ok(p) => {
+            tracing::info!(user = %who, tenant = %p.tenant, "kafka SASL login");
+            Ok(p.tenant)
+        }
+        Err(e) => {
+            tracing::warn!(user = %who, error = %e, "kafka SASL login refused");
+            Err(e.to_string())
         }
     }
 }

@@ -70,6 +70,16 @@ pub struct KafkaListenerConfig {
     pub advertised_addr: String,
     /// Largest request accepted (Kafka's `socket.request.max.bytes`).
     pub max_request_bytes: usize,
+    /// SASL PLAIN logins: `optional` (clients that do not log in are
+    /// anonymous, in tenant `public`) or `required`.
+    pub sasl: SaslSetting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaslSetting {
+    Optional,
+    Required,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -120,6 +130,7 @@ impl Default for Config {
                 addr: "0.0.0.0:9092".parse().expect("valid address"),
                 advertised_addr: String::new(),
                 max_request_bytes: 100 * 1024 * 1024,
+                sasl: SaslSetting::Optional,
             },
             log: LogConfig {
                 format: "text".into(),

@@ -187,6 +187,10 @@ fn kafka_config(config: &Config, local: std::net::SocketAddr) -> Result<fjord_ka
         node_id: 0,
         cluster_id: "fjord".to_string(),
         max_request_bytes: config.kafka.max_request_bytes.max(1024 * 1024),
+        sasl: match config.kafka.sasl {
+            crate::config::SaslSetting::Optional => fjord_kafka::sasl::SaslMode::Optional,
+            crate::config::SaslSetting::Required => fjord_kafka::sasl::SaslMode::Required,
+        },
     })
 }
 

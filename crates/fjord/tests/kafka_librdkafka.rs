@@ -806,3 +806,106 @@ async fn static_members_rejoin_without_a_rebalance_and_empty_groups_are_deleted(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// Creates tenant `tenant` and its user `user` with `password`.
+async fn tenant_with_user(node: &Node, tenant: &str, user: &str, password: &str) {
+    let c = common::http();
+    let r = c
+        .post(format!("{}/v1/tenants", node.url))
+        .json(&serde_json::json!({ "name": tenant }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let r = c
+        .put(format!("{}/v1/tenants/{tenant}/users/{user}", node.url))
+        .json(&serde_json::json!({ "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+}
+
+fn sasl(login: &str, password: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("security.protocol", "SASL_PLAINTEXT".into()),
+        ("sasl.mechanism", "PLAIN".into()),
+        ("sasl.username", login.into()),
+        ("sasl.password", password.into()),
+    ]
+}
+
+/// Metadata through a client with these settings: whether the listener let
+/// it in.
+fn metadata_ok(bootstrap: &str, extra: &[(&'static str, String)]) -> bool {
+    let mut c = config(bootstrap);
+    for (k, v) in extra {
+        c.set(*k, v);
+    }
+    use rdkafka::producer::Producer;
+    let p: rdkafka::producer::BaseProducer = c.create().unwrap();
+    p.client()
+        .fetch_metadata(None, Duration::from_secs(5))
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_plain_logs_into_the_users_tenant_and_is_required_when_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start_with(tmp.path(), &[], |cmd| {
+        cmd.env("FJORD_KAFKA__SASL", "required");
+    });
+    tenant_with_user(&node, "acme", "alice", "alice-secret").await;
+
+    // The right login: records land in the user's tenant.
+    let mut c = config(&node.kafka);
+    for (k, v) in sasl("acme:alice", "alice-secret") {
+        c.set(k, v);
+    }
+    let p: FutureProducer = c.set("linger.ms", "5").create().unwrap();
+    for i in 0..10 {
+        enqueue(
+            &p,
+            FutureRecord::<(), _>::to("meters").payload(&format!("{i}")),
+        )
+        .await
+        .unwrap()
+        .expect("delivered");
+    }
+    let acme = get_json(&format!(
+        "{}/v1/streams/acme/default/meters/records?partition=0&offset=0",
+        node.url
+    ))
+    .await;
+    assert_eq!(acme["records"].as_array().unwrap().len(), 10, "{acme}");
+    let public = common::http()
+        .get(format!("{}/v1/streams/public/default/meters", node.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status().as_u16(), 404, "nothing in tenant public");
+
+    // A wrong password and a client without SASL are both kept out, and
+    // counted.
+    assert!(!metadata_ok(
+        &node.kafka,
+        &sasl("acme:alice", "wrong-password")
+    ));
+    assert!(!metadata_ok(
+        &node.kafka,
+        &sasl("acme:mallory", "alice-secret")
+    ));
+    assert!(!metadata_ok(&node.kafka, &[]));
+    let failed = metric_sum(
+        &node.url,
+        "fjord_protocol_errors_total{protocol=\"kafka\",reason=\"sasl_failed\"}",
+    )
+    .await;
+    assert!(failed >= 2.0, "{failed}");
+    let required = metric_sum(
+        &node.url,
+        "fjord_protocol_errors_total{protocol=\"kafka\",reason=\"sasl_required\"}",
+    )
+    .await;
+    assert!(required >= 1.0, "{required}");
+}
