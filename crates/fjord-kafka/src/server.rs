@@ -20,8 +20,8 @@ use crate::{handlers, sasl};
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
-    /// Tenant of connections (SASL, which picks it per client, comes with
-    /// the security issue).
+    /// Tenant of anonymous connections; a SASL login moves a connection
+    /// into its user's tenant.
     pub tenant: TenantName,
     /// The address clients are told to connect to (Metadata).
     pub advertised_host: String,

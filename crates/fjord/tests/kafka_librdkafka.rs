@@ -885,6 +885,43 @@ async fn sasl_plain_logs_into_the_users_tenant_and_is_required_when_configured()
         .unwrap();
     assert_eq!(public.status().as_u16(), 404, "nothing in tenant public");
 
+    // Group ids are per tenant: acme's live group "dashboard" is not seen
+    // by a user of another tenant asking for every group.
+    tenant_with_user(&node, "globex", "bob", "bob-secret").await;
+    let group_names = |login: &str, password: &str| {
+        let mut c = config(&node.kafka);
+        for (k, v) in sasl(login, password) {
+            c.set(k, v);
+        }
+        let client: rdkafka::producer::BaseProducer = c.create().unwrap();
+        use rdkafka::producer::Producer;
+        let list = client
+            .client()
+            .fetch_group_list(None, Duration::from_secs(10))
+            .unwrap();
+        list.groups()
+            .iter()
+            .map(|g| g.name().to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut cc = config(&node.kafka);
+    for (k, v) in sasl("acme:alice", "alice-secret") {
+        cc.set(k, v);
+    }
+    let member: StreamConsumer = cc
+        .set("group.id", "dashboard")
+        .set("session.timeout.ms", "6000")
+        .create()
+        .unwrap();
+    member.subscribe(&["meters"]).unwrap();
+    poll_until(&member, "the group formed", |c| {
+        c.assignment().map_or(0, |a| a.count()) > 0
+    })
+    .await;
+    assert!(group_names("acme:alice", "alice-secret").contains(&"dashboard".to_string()));
+    assert!(!group_names("globex:bob", "bob-secret").contains(&"dashboard".to_string()));
+    drop(member);
+
     // A wrong password and a client without SASL are both kept out, and
     // counted.
     assert!(!metadata_ok(
