@@ -532,9 +532,9 @@ pub async fn fetch(sh: &Session<'_>, req: FetchRequest) -> FetchResponse {
                             pd.high_watermark = read.high_watermark;
                             pd.last_stable_offset = read.high_watermark;
                             pd.log_start_offset = read.start_offset;
-                            // The stored bytes as they are; several
-                            // batches are joined (one copy), one is shared.
-                            let records = match read.batches.as_slice() {
+                            // The stored bytes as they are: one span (a
+                            // file read) is shared, several are joined.
+                            let records = match read.spans.as_slice() {
                                 [one] => one.clone(),
                                 many => {
                                     let mut b =

@@ -169,6 +169,7 @@ impl Partition {
             if offset >= start && offset <= hwm {
                 if let Some((batches, next)) = tail.lock().read(offset, max_bytes, hwm) {
                     return Ok(ReadResult {
+                        spans: batches.clone(),
                         batches,
                         next_offset: next,
                         start_offset: start,

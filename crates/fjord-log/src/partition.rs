@@ -56,8 +56,10 @@ fn same_error(e: &LogError) -> LogError {
     }
 }
 
-/// Bytes read from a segment in one syscall at most.
-const READ_CHUNK_BYTES_MAX: usize = 1 << 20;
+/// Bytes read from a segment in one syscall at most (a read asks for no
+/// more than its budget: 1 MiB for live readers, a Kafka Fetch's
+/// partition limit for Kafka).
+const READ_CHUNK_BYTES_MAX: usize = 16 << 20;
 
 /// What recovery did when the partition was opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -225,6 +227,7 @@ impl PartitionLog {
         budget: usize,
         high_watermark: i64,
         out: &mut Vec<Bytes>,
+        spans: &mut Vec<Bytes>,
     ) -> Result<bool, LogError> {
         let mut pos = seg.position_for(offset);
         let mut hdr = [0u8; HEADER_LEN];
@@ -253,10 +256,15 @@ impl PartitionLog {
             let buf = Bytes::from(seg.read_at(pos, want)?);
             let mut at = 0usize;
             let mut took_any = false;
+            // Where the batches taken from `buf` end: they are one span.
+            let mut taken_from = 0usize;
             while at + HEADER_LEN <= buf.len() {
                 let h = BatchHeader::parse(&buf[at..])
                     .map_err(|e| seg.corrupt(pos + at as u64, e.to_string()))?;
                 if h.base_offset >= high_watermark {
+                    if at > 0 {
+                        spans.push(buf.slice(..at));
+                    }
                     return Ok(true);
                 }
                 let total = h.total_len();
@@ -266,9 +274,11 @@ impl PartitionLog {
                         let whole = Bytes::from(seg.read_at(pos + at as u64, total)?);
                         batch::verify_crc(&whole)
                             .map_err(|e| seg.corrupt(pos + at as u64, e.to_string()))?;
+                        spans.push(whole.clone());
                         out.push(whole);
                         used += total;
                         at += total;
+                        taken_from = at;
                     }
                     break;
                 }
@@ -281,6 +291,9 @@ impl PartitionLog {
             }
             if at == 0 {
                 return Ok(false);
+            }
+            if taken_from < at {
+                spans.push(buf.slice(taken_from..at));
             }
             pos += at as u64;
             if used >= budget {
@@ -381,7 +394,7 @@ impl PartitionLog {
             let mut batches_out: Vec<Vec<u8>> = Vec::new();
             let mut dropped = 0u64;
             let mut r_out = Vec::new();
-            self.read_segment(seg, base, usize::MAX, end, &mut r_out)?;
+            self.read_segment(seg, base, usize::MAX, end, &mut r_out, &mut Vec::new())?;
             for b in r_out {
                 let h = BatchHeader::parse(&b)?;
                 if h.compression() != 0 || h.is_control() {
@@ -531,14 +544,21 @@ impl LogStore for PartitionLog {
             });
         }
         let mut out: Vec<Bytes> = Vec::new();
+        let mut spans: Vec<Bytes> = Vec::new();
         let mut next = offset;
         if offset < end {
             let first_base = self.segment_for(offset).map_or(0, |s| s.base_offset);
             let mut used = 0usize;
             for seg in self.segments.range(first_base..).map(|(_, s)| s) {
                 let before = out.len();
-                let exhausted =
-                    self.read_segment(seg, next, max_bytes.saturating_sub(used), end, &mut out)?;
+                let exhausted = self.read_segment(
+                    seg,
+                    next,
+                    max_bytes.saturating_sub(used),
+                    end,
+                    &mut out,
+                    &mut spans,
+                )?;
                 used += out[before..].iter().map(|b| b.len()).sum::<usize>();
                 if let Some(last) = out.last() {
                     next = BatchHeader::parse(last)?.next_offset().max(next);
@@ -554,6 +574,7 @@ impl LogStore for PartitionLog {
         }
         Ok(ReadResult {
             batches: out,
+            spans,
             next_offset: next,
             start_offset: start,
             high_watermark: end,

@@ -124,6 +124,7 @@ impl LogStore for Ring {
             out.push(e.bytes.clone());
         }
         Ok(ReadResult {
+            spans: out.clone(),
             batches: out,
             next_offset: next,
             start_offset: self.start_offset,

@@ -23,6 +23,11 @@ pub struct ReadResult {
     /// Whole batches, CRC-checked, in offset order. The first may start
     /// before the requested offset (batches are not split).
     pub batches: Vec<Bytes>,
+    /// The same bytes as `batches`, in as few contiguous buffers as the
+    /// read produced (a file read yields one per read call): what a
+    /// protocol that serves stored batches as they are (Kafka Fetch) sends
+    /// without joining them first.
+    pub spans: Vec<Bytes>,
     /// The offset to ask for next.
     pub next_offset: i64,
     pub start_offset: i64,

@@ -70,6 +70,7 @@ fn read_all(log: &PartitionLog) -> Vec<Rec> {
     let mut off = log.start_offset();
     while off < end {
         let r = log.read(off, 1000, end).expect("read");
+        assert_spans_match(&r);
         for b in &r.batches {
             for rec in batch::decode_records(b).expect("decode") {
                 if rec.offset >= off {
@@ -89,8 +90,18 @@ fn read_all(log: &PartitionLog) -> Vec<Rec> {
     out
 }
 
+/// `spans` hold exactly the bytes of `batches`, in order.
+fn assert_spans_match(r: &fjord_log::ReadResult) {
+    let batches: Vec<u8> = r.batches.iter().flat_map(|b| b.to_vec()).collect();
+    let spans: Vec<u8> = r.spans.iter().flat_map(|b| b.to_vec()).collect();
+    assert!(batches == spans, "spans differ from batches");
+    assert!(r.spans.len() <= r.batches.len());
+}
+
 fn check(log: &PartitionLog, model: &[Rec], next: i64) {
     assert_eq!(log.next_offset(), next, "next offset");
+    // One large read too: many batches, few spans.
+    assert_spans_match(&log.read(log.start_offset(), 1 << 20, next).expect("read"));
     let got = read_all(log);
     let got_view: Vec<_> = got
         .iter()
