@@ -8,6 +8,7 @@
 mod admin;
 mod codec;
 mod error;
+pub mod listener;
 mod memory;
 mod ops;
 mod records;

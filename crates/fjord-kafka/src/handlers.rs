@@ -172,8 +172,8 @@ pub fn metadata(sh: &Session<'_>, req: MetadataRequest, version: i16) -> Metadat
     let mut r = MetadataResponse::default();
     let mut b = MetadataResponseBroker::default();
     b.node_id = BrokerId(sh.config.node_id);
-    b.host = str_bytes(sh.config.advertised_host.clone());
-    b.port = sh.config.advertised_port as i32;
+    b.host = str_bytes(sh.advertised.host.clone());
+    b.port = sh.advertised.port as i32;
     r.brokers = vec![b];
     r.cluster_id = Some(str_bytes(sh.config.cluster_id.clone()));
     r.controller_id = BrokerId(sh.config.node_id);
@@ -670,8 +670,8 @@ pub fn find_coordinator(
     version: i16,
 ) -> FindCoordinatorResponse {
     let mut r = FindCoordinatorResponse::default();
-    let host = str_bytes(sh.config.advertised_host.clone());
-    let port = sh.config.advertised_port as i32;
+    let host = str_bytes(sh.advertised.host.clone());
+    let port = sh.advertised.port as i32;
     // Groups (key type 0) are coordinated here; transactions are not.
     let refuse = req.key_type != 0;
     if version >= 4 {
@@ -931,8 +931,8 @@ pub fn describe_cluster(sh: &Session<'_>) -> DescribeClusterResponse {
     r.controller_id = BrokerId(sh.config.node_id);
     let mut b = DescribeClusterBroker::default();
     b.broker_id = BrokerId(sh.config.node_id);
-    b.host = str_bytes(sh.config.advertised_host.clone());
-    b.port = sh.config.advertised_port as i32;
+    b.host = str_bytes(sh.advertised.host.clone());
+    b.port = sh.advertised.port as i32;
     r.brokers = vec![b];
     r
 }

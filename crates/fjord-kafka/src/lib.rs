@@ -22,4 +22,4 @@ mod producers;
 pub mod sasl;
 pub mod server;
 
-pub use server::{start, KafkaConfig};
+pub use server::{start, Advertised, KafkaConfig, Listener};

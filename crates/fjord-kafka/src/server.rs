@@ -5,13 +5,15 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use fjord_auth::{Peer, TlsListen};
 use fjord_broker::Broker;
 use fjord_core::TenantName;
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind, SaslAuthenticateResponse};
 use kafka_protocol::protocol::StrBytes;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::codec::{self, DecodeError};
@@ -23,9 +25,6 @@ pub struct KafkaConfig {
     /// Tenant of anonymous connections; a SASL login moves a connection
     /// into its user's tenant.
     pub tenant: TenantName,
-    /// The address clients are told to connect to (Metadata).
-    pub advertised_host: String,
-    pub advertised_port: u16,
     pub node_id: i32,
     pub cluster_id: String,
     /// Largest request accepted.
@@ -42,10 +41,26 @@ pub struct Shared {
     pub producers: crate::producers::ProducerStates,
 }
 
-/// One connection's view: the shared state and the tenant it acts in
-/// (`kafka.tenant`, or the one its SASL login proved).
+/// One socket the Kafka server accepts on, and the address its clients are
+/// told to connect to (Metadata), so a client that came in over TLS stays
+/// on the TLS listener.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub tls: Option<TlsListen>,
+    pub advertised: Advertised,
+}
+
+#[derive(Debug, Clone)]
+pub struct Advertised {
+    pub host: String,
+    pub port: u16,
+}
+
+/// One connection's view: the shared state, the listener it came through
+/// and the tenant it acts in (`kafka.tenant`, or the one its login proved).
 pub struct Session<'a> {
     pub shared: &'a Shared,
+    pub advertised: &'a Advertised,
     pub tenant: TenantName,
 }
 
@@ -82,7 +97,7 @@ impl Session<'_> {
 
 /// Accepts Kafka connections on `listener` until `shutdown` turns true.
 pub fn start(
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     broker: Arc<Broker>,
     config: KafkaConfig,
     shutdown: watch::Receiver<bool>,
@@ -108,40 +123,64 @@ pub fn start(
             }
         });
     }
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(accept_loop(l, shared.clone(), shutdown.clone())))
+        .collect();
     tokio::spawn(async move {
-        let mut stop = shutdown.clone();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop.wait_for(|s| *s) => return,
-            };
-            match accepted {
-                Ok((socket, peer)) => {
-                    let _ = socket.set_nodelay(true);
-                    let shared = shared.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        let metrics = shared.broker.metrics();
-                        metrics
-                            .connections_total
-                            .with_label_values(&["kafka"])
-                            .inc();
-                        let gauge = metrics.connections.with_label_values(&["kafka"]);
-                        gauge.inc();
-                        if let Err(e) = serve(socket, &shared, shutdown).await {
-                            tracing::debug!(%peer, error = %e, "kafka connection ended");
-                        }
-                        gauge.dec();
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "kafka accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
+        for t in tasks {
+            let _ = t.await;
         }
     })
 }
+
+async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let label = if listener.tls.is_some() {
+        "kafka-tls"
+    } else {
+        "kafka"
+    };
+    let Listener {
+        tcp,
+        tls,
+        advertised,
+    } = listener;
+    let (tls, advertised) = (Arc::new(tls), Arc::new(advertised));
+    let stop = shutdown.clone();
+    fjord_auth::listener::accept_loop(tcp, label, stop, move |socket, addr| {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        let (tls, advertised) = (tls.clone(), advertised.clone());
+        async move {
+            let metrics = shared.broker.metrics();
+            metrics.connections_total.with_label_values(&[label]).inc();
+            let gauge = metrics.connections.with_label_values(&[label]);
+            gauge.inc();
+            let opened = fjord_auth::listener::open(
+                socket,
+                addr,
+                tls.as_ref().as_ref(),
+                &[],
+                HANDSHAKE_TIMEOUT,
+            )
+            .await;
+            let result = match opened {
+                Ok((stream, peer)) => serve(stream, peer, &advertised, &shared, shutdown).await,
+                Err(e) => {
+                    count_error(&shared, "tls_handshake");
+                    Err(ConnError::Tls(e))
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %addr, error = %e, "kafka connection ended");
+            }
+            gauge.dec();
+        }
+    })
+    .await;
+}
+
+/// A TLS client must finish its handshake within this time (slowloris).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
@@ -153,6 +192,8 @@ enum ConnError {
     Encode(String),
     #[error("{0:?} version {1} is not served")]
     Unsupported(ApiKey, i16),
+    #[error(transparent)]
+    Tls(#[from] fjord_auth::TlsError),
     #[error("SASL authentication failed: {0}")]
     AuthFailed(String),
     #[error("{0:?} before SASL authentication, which this listener requires")]
@@ -168,11 +209,14 @@ fn count_error(shared: &Shared, reason: &str) {
         .inc();
 }
 
-async fn serve(
-    mut socket: TcpStream,
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
+    peer: Peer,
+    advertised: &Advertised,
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
+    let _ = &peer;
     let mut tenant = shared.config.tenant.clone();
     let mut sasl_state = sasl::State::Start;
     let mut inbuf = BytesMut::with_capacity(4096);
@@ -289,6 +333,7 @@ async fn serve(
                         .unwrap_or_default();
                     let session = Session {
                         shared,
+                        advertised,
                         tenant: tenant.clone(),
                     };
                     if let Some(body) = handle(&session, req.body, version, client_id).await {

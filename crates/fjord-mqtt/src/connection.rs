@@ -46,6 +46,8 @@ pub enum ConnError {
     Decode(#[from] DecodeError),
     #[error("no CONNECT within the connect timeout")]
     ConnectTimeout,
+    #[error("{0}")]
+    Tls(#[from] fjord_auth::TlsError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -134,6 +136,7 @@ enum End {
 /// runtime).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
+    _peer: fjord_auth::Peer,
     shared: Arc<Shared>,
 ) -> Result<(), ConnError> {
     let (mut rd, mut wr) = tokio::io::split(io);
@@ -191,7 +194,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(())
 }
 
-fn count_error(shared: &Shared, reason: &str) {
+pub(crate) fn count_error(shared: &Shared, reason: &str) {
     shared
         .broker
         .metrics()

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fjord_auth::{Peer, TlsListen};
 use fjord_broker::{Broker, BrokerError};
 use fjord_core::{NamespaceName, TenantName};
 use parking_lot::Mutex;
@@ -244,9 +245,26 @@ pub const SYS_INTERVAL: Duration = Duration::from_secs(10);
 /// Loads what the listeners need (retained messages), then accepts MQTT
 /// connections on `tcp`, and MQTT over WebSocket on `ws`, until `shutdown`
 /// turns true.
+/// One socket the MQTT server accepts on: plain or TLS, TCP or WebSocket.
+pub struct Listener {
+    pub tcp: TcpListener,
+    pub websocket: bool,
+    pub tls: Option<TlsListen>,
+}
+
+impl Listener {
+    fn label(&self) -> &'static str {
+        match (self.websocket, self.tls.is_some()) {
+            (false, false) => "mqtt",
+            (false, true) => "mqtts",
+            (true, false) => "mqtt-ws",
+            (true, true) => "mqtt-wss",
+        }
+    }
+}
+
 pub async fn start(
-    tcp: TcpListener,
-    ws: Option<TcpListener>,
+    listeners: Vec<Listener>,
     broker: Arc<Broker>,
     config: MqttConfig,
     shutdown: watch::Receiver<bool>,
@@ -275,17 +293,12 @@ pub async fn start(
     crate::wills::restore(&shared).await;
     drop_expired_sessions(&shared.broker, &shared.config);
     tokio::spawn(publish_sys(Arc::downgrade(&shared), shutdown.clone()));
-    let ws_task = ws.map(|l| {
-        tokio::spawn(serve(
-            l,
-            shared.clone(),
-            shutdown.clone(),
-            Transport::WebSocket,
-        ))
-    });
+    let tasks: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(serve(l, shared.clone(), shutdown.clone())))
+        .collect();
     Ok(tokio::spawn(async move {
-        serve(tcp, shared.clone(), shutdown, Transport::Tcp).await;
-        if let Some(t) = ws_task {
+        for t in tasks {
             let _ = t.await;
         }
         shared.registry.shutdown_all();
@@ -378,76 +391,79 @@ fn drop_expired_sessions(broker: &Broker, config: &MqttConfig) {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Transport {
-    Tcp,
-    WebSocket,
+async fn serve(listener: Listener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    let label = listener.label();
+    let Listener {
+        tcp,
+        websocket,
+        tls,
+    } = listener;
+    let tls = Arc::new(tls);
+    fjord_auth::listener::accept_loop(tcp, label, shutdown, move |socket, addr| {
+        let (shared, tls) = (shared.clone(), tls.clone());
+        async move {
+            let gauge = {
+                let metrics = shared.broker.metrics();
+                metrics.connections_total.with_label_values(&[label]).inc();
+                metrics.connections.with_label_values(&[label])
+            };
+            gauge.inc();
+            // Boxed: a plain TCP connection's task is then only as large as
+            // its own session (idle connections).
+            let result = if tls.is_none() && !websocket {
+                connection::run(socket, Peer::plain(addr), shared).await
+            } else {
+                Box::pin(secured(socket, addr, &tls, websocket, shared)).await
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %addr, error = %e, "mqtt connection ended");
+            }
+            gauge.dec();
+        }
+    })
+    .await;
 }
 
-async fn serve(
-    listener: TcpListener,
+/// The TLS handshake (within the connect timeout) when the listener has
+/// TLS, the WebSocket upgrade when it is a WebSocket one, then MQTT.
+async fn secured(
+    socket: tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    tls: &Option<TlsListen>,
+    websocket: bool,
     shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-    transport: Transport,
-) {
-    let mut stop = shutdown.clone();
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        match accepted {
-            Ok((socket, peer)) => {
-                let _ = socket.set_nodelay(true);
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let label = match transport {
-                        Transport::Tcp => "mqtt",
-                        Transport::WebSocket => "mqtt-ws",
-                    };
-                    let gauge = {
-                        let metrics = shared.broker.metrics();
-                        metrics.connections_total.with_label_values(&[label]).inc();
-                        metrics.connections.with_label_values(&[label])
-                    };
-                    gauge.inc();
-                    let result = match transport {
-                        Transport::Tcp => connection::run(socket, shared).await,
-                        // Boxed: a TCP connection's task is then only as
-                        // large as its own session (idle connections).
-                        Transport::WebSocket => {
-                            Box::pin(async move {
-                                let timeout = shared.config.connect_timeout;
-                                match tokio::time::timeout(
-                                    timeout,
-                                    tokio_tungstenite::accept_hdr_async(
-                                        socket,
-                                        ws::check_handshake,
-                                    ),
-                                )
-                                .await
-                                {
-                                    Ok(Ok(stream)) => {
-                                        connection::run(ws::WsIo::new(stream), shared).await
-                                    }
-                                    Ok(Err(e)) => Err(std::io::Error::other(e).into()),
-                                    Err(_) => Err(connection::ConnError::ConnectTimeout),
-                                }
-                            })
-                            .await
-                        }
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "mqtt connection ended");
-                    }
-                    gauge.dec();
-                });
-            }
+) -> Result<(), connection::ConnError> {
+    let timeout = shared.config.connect_timeout;
+    let (stream, peer) =
+        match fjord_auth::listener::open(socket, addr, tls.as_ref(), &[], timeout).await {
+            Ok(s) => s,
             Err(e) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!(error = %e, "mqtt accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                connection::count_error(&shared, "tls_handshake");
+                return Err(connection::ConnError::Tls(e));
             }
-        }
+        };
+    if websocket {
+        over_websocket(stream, peer, shared).await
+    } else {
+        connection::run(stream, peer, shared).await
+    }
+}
+
+/// The WebSocket upgrade (within the connect timeout), then MQTT over it.
+async fn over_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    io: S,
+    peer: Peer,
+    shared: Arc<Shared>,
+) -> Result<(), connection::ConnError> {
+    let timeout = shared.config.connect_timeout;
+    match tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::accept_hdr_async(io, ws::check_handshake),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => connection::run(ws::WsIo::new(stream), peer, shared).await,
+        Ok(Err(e)) => Err(std::io::Error::other(e).into()),
+        Err(_) => Err(connection::ConnError::ConnectTimeout),
     }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
+use fjord_auth::ClientAuth;
 use fjord_core::policy::ResolvedPolicy;
 use fjord_core::Policy;
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,9 @@ pub struct Config {
     pub mqtt: MqttListenerConfig,
     pub kafka: KafkaListenerConfig,
     pub log: LogConfig,
+    /// Certificate and key of every TLS listener (off while `cert_file` is
+    /// empty), and the client CA for mutual TLS.
+    pub tls: fjord_auth::TlsSettings,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
     /// Node-wide policy defaults; namespaces and streams override them.
@@ -30,16 +34,69 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// REST, WebSocket, admin, metrics and probes.
-    pub addr: SocketAddr,
+    pub addr: Listen,
+    /// The same over HTTPS (needs `[tls]`).
+    pub tls_addr: Listen,
+    /// Client certificates on the HTTPS listener: none, optional, required.
+    pub tls_client_auth: ClientAuth,
+}
+
+/// A listener's address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Listen {
+    On(SocketAddr),
+    Off,
+}
+
+impl Listen {
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listen::On(a) => Some(*a),
+            Listen::Off => None,
+        }
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(Listen::Off);
+        }
+        s.trim()
+            .parse()
+            .map(Listen::On)
+            .map_err(|_| format!("{s:?} is neither host:port (e.g. 0.0.0.0:1883) nor `off`"))
+    }
+}
+
+impl From<Listen> for String {
+    fn from(l: Listen) -> String {
+        match l {
+            Listen::On(a) => a.to_string(),
+            Listen::Off => "off".into(),
+        }
+    }
+}
+
+fn on(addr: &str) -> Listen {
+    Listen::On(addr.parse().expect("valid address"))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttListenerConfig {
     /// MQTT 3.1.1 and 5.0 over TCP.
-    pub addr: SocketAddr,
+    pub addr: Listen,
     /// MQTT over WebSocket (path `/mqtt`, subprotocol `mqtt`).
-    pub ws_addr: SocketAddr,
+    pub ws_addr: Listen,
+    /// MQTT over TLS (needs `[tls]`).
+    pub tls_addr: Listen,
+    /// MQTT over secure WebSocket (needs `[tls]`).
+    pub wss_addr: Listen,
+    /// Client certificates on the two TLS listeners.
+    pub tls_client_auth: ClientAuth,
     /// Largest MQTT packet accepted (advertised as Maximum Packet Size).
     pub max_packet_bytes: u32,
     /// A connection must send CONNECT within this time.
@@ -63,11 +120,17 @@ pub struct MqttListenerConfig {
 #[serde(deny_unknown_fields)]
 pub struct KafkaListenerConfig {
     /// Kafka's wire protocol.
-    pub addr: SocketAddr,
+    pub addr: Listen,
     /// `host:port` clients are told to connect to (Metadata); empty: the
     /// listener's address, or the machine's host name when it listens on
     /// every interface.
     pub advertised_addr: String,
+    /// Kafka over TLS (`security.protocol=SSL` / `SASL_SSL`; needs `[tls]`).
+    pub tls_addr: Listen,
+    /// What clients of the TLS listener are told to connect to.
+    pub tls_advertised_addr: String,
+    /// Client certificates on the TLS listener.
+    pub tls_client_auth: ClientAuth,
     /// Largest request accepted (Kafka's `socket.request.max.bytes`).
     pub max_request_bytes: usize,
     /// SASL PLAIN logins: `optional` (clients that do not log in are
@@ -113,11 +176,16 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./fjord-data"),
             http: HttpConfig {
-                addr: "0.0.0.0:8080".parse().expect("valid address"),
+                addr: on("0.0.0.0:8080"),
+                tls_addr: on("0.0.0.0:8443"),
+                tls_client_auth: ClientAuth::None,
             },
             mqtt: MqttListenerConfig {
-                addr: "0.0.0.0:1883".parse().expect("valid address"),
-                ws_addr: "0.0.0.0:8083".parse().expect("valid address"),
+                addr: on("0.0.0.0:1883"),
+                ws_addr: on("0.0.0.0:8083"),
+                tls_addr: on("0.0.0.0:8883"),
+                wss_addr: on("0.0.0.0:8084"),
+                tls_client_auth: ClientAuth::None,
                 max_packet_bytes: 1024 * 1024 + 64 * 1024,
                 connect_timeout_ms: 10_000,
                 receive_maximum: 1024,
@@ -127,8 +195,11 @@ impl Default for Config {
                 keep_alive_max_s: 0,
             },
             kafka: KafkaListenerConfig {
-                addr: "0.0.0.0:9092".parse().expect("valid address"),
+                addr: on("0.0.0.0:9092"),
                 advertised_addr: String::new(),
+                tls_addr: on("0.0.0.0:9093"),
+                tls_advertised_addr: String::new(),
+                tls_client_auth: ClientAuth::None,
                 max_request_bytes: 100 * 1024 * 1024,
                 sasl: SaslSetting::Optional,
             },
@@ -136,6 +207,7 @@ impl Default for Config {
                 format: "text".into(),
                 level: "info".into(),
             },
+            tls: fjord_auth::TlsSettings::default(),
             storage: StorageConfig {
                 append_queue_depth: 1024,
                 maintenance_interval_ms: 30_000,
@@ -234,11 +306,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from/file"));
-        assert_eq!(c.http.addr.port(), 2);
+        assert_eq!(c.http.addr.addr().map(|a| a.port()), Some(2));
         assert_eq!(
             c.resolved_defaults().durability,
             fjord_core::Durability::Always
         );
+    }
+
+    #[test]
+    fn listeners_turn_off_and_tls_reads_its_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("fjord.toml");
+        std::fs::write(
+            &f,
+            "[mqtt]\naddr = \"off\"\ntls_client_auth = \"required\"\n[tls]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), FlagOverrides::default()).unwrap();
+        assert_eq!(c.mqtt.addr, Listen::Off);
+        assert_eq!(c.mqtt.tls_client_auth, ClientAuth::Required);
+        assert!(c.tls.enabled());
+        std::fs::write(&f, "[mqtt]\naddr = \"nowhere\"\n").unwrap();
+        let e = Config::load(Some(&f), FlagOverrides::default()).unwrap_err();
+        assert!(e.to_string().contains("nor `off`"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use fjord_broker::{Broker, BrokerConfig};
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, Listen};
+use fjord_auth::{ClientAuth, Peer, TlsContext, TlsListen};
 
 /// How long in-flight requests (long polls, WebSockets) get after a signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,26 +48,99 @@ async fn bind(
     })
 }
 
+/// Binds a listener that is on; `None` for one set to `off`.
+async fn bind_on(what: &str, listen: Listen, key: &str) -> Result<Option<TcpListener>> {
+    let Some(addr) = listen.addr() else {
+        return Ok(None);
+    };
+    let flag = format!("--{}", key.replace(['.', '_'], "-"));
+    let env = format!("FJORD_{}", key.to_uppercase().replace('.', "__"));
+    bind(what, addr, &flag, &env).await.map(Some)
+}
+
+/// Binds a TLS listener when `[tls]` names a certificate and the listener
+/// is on.
+async fn bind_tls(
+    what: &str,
+    tls: &Option<Arc<TlsContext>>,
+    listen: Listen,
+    key: &str,
+    client_auth: ClientAuth,
+) -> Result<Option<(TcpListener, TlsListen)>> {
+    let Some(ctx) = tls else {
+        return Ok(None);
+    };
+    ctx.check_mode(client_auth)
+        .with_context(|| format!("{key}: client certificates"))?;
+    Ok(bind_on(what, listen, key).await?.map(|l| {
+        (
+            l,
+            TlsListen {
+                ctx: ctx.clone(),
+                client_auth,
+            },
+        )
+    }))
+}
+
+fn local(l: &Option<TcpListener>) -> String {
+    l.as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or_else(|| "off".to_string(), |a| a.to_string())
+}
+
+fn local_tls(l: &Option<(TcpListener, TlsListen)>) -> String {
+    l.as_ref()
+        .and_then(|(l, _)| l.local_addr().ok())
+        .map_or_else(|| "off".to_string(), |a| a.to_string())
+}
+
 pub async fn run(config: Config) -> Result<()> {
     // Handlers first: a SIGTERM that arrives while the node starts must
     // shut it down cleanly, not kill it (the default action).
     let signals = Signals::install()?;
-    let http = bind("HTTP", config.http.addr, "--http-addr", "FJORD_HTTP__ADDR").await?;
-    let mqtt = bind("MQTT", config.mqtt.addr, "--mqtt-addr", "FJORD_MQTT__ADDR").await?;
-    let mqtt_ws = bind(
-        "MQTT over WebSocket",
-        config.mqtt.ws_addr,
-        "--mqtt-ws-addr",
-        "FJORD_MQTT__WS_ADDR",
+    let tls = if config.tls.enabled() {
+        Some(TlsContext::load(config.tls.clone()).context("loading the [tls] certificate files")?)
+    } else {
+        None
+    };
+    let http = bind_on("HTTP", config.http.addr, "http.addr").await?;
+    let https = bind_tls(
+        "HTTPS",
+        &tls,
+        config.http.tls_addr,
+        "http.tls_addr",
+        config.http.tls_client_auth,
     )
     .await?;
-    let kafka = bind(
-        "Kafka",
-        config.kafka.addr,
-        "--kafka-addr",
-        "FJORD_KAFKA__ADDR",
+    let mqtt = bind_on("MQTT", config.mqtt.addr, "mqtt.addr").await?;
+    let mqtt_ws = bind_on("MQTT over WebSocket", config.mqtt.ws_addr, "mqtt.ws_addr").await?;
+    let mqtts = bind_tls(
+        "MQTT over TLS",
+        &tls,
+        config.mqtt.tls_addr,
+        "mqtt.tls_addr",
+        config.mqtt.tls_client_auth,
     )
     .await?;
+    let mqtt_wss = bind_tls(
+        "MQTT over secure WebSocket",
+        &tls,
+        config.mqtt.wss_addr,
+        "mqtt.wss_addr",
+        config.mqtt.tls_client_auth,
+    )
+    .await?;
+    let kafka = bind_on("Kafka", config.kafka.addr, "kafka.addr").await?;
+    let kafka_tls = bind_tls(
+        "Kafka over TLS",
+        &tls,
+        config.kafka.tls_addr,
+        "kafka.tls_addr",
+        config.kafka.tls_client_auth,
+    )
+    .await?;
+    let tls_reloader = tls.as_ref().map(|t| t.spawn_reloader());
     let mut bc = BrokerConfig::new(&config.data_dir);
     bc.defaults = config.resolved_defaults();
     bc.append_queue_depth = config.storage.append_queue_depth.max(1);
@@ -77,12 +151,10 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
     let maintenance = broker.spawn_maintenance();
-    let http_local = http.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let mqtt_local = mqtt.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let mqtt_ws_local = mqtt_ws
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let (http_at, https_at) = (local(&http), local_tls(&https));
+    let (mqtt_at, mqtt_ws_at) = (local(&mqtt), local(&mqtt_ws));
+    let (mqtts_at, mqtt_wss_at) = (local_tls(&mqtts), local_tls(&mqtt_wss));
+    let (kafka_at, kafka_tls_at) = (local(&kafka), local_tls(&kafka_tls));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mqtt_config = fjord_mqtt::server::MqttConfig {
         max_packet_bytes: config.mqtt.max_packet_bytes.max(1024),
@@ -94,43 +166,117 @@ pub async fn run(config: Config) -> Result<()> {
         keep_alive_max: config.mqtt.keep_alive_max_s,
         ..Default::default()
     };
-    let mqtt_server = fjord_mqtt::server::start(
-        mqtt,
-        Some(mqtt_ws),
-        broker.clone(),
-        mqtt_config,
-        stop_rx.clone(),
-    )
-    .await
-    .context("loading MQTT retained messages")?;
-    let kafka_local = kafka.local_addr().context("the Kafka listener's address")?;
+    let mut mqtt_listeners = Vec::new();
+    for (tcp, websocket) in [(mqtt, false), (mqtt_ws, true)] {
+        if let Some(tcp) = tcp {
+            mqtt_listeners.push(fjord_mqtt::server::Listener {
+                tcp,
+                websocket,
+                tls: None,
+            });
+        }
+    }
+    for (l, websocket) in [(mqtts, false), (mqtt_wss, true)] {
+        if let Some((tcp, tls)) = l {
+            mqtt_listeners.push(fjord_mqtt::server::Listener {
+                tcp,
+                websocket,
+                tls: Some(tls),
+            });
+        }
+    }
+    let mqtt_server =
+        fjord_mqtt::server::start(mqtt_listeners, broker.clone(), mqtt_config, stop_rx.clone())
+            .await
+            .context("loading MQTT retained messages")?;
+    let mut kafka_listeners = Vec::new();
+    if let Some(tcp) = kafka {
+        let advertised = advertised(
+            &config.kafka.advertised_addr,
+            tcp.local_addr()?,
+            "kafka.advertised_addr",
+        )?;
+        kafka_listeners.push(fjord_kafka::Listener {
+            tcp,
+            tls: None,
+            advertised,
+        });
+    }
+    if let Some((tcp, tls)) = kafka_tls {
+        let advertised = advertised(
+            &config.kafka.tls_advertised_addr,
+            tcp.local_addr()?,
+            "kafka.tls_advertised_addr",
+        )?;
+        kafka_listeners.push(fjord_kafka::Listener {
+            tcp,
+            tls: Some(tls),
+            advertised,
+        });
+    }
     let kafka_server = fjord_kafka::start(
-        kafka,
+        kafka_listeners,
         broker.clone(),
-        kafka_config(&config, kafka_local)?,
+        kafka_config(&config),
         stop_rx.clone(),
     );
     tracing::info!(
-        kafka = %kafka_local,
+        http = %http_at,
+        https = %https_at,
+        mqtt = %mqtt_at,
+        mqtt_ws = %mqtt_ws_at,
+        mqtts = %mqtts_at,
+        mqtt_wss = %mqtt_wss_at,
+        kafka = %kafka_at,
+        kafka_tls = %kafka_tls_at,
         data_dir = %config.data_dir.display(),
-        http = %http_local,
-        mqtt = %mqtt_local,
-        mqtt_ws = %mqtt_ws_local,
         version = env!("CARGO_PKG_VERSION"),
         "fjord is ready"
     );
     let metrics = broker.metrics().clone();
     let app = fjord_http::router(broker.clone());
-    let listener = axum::serve::ListenerExt::tap_io(http, move |_| {
-        metrics.connections_total.with_label_values(&["http"]).inc();
-    });
+    let mut servers = tokio::task::JoinSet::new();
+    if let Some(http) = http {
+        let listener = axum::serve::ListenerExt::tap_io(
+            fjord_http::listener::PlainListener(http),
+            move |_| {
+                metrics.connections_total.with_label_values(&["http"]).inc();
+            },
+        );
+        let (app, mut stop) = (app.clone(), stop_rx.clone());
+        servers.spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    if let Some((tcp, tls)) = https {
+        let metrics = broker.metrics().clone();
+        let listener = axum::serve::ListenerExt::tap_io(
+            fjord_http::listener::TlsListener::new(tcp, tls, broker.clone())?,
+            move |_| {
+                metrics
+                    .connections_total
+                    .with_label_values(&["https"])
+                    .inc();
+            },
+        );
+        let (app, mut stop) = (app.clone(), stop_rx.clone());
+        servers.spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
     let mut server = tokio::spawn(async move {
-        let mut stop = stop_rx;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
+        while let Some(r) = servers.join_next().await {
+            r.map_err(std::io::Error::other)??;
+        }
+        std::future::pending::<std::io::Result<()>>().await
     });
     tokio::select! {
         sig = signals.wait() => tracing::info!(signal = sig, "shutting down"),
@@ -150,14 +296,21 @@ pub async fn run(config: Config) -> Result<()> {
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, kafka_server).await;
     broker.shutdown().await;
     maintenance.abort();
+    if let Some(r) = tls_reloader {
+        r.abort();
+    }
     tracing::info!("all partitions flushed and fsynced; bye");
     Ok(())
 }
 
-/// What Kafka clients are told to connect to: the configured advertised
+/// What Kafka clients of a listener are told to connect to: the configured
 /// address, else the listener's, with the host name for a wildcard bind.
-fn kafka_config(config: &Config, local: std::net::SocketAddr) -> Result<fjord_kafka::KafkaConfig> {
-    let (host, port) = if config.kafka.advertised_addr.is_empty() {
+fn advertised(
+    configured: &str,
+    local: std::net::SocketAddr,
+    key: &str,
+) -> Result<fjord_kafka::Advertised> {
+    let (host, port) = if configured.is_empty() {
         let host = if local.ip().is_unspecified() {
             std::fs::read_to_string("/etc/hostname")
                 .map(|h| h.trim().to_string())
@@ -169,21 +322,21 @@ fn kafka_config(config: &Config, local: std::net::SocketAddr) -> Result<fjord_ka
         };
         (host, local.port())
     } else {
-        let (h, p) = config
-            .kafka
-            .advertised_addr
+        let (h, p) = configured
             .rsplit_once(':')
-            .context("kafka.advertised_addr must be host:port")?;
+            .with_context(|| format!("{key} must be host:port"))?;
         let port: u16 = p
             .parse()
-            .context("kafka.advertised_addr: the port is not a number")?;
+            .with_context(|| format!("{key}: the port is not a number"))?;
         (h.trim_matches(['[', ']']).to_string(), port)
     };
-    Ok(fjord_kafka::KafkaConfig {
+    Ok(fjord_kafka::Advertised { host, port })
+}
+
+fn kafka_config(config: &Config) -> fjord_kafka::KafkaConfig {
+    fjord_kafka::KafkaConfig {
         tenant: fjord_core::TenantName::new(fjord_core::names::PUBLIC_TENANT)
             .expect("valid tenant name"),
-        advertised_host: host,
-        advertised_port: port,
         node_id: 0,
         cluster_id: "fjord".to_string(),
         max_request_bytes: config.kafka.max_request_bytes.max(1024 * 1024),
@@ -191,7 +344,7 @@ fn kafka_config(config: &Config, local: std::net::SocketAddr) -> Result<fjord_ka
             crate::config::SaslSetting::Optional => fjord_kafka::sasl::SaslMode::Optional,
             crate::config::SaslSetting::Required => fjord_kafka::sasl::SaslMode::Required,
         },
-    })
+    }
 }
 
 struct Signals {

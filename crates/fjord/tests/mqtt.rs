@@ -7,26 +7,12 @@ mod common;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{http, metric, Node};
+use common::{http, metric, poll_until, Node};
 use serde_json::{json, Value};
 
 fn host_port(node: &Node) -> (String, u16) {
     let (h, p) = node.mqtt.rsplit_once(':').unwrap();
     (h.to_string(), p.parse().unwrap())
-}
-
-/// Polls a v3.1.1 event loop until `f` says stop, with a deadline.
-async fn poll_until(ev: &mut rumqttc::EventLoop, mut f: impl FnMut(&rumqttc::Event) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let e = tokio::time::timeout_at(deadline, ev.poll())
-            .await
-            .expect("an MQTT event in time")
-            .expect("connection ok");
-        if f(&e) {
-            return;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

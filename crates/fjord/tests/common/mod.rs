@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -209,4 +211,18 @@ pub async fn metric(url: &str, series: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no sample of {series} in:\n{text}"))
+}
+
+/// Polls a v3.1.1 event loop until `f` says stop, with a deadline.
+pub async fn poll_until(ev: &mut rumqttc::EventLoop, mut f: impl FnMut(&rumqttc::Event) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = tokio::time::timeout_at(deadline, ev.poll())
+            .await
+            .expect("an MQTT event in time")
+            .expect("connection ok");
+        if f(&e) {
+            return;
+        }
+    }
 }
