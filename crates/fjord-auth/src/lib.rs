@@ -3,9 +3,14 @@
 //! quotas and audit events. Protocol crates turn its answers into their own
 //! signals; it knows nothing about any protocol.
 
+pub mod identity;
+pub mod jwt;
 pub mod listener;
+pub mod scram;
 pub mod tls;
 
+pub use identity::{parse_login, Method, Principal};
+pub use jwt::{TokenError, TokenSettings, TokenVerifier};
 pub use tls::{ClientAuth, IdentityFrom, TlsContext, TlsError, TlsSettings};
 
 use std::net::SocketAddr;
@@ -36,4 +41,25 @@ impl Peer {
 pub struct TlsListen {
     pub ctx: Arc<TlsContext>,
     pub client_auth: ClientAuth,
+}
+
+/// The `[auth]` section: how identities are proved on this node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Whether clients that prove no identity are admitted at all (into
+    /// tenants whose settings allow it: `public` unless changed). `false`
+    /// turns anonymous access off everywhere.
+    pub anonymous: bool,
+    /// JWT bearer tokens.
+    pub tokens: TokenSettings,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            anonymous: true,
+            tokens: TokenSettings::default(),
+        }
+    }
 }

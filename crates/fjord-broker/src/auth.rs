@@ -1,16 +1,20 @@
-//! Users and password authentication, shared by every protocol: a login
-//! name `tenant:user` (or `user`, in tenant `public`) and a password,
-//! checked against the user's argon2id hash. Protocol front-ends turn the
-//! outcome into their own signal (Kafka SASL_AUTHENTICATION_FAILED, …).
+//! Users and authentication, shared by every protocol. One identity model
+//! ([`fjord_auth::Principal`]) whatever the proof: a password (argon2id
+//! hash), a SCRAM exchange (verifiers derived when the password is set), a
+//! JWT, a client certificate, or none where the tenant admits anonymous
+//! clients. Protocol front-ends turn the outcome into their own signal
+//! (Kafka SASL_AUTHENTICATION_FAILED, MQTT CONNACK 0x86, HTTP 401, …).
 
 use std::sync::OnceLock;
 
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use fjord_auth::scram::{self, Mechanism, Verifier};
+pub use fjord_auth::{parse_login, Method, Principal};
 use fjord_core::names::PUBLIC_TENANT;
 use fjord_core::TenantName;
-use fjord_meta::UserInfo;
+use fjord_meta::{MetaError, ScramVerifier, UserInfo};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -19,18 +23,12 @@ use crate::{now_ms, Broker, BrokerError};
 /// Shortest password accepted.
 pub const PASSWORD_MIN_CHARS: usize = 8;
 
-/// Who a connection proved to be.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub tenant: TenantName,
-    pub user: String,
-}
-
-/// A user as the admin API shows it (never the hash).
+/// A user as the admin API shows it (never the hash or verifiers).
 #[derive(Debug, Clone, Serialize)]
 pub struct UserView {
     pub tenant: TenantName,
     pub name: String,
+    pub roles: Vec<String>,
     pub created_ms: i64,
 }
 
@@ -39,6 +37,7 @@ impl From<UserInfo> for UserView {
         UserView {
             tenant: u.tenant,
             name: u.name,
+            roles: u.roles,
             created_ms: u.created_ms,
         }
     }
@@ -50,14 +49,14 @@ pub enum AuthError {
     /// so a client cannot learn which names exist.
     #[error("authentication failed: unknown user or wrong password")]
     BadCredentials,
+    #[error("authentication failed: {0}")]
+    BadToken(String),
+    #[error("authentication failed: the client certificate names {0:?}, which is not tenant:user of an existing tenant")]
+    BadCertificate(String),
+    #[error("authentication required: tenant {0} does not admit anonymous clients")]
+    AnonymousRefused(TenantName),
     #[error(transparent)]
     Broker(#[from] BrokerError),
-}
-
-/// Splits a login name into tenant and user.
-pub fn parse_login(login: &str) -> Option<(TenantName, &str)> {
-    let (tenant, user) = login.split_once(':').unwrap_or((PUBLIC_TENANT, login));
-    Some((TenantName::new(tenant).ok()?, user))
 }
 
 /// A hash to verify against when the user does not exist, so that an
@@ -72,32 +71,76 @@ fn decoy_hash() -> &'static str {
     })
 }
 
+/// Role names: 1–64 of `[a-z0-9_-]`.
+fn validate_role(r: &str) -> Result<(), BrokerError> {
+    if r.is_empty()
+        || r.len() > 64
+        || !r
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    {
+        return Err(BrokerError::Invalid(format!(
+            "role {r:?} must be 1-64 characters of a-z 0-9 _ -"
+        )));
+    }
+    Ok(())
+}
+
+fn principal(tenant: TenantName, u: &UserInfo, method: Method) -> Principal {
+    Principal {
+        tenant,
+        user: u.name.clone(),
+        roles: u.roles.clone(),
+        method,
+    }
+}
+
 impl Broker {
-    /// Creates the user, or sets a new password for an existing one.
-    pub fn set_user_password(
+    /// Creates the user, or sets a new password (and, when given, roles)
+    /// for an existing one. Slow (argon2id and PBKDF2): call it off the
+    /// async workers.
+    pub fn set_user(
         &self,
         tenant: &TenantName,
         name: &str,
         password: &str,
+        roles: Option<Vec<String>>,
     ) -> Result<UserView, BrokerError> {
         if password.chars().count() < PASSWORD_MIN_CHARS {
             return Err(BrokerError::Invalid(format!(
                 "a password has at least {PASSWORD_MIN_CHARS} characters"
             )));
         }
+        if let Some(roles) = &roles {
+            roles.iter().try_for_each(|r| validate_role(r))?;
+        }
         let hash = Argon2::default()
             .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
             .map_err(|e| BrokerError::Storage(format!("hashing the password: {e}")))?
             .to_string();
-        let created_ms = self
-            .meta
-            .get_user(tenant, name)?
-            .map_or_else(now_ms, |u| u.created_ms);
+        let scram = Mechanism::ALL
+            .iter()
+            .map(|&m| {
+                let v = Verifier::derive(m, password, scram::DEFAULT_ITERATIONS);
+                ScramVerifier {
+                    mechanism: m.name().to_string(),
+                    salt: v.salt,
+                    iterations: v.iterations,
+                    stored_key: v.stored_key,
+                    server_key: v.server_key,
+                }
+            })
+            .collect();
+        let existing = self.meta.get_user(tenant, name)?;
         let user = UserInfo {
             tenant: tenant.clone(),
             name: name.to_string(),
             password_hash: hash,
-            created_ms,
+            created_ms: existing.as_ref().map_or_else(now_ms, |u| u.created_ms),
+            roles: roles
+                .or_else(|| existing.map(|u| u.roles))
+                .unwrap_or_default(),
+            scram,
         };
         self.meta.put_user(&user)?;
         Ok(user.into())
@@ -117,17 +160,19 @@ impl Broker {
         Ok(self.meta.delete_user(tenant, name)?)
     }
 
+    fn find_user(&self, login: &str) -> Result<Option<(TenantName, UserInfo)>, BrokerError> {
+        Ok(match parse_login(login) {
+            Some((tenant, user)) if fjord_meta::validate_user_name(user).is_ok() => {
+                self.meta.get_user(&tenant, user)?.map(|u| (tenant, u))
+            }
+            _ => None,
+        })
+    }
+
     /// Checks a login name and password. Deliberately slow (argon2id):
     /// call it off the async workers.
     pub fn authenticate(&self, login: &str, password: &str) -> Result<Principal, AuthError> {
-        let found = match parse_login(login) {
-            Some((tenant, user)) if fjord_meta::validate_user_name(user).is_ok() => self
-                .meta
-                .get_user(&tenant, user)
-                .map_err(BrokerError::from)?
-                .map(|u| (tenant, u)),
-            _ => None,
-        };
+        let found = self.find_user(login)?;
         let hash = found
             .as_ref()
             .map_or(decoy_hash(), |(_, u)| u.password_hash.as_str());
@@ -137,25 +182,118 @@ impl Broker {
                 .is_ok()
         });
         match found {
-            Some((tenant, u)) if ok => Ok(Principal {
-                tenant,
-                user: u.name,
-            }),
+            Some((tenant, u)) if ok => Ok(principal(tenant, &u, Method::Password)),
             _ => Err(AuthError::BadCredentials),
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+    /// The SCRAM verifier of a login for `mech`, and who it is, or a decoy
+    /// (and `None`) for an unknown user, so the exchange looks the same.
+    pub fn scram_lookup(
+        &self,
+        mech: Mechanism,
+        login: &str,
+    ) -> Result<(Option<Principal>, Verifier), BrokerError> {
+        let found = self.find_user(login)?.and_then(|(tenant, u)| {
+            let v = u.scram.iter().find(|v| v.mechanism == mech.name())?;
+            let verifier = Verifier {
+                salt: v.salt.clone(),
+                iterations: v.iterations,
+                stored_key: v.stored_key.clone(),
+                server_key: v.server_key.clone(),
+            };
+            Some((principal(tenant, &u, Method::Scram), verifier))
+        });
+        Ok(match found {
+            Some((p, v)) => (Some(p), v),
+            None => (None, Verifier::decoy(mech, login)),
+        })
+    }
 
-    #[test]
-    fn login_names() {
-        let (t, u) = parse_login("acme:alice").unwrap();
-        assert_eq!((t.as_str(), u), ("acme", "alice"));
-        let (t, u) = parse_login("bob").unwrap();
-        assert_eq!((t.as_str(), u), ("public", "bob"));
-        assert!(parse_login("Not A Tenant:x").is_none());
+    /// Checks a JWT; its tenant must exist.
+    pub fn authenticate_token(&self, token: &str) -> Result<Principal, AuthError> {
+        let verifier = self.tokens.as_ref().ok_or_else(|| {
+            AuthError::BadToken(fjord_auth::TokenError::NotConfigured.to_string())
+        })?;
+        let p = verifier
+            .verify(token)
+            .map_err(|e| AuthError::BadToken(e.to_string()))?;
+        match self.meta.get_tenant(&p.tenant) {
+            Ok(_) => Ok(p),
+            Err(MetaError::NotFound { .. }) => Err(AuthError::BadToken(
+                "the token's tenant does not exist".into(),
+            )),
+            Err(e) => Err(BrokerError::from(e).into()),
+        }
+    }
+
+    /// Signs a development token (HS256 secret configured).
+    pub fn issue_token(
+        &self,
+        tenant: &TenantName,
+        user: &str,
+        roles: &[String],
+        ttl_s: u64,
+    ) -> Result<String, BrokerError> {
+        self.meta.get_tenant(tenant)?;
+        let verifier = self.tokens.as_ref().ok_or_else(|| {
+            BrokerError::Invalid(fjord_auth::TokenError::NotConfigured.to_string())
+        })?;
+        verifier
+            .issue(tenant, user, roles, ttl_s)
+            .map_err(|e| BrokerError::Invalid(e.to_string()))
+    }
+
+    /// The principal a verified client certificate names: `tenant:user`
+    /// (or `user`, in `public`) of an existing tenant; roles come from the
+    /// user record when one exists.
+    pub fn authenticate_certificate(&self, identity: &str) -> Result<Principal, AuthError> {
+        let bad = || AuthError::BadCertificate(identity.to_string());
+        let (tenant, user) = parse_login(identity).ok_or_else(bad)?;
+        fjord_meta::validate_user_name(user).map_err(|_| bad())?;
+        match self.meta.get_tenant(&tenant) {
+            Ok(_) => {}
+            Err(MetaError::NotFound { .. }) => return Err(bad()),
+            Err(e) => return Err(BrokerError::from(e).into()),
+        }
+        let roles = self
+            .meta
+            .get_user(&tenant, user)
+            .map_err(BrokerError::from)?
+            .map(|u| u.roles)
+            .unwrap_or_default();
+        Ok(Principal {
+            tenant,
+            user: user.to_string(),
+            roles,
+            method: Method::Certificate,
+        })
+    }
+
+    /// Whether `tenant` admits clients that prove no identity: the node's
+    /// `auth.anonymous` and the tenant's own setting (unset: only
+    /// `public`).
+    pub fn anonymous_allowed(&self, tenant: &TenantName) -> bool {
+        self.config.auth.anonymous
+            && self.meta.get_tenant(tenant).is_ok_and(|t| {
+                t.settings
+                    .anonymous
+                    .unwrap_or(t.name.as_str() == PUBLIC_TENANT)
+            })
+    }
+
+    /// The anonymous principal of `tenant`, where it is admitted.
+    pub fn anonymous(&self, tenant: &TenantName) -> Result<Principal, AuthError> {
+        if self.anonymous_allowed(tenant) {
+            Ok(Principal::anonymous(tenant.clone()))
+        } else {
+            Err(AuthError::AnonymousRefused(tenant.clone()))
+        }
+    }
+
+    /// The anonymous principal of `public`, where it is admitted (clients
+    /// that name no tenant).
+    pub fn anonymous_public(&self) -> Result<Principal, AuthError> {
+        self.anonymous(&TenantName::new(PUBLIC_TENANT).expect("valid"))
     }
 }

@@ -48,6 +48,8 @@ pub struct BrokerConfig {
     /// Message bytes the node holds in flight at most (request bodies,
     /// fetches); beyond it new work waits.
     pub inflight_bytes_max: u64,
+    /// How identities are proved (anonymous access, tokens).
+    pub auth: fjord_auth::AuthSettings,
 }
 
 impl BrokerConfig {
@@ -58,6 +60,7 @@ impl BrokerConfig {
             append_queue_depth: 1024,
             maintenance_interval: Duration::from_secs(30),
             inflight_bytes_max: 512 * 1024 * 1024,
+            auth: fjord_auth::AuthSettings::default(),
         }
     }
 }
@@ -150,6 +153,8 @@ pub struct Broker {
     /// concurrent creator is told it exists.
     create_lock: parking_lot::Mutex<()>,
     shutting_down: AtomicBool,
+    /// JWT verification keys, when tokens are configured.
+    tokens: Option<fjord_auth::TokenVerifier>,
 }
 
 impl Broker {
@@ -159,6 +164,8 @@ impl Broker {
         let meta: Arc<dyn MetaStore> =
             Arc::new(EmbeddedStore::open(&config.data_dir.join("meta"))?);
         fjord_meta::ensure_defaults(meta.as_ref(), now_ms())?;
+        let tokens = fjord_auth::TokenVerifier::load(&config.auth.tokens)
+            .map_err(|e| BrokerError::Invalid(format!("[auth.tokens]: {e}")))?;
         let metrics = Arc::new(Metrics::new());
         metrics.memory_budget.set(config.inflight_bytes_max as i64);
         let memory = MemoryBudget::new(config.inflight_bytes_max, metrics.memory_reserved.clone());
@@ -171,6 +178,7 @@ impl Broker {
             created: tokio::sync::broadcast::channel(1024).0,
             create_lock: parking_lot::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
+            tokens,
         });
         // Files of streams deleted before a crash.
         let _ = std::fs::remove_dir_all(broker.trash_dir());
@@ -348,6 +356,7 @@ impl Broker {
         let t = TenantInfo {
             name: name.clone(),
             created_ms: now_ms(),
+            settings: Default::default(),
         };
         self.meta.create_tenant(&t)?;
         Ok(t)

@@ -62,6 +62,10 @@ pub async fn delete_tenant(
 #[serde(deny_unknown_fields)]
 struct SetPassword {
     password: String,
+    /// Roles ACL rules grant rights to; absent: unchanged (none for a new
+    /// user).
+    #[serde(default)]
+    roles: Option<Vec<String>>,
 }
 
 pub async fn list_users(
@@ -83,7 +87,7 @@ pub async fn put_user(
     let req: SetPassword = parse_json(&crate::memory::body_bytes(body)?)?;
     let tenant = TenantName::new(t)?;
     let view = tokio::task::spawn_blocking(move || {
-        s.broker.set_user_password(&tenant, &user, &req.password)
+        s.broker.set_user(&tenant, &user, &req.password, req.roles)
     })
     .await
     .map_err(|e| {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use fjord_auth::{Peer, TlsListen};
+use fjord_auth::{Peer, Principal, TlsListen};
 use fjord_broker::Broker;
 use fjord_core::TenantName;
 use kafka_protocol::error::ResponseError;
@@ -22,9 +22,6 @@ use crate::{handlers, sasl};
 
 #[derive(Debug, Clone)]
 pub struct KafkaConfig {
-    /// Tenant of anonymous connections; a SASL login moves a connection
-    /// into its user's tenant.
-    pub tenant: TenantName,
     pub node_id: i32,
     pub cluster_id: String,
     /// Largest request accepted.
@@ -62,6 +59,8 @@ pub struct Session<'a> {
     pub shared: &'a Shared,
     pub advertised: &'a Advertised,
     pub tenant: TenantName,
+    /// Who the connection proved to be.
+    pub principal: Arc<Principal>,
 }
 
 impl std::ops::Deref for Session<'_> {
@@ -216,8 +215,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), ConnError> {
-    let _ = &peer;
-    let mut tenant = shared.config.tenant.clone();
+    // Who the connection is before any SASL: its client certificate, else
+    // anonymous where `public` admits that; `None` must log in.
+    let mut principal: Option<Arc<Principal>> = match &peer.cert_identity {
+        Some(id) => match shared.broker.authenticate_certificate(id) {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(peer = %peer.addr, error = %e, "kafka client certificate refused");
+                count_error(shared, "auth_failed");
+                return Err(ConnError::AuthFailed(e.to_string()));
+            }
+        },
+        None => shared.broker.anonymous_public().ok().map(Arc::new),
+    };
     let mut sasl_state = sasl::State::Start;
     let mut inbuf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::new();
@@ -230,21 +240,28 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 return Err(e.into());
             }
         } {
-            if sasl_state == sasl::State::RawToken {
-                // SaslHandshake v0: this frame is the PLAIN token itself; an
-                // empty token answers success.
-                match login(shared, &frame).await {
-                    Ok(t) => {
-                        tenant = t;
-                        sasl_state = sasl::State::Done;
-                        out.extend_from_slice(&0i32.to_be_bytes());
-                        continue;
+            if sasl_state.raw() {
+                // SaslHandshake v0: frames are raw tokens, answered with raw
+                // (length-prefixed) server messages.
+                let Some(conv) = sasl_state.conversation() else {
+                    unreachable!("raw state holds a conversation")
+                };
+                match conv.step(&shared.broker, &frame).await {
+                    sasl::Step::Continue(challenge) => {
+                        put_raw(&mut out, &challenge);
                     }
-                    Err(e) => {
-                        count_error(shared, "sasl_failed");
+                    sasl::Step::Done(p, last) => {
+                        logged_in(&peer, &p);
+                        principal = Some(Arc::new(p));
+                        sasl_state = sasl::State::Done;
+                        put_raw(&mut out, &last);
+                    }
+                    sasl::Step::Failed(e) => {
+                        login_refused(shared, &peer, &e);
                         return Err(ConnError::AuthFailed(e));
                     }
                 }
+                continue;
             }
             match codec::decode_request(frame, handlers::supported) {
                 Ok(req) if !req.supported => {
@@ -288,22 +305,32 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         }
                         RequestKind::SaslAuthenticate(r) => {
                             let mut resp = SaslAuthenticateResponse::default();
-                            let outcome = if sasl_state == sasl::State::Authenticate {
-                                login(shared, &r.auth_bytes).await
-                            } else {
-                                Err("SaslAuthenticate without a SaslHandshake (v1) first".into())
+                            let step = match &mut sasl_state {
+                                sasl::State::Authenticate(conv) => {
+                                    conv.step(&shared.broker, &r.auth_bytes).await
+                                }
+                                _ => sasl::Step::Failed(
+                                    "SaslAuthenticate without a SaslHandshake (v1) first".into(),
+                                ),
                             };
-                            match outcome {
-                                Ok(t) => {
-                                    tenant = t;
-                                    sasl_state = sasl::State::Done;
+                            match step {
+                                sasl::Step::Continue(challenge) => {
+                                    resp.auth_bytes = challenge.into();
                                     answer(ResponseKind::SaslAuthenticate(resp), &mut out)?;
                                     continue;
                                 }
-                                Err(e) => {
+                                sasl::Step::Done(p, last) => {
+                                    logged_in(&peer, &p);
+                                    principal = Some(Arc::new(p));
+                                    sasl_state = sasl::State::Done;
+                                    resp.auth_bytes = last.into();
+                                    answer(ResponseKind::SaslAuthenticate(resp), &mut out)?;
+                                    continue;
+                                }
+                                sasl::Step::Failed(e) => {
                                     // Answered, then closed, as Kafka does.
-                                    count_error(shared, "sasl_failed");
-                                    resp.error_code = if sasl_state == sasl::State::Authenticate {
+                                    login_refused(shared, &peer, &e);
+                                    resp.error_code = if sasl_state.conversation().is_some() {
                                         ResponseError::SaslAuthenticationFailed.code()
                                     } else {
                                         ResponseError::IllegalSaslState.code()
@@ -316,8 +343,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                             }
                         }
                         RequestKind::ApiVersions(_) => {}
-                        _ if shared.config.sasl == sasl::SaslMode::Required
-                            && sasl_state != sasl::State::Done =>
+                        _ if principal.is_none()
+                            || (shared.config.sasl == sasl::SaslMode::Required
+                                && !matches!(sasl_state, sasl::State::Done)) =>
                         {
                             count_error(shared, "sasl_required");
                             socket.write_all(&out).await?;
@@ -331,10 +359,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         .as_ref()
                         .map(|c| c.to_string())
                         .unwrap_or_default();
+                    let Some(who) = principal.clone() else {
+                        unreachable!("requests before a login were refused above")
+                    };
                     let session = Session {
                         shared,
                         advertised,
-                        tenant: tenant.clone(),
+                        tenant: who.tenant.clone(),
+                        principal: who,
                     };
                     if let Some(body) = handle(&session, req.body, version, client_id).await {
                         codec::encode_response(req.api, version, correlation, &body, &mut out)
@@ -386,25 +418,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Checks a PLAIN token against Fjord's users (argon2, off the async
-/// workers); the tenant the login belongs to.
-async fn login(shared: &Shared, token: &[u8]) -> Result<TenantName, String> {
-    let (user, password) = sasl::parse_plain(token).map_err(str::to_string)?;
-    let broker = shared.broker.clone();
-    let who = user.clone();
-    let outcome = tokio::task::spawn_blocking(move || broker.authenticate(&user, &password))
-        .await
-        .map_err(|e| format!("authentication task: {e}"))?;
-    match outcome {
-        Ok(p) => {
-            tracing::info!(user = %who, tenant = %p.tenant, "kafka SASL login");
-            Ok(p.tenant)
-        }
-        Err(e) => {
-            tracing::warn!(user = %who, error = %e, "kafka SASL login refused");
-            Err(e.to_string())
-        }
-    }
+/// A raw SASL server message (handshake v0): length-prefixed bytes.
+fn put_raw(out: &mut BytesMut, msg: &[u8]) {
+    out.extend_from_slice(&(msg.len() as i32).to_be_bytes());
+    out.extend_from_slice(msg);
+}
+
+fn logged_in(peer: &Peer, p: &Principal) {
+    tracing::info!(peer = %peer.addr, principal = %p.name(), method = p.method.as_str(), "kafka SASL login");
+}
+
+fn login_refused(shared: &Shared, peer: &Peer, why: &str) {
+    count_error(shared, "sasl_failed");
+    tracing::warn!(peer = %peer.addr, error = %why, "kafka SASL login refused");
 }
 
 /// Answers one request; `None` when the protocol wants no response

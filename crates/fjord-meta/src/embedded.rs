@@ -142,6 +142,22 @@ impl MetaStore for EmbeddedStore {
             })
     }
 
+    fn update_tenant(&self, tenant: &TenantInfo) -> Result<(), MetaError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(TENANTS)?;
+            if t.get(tenant.name.as_str())?.is_none() {
+                return Err(MetaError::NotFound {
+                    kind: "tenant",
+                    name: tenant.name.to_string(),
+                });
+            }
+            t.insert(tenant.name.as_str(), enc(tenant)?.as_slice())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn list_tenants(&self) -> Result<Vec<TenantInfo>, MetaError> {
         self.list(TENANTS, None)
     }
@@ -594,6 +610,8 @@ mod tests {
             name: name.into(),
             password_hash: "$argon2id$x".into(),
             created_ms: 1,
+            roles: vec!["devices".into()],
+            scram: Vec::new(),
         };
         // No tenant, no user.
         assert!(matches!(
@@ -603,6 +621,7 @@ mod tests {
         s.create_tenant(&TenantInfo {
             name: acme.clone(),
             created_ms: 1,
+            settings: Default::default(),
         })
         .unwrap();
         s.put_user(&user("alice")).unwrap();
@@ -621,6 +640,7 @@ mod tests {
         s.create_tenant(&TenantInfo {
             name: acme.clone(),
             created_ms: 2,
+            settings: Default::default(),
         })
         .unwrap();
         assert_eq!(
@@ -727,6 +747,7 @@ mod tests {
             s.create_tenant(&TenantInfo {
                 name: TenantName::new(t).unwrap(),
                 created_ms: 0,
+                settings: Default::default(),
             })
             .unwrap();
         }

@@ -12,7 +12,7 @@ mod model;
 
 pub use embedded::EmbeddedStore;
 pub use error::MetaError;
-pub use model::{NamespaceInfo, StreamInfo, TenantInfo, UserInfo};
+pub use model::{NamespaceInfo, ScramVerifier, StreamInfo, TenantInfo, TenantSettings, UserInfo};
 
 use fjord_core::{NamespaceName, Policy, StreamRef, TenantName};
 
@@ -24,6 +24,8 @@ pub type ConsumerOffsets = (String, Vec<(u32, i64)>);
 pub trait MetaStore: Send + Sync {
     fn create_tenant(&self, tenant: &TenantInfo) -> Result<(), MetaError>;
     fn get_tenant(&self, name: &TenantName) -> Result<TenantInfo, MetaError>;
+    /// Replaces an existing tenant's record (its settings).
+    fn update_tenant(&self, tenant: &TenantInfo) -> Result<(), MetaError>;
     fn list_tenants(&self) -> Result<Vec<TenantInfo>, MetaError>;
     /// Refused while the tenant still has streams.
     fn delete_tenant(&self, name: &TenantName) -> Result<(), MetaError>;
@@ -110,6 +112,7 @@ pub fn ensure_defaults(store: &dyn MetaStore, now_ms: i64) -> Result<(), MetaErr
     match store.create_tenant(&TenantInfo {
         name: public,
         created_ms: now_ms,
+        settings: Default::default(),
     }) {
         Ok(()) | Err(MetaError::AlreadyExists { .. }) => Ok(()),
         Err(e) => Err(e),

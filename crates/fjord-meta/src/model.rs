@@ -7,16 +7,47 @@ use serde::{Deserialize, Serialize};
 pub struct TenantInfo {
     pub name: TenantName,
     pub created_ms: i64,
+    /// Security settings; absent in records written before they existed.
+    #[serde(default)]
+    pub settings: TenantSettings,
 }
 
-/// A user of a tenant, who proves itself with a password. Only the
-/// password's argon2 hash (PHC string) is stored.
+/// A tenant's own security settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSettings {
+    /// Whether clients that prove no identity may act in this tenant
+    /// (subject to the node's `auth.anonymous`). Unset: only `public` does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous: Option<bool>,
+}
+
+/// A user of a tenant, who proves itself with a password. Only what
+/// checks a password is stored: its argon2 hash (PHC string) and the SCRAM
+/// verifiers (RFC 5802: salt, iterations, StoredKey, ServerKey).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserInfo {
     pub tenant: TenantName,
     pub name: String,
     pub password_hash: String,
     pub created_ms: i64,
+    /// Roles that ACL rules grant rights to.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub scram: Vec<ScramVerifier>,
+}
+
+/// What a SCRAM mechanism needs to check a client proof, never the
+/// password itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScramVerifier {
+    /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+    pub stored_key: Vec<u8>,
+    pub server_key: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -32,8 +32,10 @@ use crate::mapping::{Selection, TopicMap, RESERVED_STREAMS};
 use crate::record::{from_record, to_record};
 use crate::server::Shared;
 use crate::session_store::{StoredCursor, StoredSession, StoredSubscription};
+use crate::space::Space;
 use crate::state::{InboundAliases, OutboundAliases, PacketIds, Qos2Received, Window};
 use crate::tree::SubscriptionTree;
+use fjord_auth::{Peer, Principal};
 
 /// Records read ahead of the socket per connection at most.
 const DELIVERY_QUEUE: usize = 256;
@@ -136,7 +138,7 @@ enum End {
 /// runtime).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
-    _peer: fjord_auth::Peer,
+    peer: Peer,
     shared: Arc<Shared>,
 ) -> Result<(), ConnError> {
     let (mut rd, mut wr) = tokio::io::split(io);
@@ -185,10 +187,47 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let boxed = connect;
         *boxed
     };
-    let mut session = match Box::pin(Session::accept(shared.clone(), connect, &mut wr)).await? {
-        Some(s) => s,
-        None => return Ok(()),
+    let (principal, auth_data) = match Box::pin(crate::login::login(
+        &shared, &peer, &connect, &mut rd, &mut wr, &mut inbuf,
+    ))
+    .await?
+    {
+        crate::login::Login::Admitted(p, data) => (p, data),
+        crate::login::Login::Refused => return Ok(()),
     };
+    let space = match shared.space(&principal.tenant).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(tenant = %principal.tenant, error = %e, "mqtt tenant unavailable");
+            let mut out = BytesMut::new();
+            let v5 = connect.protocol == Protocol::V5;
+            codec::encode(
+                &Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code: if v5 {
+                        reason::SERVER_UNAVAILABLE
+                    } else {
+                        reason::v311::SERVER_UNAVAILABLE
+                    },
+                    properties: Properties::default(),
+                }),
+                connect.protocol,
+                &mut out,
+            );
+            let _ = write_out(&mut wr, &out).await;
+            return Ok(());
+        }
+    };
+    let admitted = Admitted {
+        space,
+        principal: Arc::new(principal),
+        auth_data,
+    };
+    let mut session =
+        match Box::pin(Session::accept(shared.clone(), admitted, connect, &mut wr)).await? {
+            Some(s) => s,
+            None => return Ok(()),
+        };
     let end = session.run(&mut rd, &mut wr, inbuf).await;
     Box::pin(session.finish(end)).await;
     Ok(())
@@ -230,7 +269,10 @@ async fn recv_opt<T>(q: &mut Option<(mpsc::Sender<T>, mpsc::Receiver<T>)>) -> Op
 }
 
 /// Writes and flushes (a WebSocket sends only on flush).
-async fn write_out<W: AsyncWrite + Unpin>(wr: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) async fn write_out<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     wr.write_all(bytes).await?;
     wr.flush().await
 }
@@ -251,6 +293,15 @@ async fn read_connect<R: AsyncRead + Unpin>(
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
     }
+}
+
+/// What a successful login hands the session.
+struct Admitted {
+    space: Arc<Space>,
+    #[allow(dead_code)] // read by the ACL checks, the next step of the security issue
+    principal: Arc<Principal>,
+    /// Enhanced authentication's last message, for CONNACK.
+    auth_data: Option<bytes::Bytes>,
 }
 
 /// The state of QoS 1/2 exchanges and topic aliases of a session.
@@ -286,6 +337,11 @@ struct Subscribed {
 
 struct Session {
     shared: Arc<Shared>,
+    /// The tenant's MQTT state (client ids, retained messages, groups).
+    space: Arc<Space>,
+    /// Who the client proved to be.
+    #[allow(dead_code)] // read by the ACL checks, the next step of the security issue
+    principal: Arc<Principal>,
     protocol: Protocol,
     /// Shared with the registry's entry.
     client_id: Arc<str>,
@@ -341,9 +397,15 @@ impl Session {
     /// refused.
     async fn accept<W: AsyncWrite + Unpin>(
         shared: Arc<Shared>,
+        admitted: Admitted,
         c: Connect,
         wr: &mut W,
     ) -> Result<Option<Session>, ConnError> {
+        let Admitted {
+            space,
+            principal,
+            auth_data,
+        } = admitted;
         let v5 = c.protocol == Protocol::V5;
         let cfg = shared.config.clone();
         let mut out = BytesMut::new();
@@ -378,16 +440,6 @@ impl Session {
         } else {
             c.client_id.clone()
         };
-        if c.properties.authentication_method.is_some() {
-            // Enhanced authentication arrives with the security issue.
-            refuse(
-                reason::BAD_AUTHENTICATION_METHOD,
-                reason::v311::NOT_AUTHORIZED,
-                &mut out,
-            );
-            write_out(&mut *wr, &out).await?;
-            return Ok(None);
-        }
         // MQTT-3.2.2-21: a 5.0 client uses the Server Keep Alive we send;
         // 3.1.1 has no way to say it, so a client beyond the maximum is
         // refused (as Mosquitto's `max_keepalive` does).
@@ -408,7 +460,7 @@ impl Session {
             c.keep_alive
         };
         let client_id: Arc<str> = client_id.into();
-        let claimed = shared.registry.claim(&client_id);
+        let claimed = space.registry.claim(&client_id);
         if let Some(previous) = &claimed.previous {
             // Let the connection we take over save its session first.
             let _ = tokio::time::timeout(Duration::from_secs(5), previous.wait_done()).await;
@@ -430,16 +482,16 @@ impl Session {
             // Looked up first: most clean connections have none, and a
             // delete is a durable write.
             if meta
-                .get_session(&cfg.tenant, &client_id)
+                .get_session(&space.tenant, &client_id)
                 .ok()
                 .flatten()
                 .is_some()
             {
-                let _ = meta.delete_session(&cfg.tenant, &client_id);
+                let _ = meta.delete_session(&space.tenant, &client_id);
             }
             None
         } else {
-            meta.get_session(&cfg.tenant, &client_id)
+            meta.get_session(&space.tenant, &client_id)
                 .ok()
                 .flatten()
                 .and_then(|b| serde_json::from_slice::<StoredSession>(&b).ok())
@@ -459,6 +511,10 @@ impl Session {
                 props.session_expiry_interval = Some(expiry_s);
             }
             props.assigned_client_identifier = assigned;
+            if auth_data.is_some() {
+                props.authentication_method = c.properties.authentication_method.clone();
+                props.authentication_data = auth_data;
+            }
             if beyond_max {
                 props.server_keep_alive = Some(keep_alive_max);
             }
@@ -477,7 +533,7 @@ impl Session {
         out.clear();
         // The namespace's topic mapping rules, as they are now (a change
         // applies to connections made after it).
-        let map = shared.topic_map();
+        let map = space.topic_map();
         let mut session = Session {
             protocol: c.protocol,
             client_id,
@@ -509,6 +565,8 @@ impl Session {
                 .map_or(usize::MAX, |m| m as usize),
             out,
             shared,
+            space,
+            principal,
         };
         match stored {
             Some(st) => {
@@ -578,7 +636,7 @@ impl Session {
                 self.st().shared_subs.insert(sub.filter.clone(), opts);
                 let tx = self.shared_sender();
                 let persistent = self.persistent();
-                self.shared
+                self.space
                     .groups
                     .join(&sub.filter, &self.map, self.token, tx, persistent, true)
                     .await;
@@ -658,7 +716,7 @@ impl Session {
         match serde_json::to_vec(&st) {
             Ok(bytes) => {
                 if let Err(e) = self.shared.broker.meta().put_session(
-                    &self.shared.config.tenant,
+                    &self.space.tenant,
                     &self.client_id,
                     &bytes,
                 ) {
@@ -808,7 +866,7 @@ impl Session {
                 .is_some_and(|st| !st.backlog.is_empty())
                 && self.out_window.available() > 0
             {
-                let stream = self.shared.retained.stream_name().clone();
+                let stream = self.space.retained.stream_name().clone();
                 while self.out_window.available() > 0 && self.out.len() < 64 * 1024 {
                     let Some(rec) = self.st().backlog.pop_front() else {
                         break;
@@ -919,7 +977,7 @@ impl Session {
                                 .shared
                                 .broker
                                 .meta()
-                                .delete_session(&self.shared.config.tenant, &self.client_id);
+                                .delete_session(&self.space.tenant, &self.client_id);
                         }
                     }
                     return Some(End::Clean {
@@ -1018,7 +1076,7 @@ impl Session {
     /// group's cursor may pass it.
     fn settle_shared(&self, shared: Option<SharedDelivery>) {
         if let Some((filter, stream, p, rec)) = shared {
-            self.shared.groups.settled(&filter, &stream, p, rec.offset);
+            self.space.groups.settled(&filter, &stream, p, rec.offset);
         }
     }
 
@@ -1121,8 +1179,8 @@ impl Session {
         let mut results: Vec<Result<(), (u8, String)>> = Vec::with_capacity(runs.len());
         for (stream, recs) in runs {
             let sref = StreamRef {
-                tenant: self.shared.config.tenant.clone(),
-                namespace: self.shared.config.namespace.clone(),
+                tenant: self.space.tenant.clone(),
+                namespace: self.space.namespace.clone(),
                 stream,
             };
             let r = match self.shared.broker.ensure_stream(&sref) {
@@ -1141,7 +1199,7 @@ impl Session {
             if let (Ok(()), Some(rec)) = (&outcome, item.retain) {
                 // The message is stored; now it becomes (or, empty, stops
                 // being) the topic's retained message (MQTT-3.3.1-5, -6).
-                if let Err(e) = self.shared.retained.set(rec).await {
+                if let Err(e) = self.space.retained.set(rec).await {
                     outcome = Err(refusal(&e));
                 }
             }
@@ -1224,7 +1282,7 @@ impl Session {
                 // Retained messages are not sent for shared subscriptions
                 // (MQTT 5.0 §4.8.2).
                 let tx = self.shared_sender();
-                self.shared
+                self.space
                     .groups
                     .join(
                         &req.filter,
@@ -1253,7 +1311,7 @@ impl Session {
                 // Retain handling: 0 always, 1 only for a new subscription,
                 // 2 never (MQTT-3.3.1-9, -10, -11).
                 if req.retain_handling == 0 || (req.retain_handling == 1 && is_new) {
-                    let owed = self.shared.retained.matching(&req.filter);
+                    let owed = self.space.retained.matching(&req.filter);
                     self.st().backlog.extend(owed);
                 }
                 req.qos as u8
@@ -1278,7 +1336,7 @@ impl Session {
                     self.st().tree.remove(f, &Arc::from(f.as_str()));
                     reason::SUCCESS
                 } else if self.st().shared_subs.remove(f).is_some() {
-                    self.shared.groups.leave(f, self.token);
+                    self.space.groups.leave(f, self.token);
                     reason::SUCCESS
                 } else {
                     reason::NO_SUBSCRIPTION_EXISTED
@@ -1305,7 +1363,7 @@ impl Session {
     /// cursor from it, others from `from`.
     async fn follow(&mut self, filter: &str, from: Position) {
         let broker = self.shared.broker.clone();
-        let (tenant, ns) = (&self.shared.config.tenant, &self.shared.config.namespace);
+        let (tenant, ns) = (&self.space.tenant, &self.space.namespace);
         let streams: Vec<StreamName> = match self.map.streams_for_filter(filter) {
             Selection::All => {
                 self.follow_all = true;
@@ -1333,8 +1391,8 @@ impl Session {
             return;
         }
         let sref = StreamRef {
-            tenant: self.shared.config.tenant.clone(),
-            namespace: self.shared.config.namespace.clone(),
+            tenant: self.space.tenant.clone(),
+            namespace: self.space.namespace.clone(),
             stream: stream.clone(),
         };
         let broker = self.shared.broker.clone();
@@ -1390,8 +1448,8 @@ impl Session {
     }
 
     async fn on_stream_created(&mut self, s: StreamRef) {
-        if s.tenant != self.shared.config.tenant
-            || s.namespace != self.shared.config.namespace
+        if s.tenant != self.space.tenant
+            || s.namespace != self.space.namespace
             || self.subscribed.as_ref().is_none_or(|st| st.subs.is_empty())
         {
             return;
@@ -1463,14 +1521,14 @@ impl Session {
     fn deliver_shared(&mut self, (filter, stream, p, rec): SharedDelivery) {
         let Some(o) = self.st().shared_subs.get(&filter).copied() else {
             // Unsubscribed meanwhile: another member gets it.
-            self.shared.groups.give_back(&filter, stream, p, rec);
+            self.space.groups.give_back(&filter, stream, p, rec);
             return;
         };
         let msg = from_record(stream.as_str(), &rec, now_ms());
         let offset = rec.offset;
         if !msg.live {
             // Expired: nobody gets it.
-            self.shared.groups.settled(&filter, &stream, p, offset);
+            self.space.groups.settled(&filter, &stream, p, offset);
             return;
         }
         let qos = msg.qos.min(o.qos);
@@ -1486,7 +1544,7 @@ impl Session {
             Some((filter, stream, p, rec)),
         );
         if !awaiting {
-            self.shared.groups.settled(&f, &s, p, offset);
+            self.space.groups.settled(&f, &s, p, offset);
         }
     }
 
@@ -1494,12 +1552,7 @@ impl Session {
     /// `shared_filter`: the group then exists while it has no connected
     /// member, and a new reader resumes at its saved cursors.
     fn group_has_members_away(&self, shared_filter: &str) -> bool {
-        let Ok(sessions) = self
-            .shared
-            .broker
-            .meta()
-            .list_sessions(&self.shared.config.tenant)
-        else {
+        let Ok(sessions) = self.shared.broker.meta().list_sessions(&self.space.tenant) else {
             return false;
         };
         sessions.iter().any(|(id, bytes)| {
@@ -1600,7 +1653,7 @@ impl Session {
         // Shared deliveries this member did not finish go to another member
         // (MQTT 5.0 §4.8.2), then it leaves its groups.
         for f in &filters {
-            self.shared.groups.leave(f, self.token);
+            self.space.groups.leave(f, self.token);
         }
         let give_back: Vec<u16> = self
             .fl()
@@ -1622,7 +1675,7 @@ impl Session {
             }
         }
         for (f, stream, p, rec) in unfinished.into_iter().chain(queued) {
-            self.shared.groups.give_back(&f, stream, p, rec);
+            self.space.groups.give_back(&f, stream, p, rec);
         }
         let now = now_ms();
         let publish_will = match end {
@@ -1647,20 +1700,20 @@ impl Session {
             let stored = delayed.map(|(due, w)| crate::wills::to_stored(w, due));
             self.save_with(Some(now), stored);
         }
-        self.shared.registry.release(&self.client_id, self.token);
+        self.space.registry.release(&self.client_id, self.token);
         self.signal.set_done();
         let Some(will) = will else {
             return;
         };
         if delay_s > 0 {
             crate::wills::schedule(
-                self.shared.clone(),
+                self.space.clone(),
                 self.client_id.to_string(),
                 *will,
                 now + delay_s as i64 * 1000,
             );
         } else {
-            crate::wills::publish(&self.shared, &self.map, &self.client_id, *will).await;
+            crate::wills::publish(&self.space, &self.map, &self.client_id, *will).await;
         }
     }
 }

@@ -9,11 +9,13 @@
 pub mod codec;
 pub mod connection;
 pub mod groups;
+mod login;
 pub mod mapping;
 pub mod record;
 pub mod retained;
 pub mod server;
 pub mod session_store;
+pub mod space;
 pub mod state;
 pub mod tree;
 pub mod wills;

@@ -13,14 +13,13 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::retained::Retained;
+use crate::space::Space;
 use crate::{connection, ws};
 
 #[derive(Debug, Clone)]
 pub struct MqttConfig {
-    /// Tenant and namespace of connections (authentication, which picks
-    /// them per client, comes with the security issue).
-    pub tenant: TenantName,
+    /// The namespace MQTT topics map into, in each connection's tenant
+    /// (the one its authentication names; `public` for anonymous ones).
     pub namespace: NamespaceName,
     /// Largest packet accepted, advertised as Maximum Packet Size.
     pub max_packet_bytes: u32,
@@ -46,7 +45,6 @@ pub struct MqttConfig {
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
-            tenant: TenantName::new(fjord_core::names::PUBLIC_TENANT).expect("valid"),
             namespace: NamespaceName::new(fjord_core::names::DEFAULT_NAMESPACE).expect("valid"),
             max_packet_bytes: 1024 * 1024 + 64 * 1024,
             connect_timeout: Duration::from_secs(10),
@@ -208,27 +206,56 @@ impl Registry {
 pub struct Shared {
     pub broker: Arc<Broker>,
     pub config: MqttConfig,
-    pub registry: Registry,
-    pub retained: Retained,
-    pub groups: crate::groups::Groups,
+    /// Each tenant's MQTT state, opened on first use.
+    spaces: Mutex<HashMap<TenantName, Arc<Space>>>,
+    /// Serialises opening spaces (loading retained messages is async).
+    opening: tokio::sync::Mutex<()>,
+    shutting_down: std::sync::atomic::AtomicBool,
     pub stats: Stats,
 }
 
 impl Shared {
-    /// The namespace's topic mapping rules as they are now (a change applies
-    /// to connections made after it).
-    pub fn topic_map(&self) -> crate::mapping::TopicMap {
-        let cfg = &self.config;
-        self.broker
-            .get_namespace(&cfg.tenant, &cfg.namespace)
-            .ok()
-            .and_then(|ns| {
-                crate::mapping::TopicMap::new(
-                    ns.policy.resolve(self.broker.defaults()).mqtt_topic_rules,
-                )
-                .ok()
-            })
-            .unwrap_or_default()
+    /// The tenant's space, opened (retained messages loaded, due wills
+    /// published) if this is its first use.
+    pub async fn space(&self, tenant: &TenantName) -> Result<Arc<Space>, BrokerError> {
+        if let Some(s) = self.spaces.lock().get(tenant) {
+            return Ok(s.clone());
+        }
+        let _one_at_a_time = self.opening.lock().await;
+        if let Some(s) = self.spaces.lock().get(tenant) {
+            return Ok(s.clone());
+        }
+        let space = Space::open(
+            self.broker.clone(),
+            tenant.clone(),
+            self.config.namespace.clone(),
+        )
+        .await?;
+        if self
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            space.registry.shutdown_all();
+        }
+        self.spaces.lock().insert(tenant.clone(), space.clone());
+        Ok(space)
+    }
+
+    fn spaces(&self) -> Vec<Arc<Space>> {
+        self.spaces.lock().values().cloned().collect()
+    }
+
+    /// Connected clients of every tenant.
+    pub fn connected(&self) -> usize {
+        self.spaces().iter().map(|s| s.registry.connected()).sum()
+    }
+
+    fn shutdown_all(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::Release);
+        for s in self.spaces() {
+            s.registry.shutdown_all();
+        }
     }
 }
 
@@ -242,9 +269,6 @@ pub struct Stats {
 /// How often the `$SYS/broker/…` topics are refreshed.
 pub const SYS_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Loads what the listeners need (retained messages), then accepts MQTT
-/// connections on `tcp`, and MQTT over WebSocket on `ws`, until `shutdown`
-/// turns true.
 /// One socket the MQTT server accepts on: plain or TLS, TCP or WebSocket.
 pub struct Listener {
     pub tcp: TcpListener,
@@ -263,36 +287,41 @@ impl Listener {
     }
 }
 
+/// Opens the `public` space (and those with stored sessions), then accepts
+/// MQTT connections on every listener until `shutdown` turns true.
 pub async fn start(
     listeners: Vec<Listener>,
     broker: Arc<Broker>,
     config: MqttConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, BrokerError> {
-    let retained = Retained::open(
-        broker.clone(),
-        config.tenant.clone(),
-        config.namespace.clone(),
-    )
-    .await?;
-    let groups = crate::groups::Groups::new(
-        broker.clone(),
-        config.tenant.clone(),
-        config.namespace.clone(),
-    );
     let shared = Arc::new(Shared {
         broker,
         config,
-        registry: Registry::default(),
-        retained,
-        groups,
+        spaces: Mutex::new(HashMap::new()),
+        opening: tokio::sync::Mutex::new(()),
+        shutting_down: std::sync::atomic::AtomicBool::new(false),
         stats: Stats::default(),
     });
-    // Wills due while the node was down go out before their (expired)
-    // sessions are dropped.
-    crate::wills::restore(&shared).await;
-    drop_expired_sessions(&shared.broker, &shared.config);
-    tokio::spawn(publish_sys(Arc::downgrade(&shared), shutdown.clone()));
+    // `public` (home of `$SYS`), and every tenant with stored sessions,
+    // whose wills and expiries must run without waiting for a client.
+    let public = TenantName::new(fjord_core::names::PUBLIC_TENANT).expect("valid");
+    let sys_space = shared.space(&public).await?;
+    for t in shared.broker.meta().list_tenants()? {
+        let has_sessions = shared
+            .broker
+            .meta()
+            .list_sessions(&t.name)
+            .is_ok_and(|s| !s.is_empty());
+        if has_sessions {
+            shared.space(&t.name).await?;
+        }
+    }
+    tokio::spawn(publish_sys(
+        Arc::downgrade(&shared),
+        sys_space,
+        shutdown.clone(),
+    ));
     let tasks: Vec<_> = listeners
         .into_iter()
         .map(|l| tokio::spawn(serve(l, shared.clone(), shutdown.clone())))
@@ -301,13 +330,17 @@ pub async fn start(
         for t in tasks {
             let _ = t.await;
         }
-        shared.registry.shutdown_all();
+        shared.shutdown_all();
     }))
 }
 
 /// Publishes broker statistics to `$SYS/broker/…` every [`SYS_INTERVAL`],
 /// retained so a new subscriber sees the current values at once.
-async fn publish_sys(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn publish_sys(
+    shared: std::sync::Weak<Shared>,
+    space: Arc<Space>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     use std::sync::atomic::Ordering;
     let started = std::time::Instant::now();
     let mut tick = tokio::time::interval(SYS_INTERVAL);
@@ -327,7 +360,7 @@ async fn publish_sys(shared: std::sync::Weak<Shared>, mut shutdown: watch::Recei
             ),
             (
                 "$SYS/broker/clients/connected",
-                shared.registry.connected().to_string(),
+                shared.connected().to_string(),
             ),
             (
                 "$SYS/broker/messages/received",
@@ -339,8 +372,8 @@ async fn publish_sys(shared: std::sync::Weak<Shared>, mut shutdown: watch::Recei
             ),
         ];
         let sys = fjord_core::StreamRef {
-            tenant: shared.config.tenant.clone(),
-            namespace: shared.config.namespace.clone(),
+            tenant: space.tenant.clone(),
+            namespace: space.namespace.clone(),
             stream: fjord_core::StreamName::new(crate::mapping::SYS_STREAM).expect("valid"),
         };
         // Statistics are the latest state only: an ephemeral ring.
@@ -370,24 +403,9 @@ async fn publish_sys(shared: std::sync::Weak<Shared>, mut shutdown: watch::Recei
             })
             .collect();
         for r in &records {
-            let _ = shared.retained.set(r.clone()).await;
+            let _ = space.retained.set(r.clone()).await;
         }
         let _ = shared.broker.produce(&sys, records, None).await;
-    }
-}
-
-/// Sessions whose expiry passed while the node was down.
-fn drop_expired_sessions(broker: &Broker, config: &MqttConfig) {
-    let now = fjord_core::time::now_ms();
-    let Ok(sessions) = broker.meta().list_sessions(&config.tenant) else {
-        return;
-    };
-    for (client_id, state) in sessions {
-        let expired = serde_json::from_slice::<crate::session_store::StoredSession>(&state)
-            .map_or(true, |s| s.expired(now));
-        if expired {
-            let _ = broker.meta().delete_session(&config.tenant, &client_id);
-        }
     }
 }
 

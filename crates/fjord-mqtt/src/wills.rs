@@ -18,8 +18,8 @@ use fjord_core::StreamRef;
 use crate::codec::{self, LastWill, Packet, Protocol, Publish};
 use crate::mapping::TopicMap;
 use crate::record::to_record;
-use crate::server::Shared;
 use crate::session_store::{StoredSession, StoredWill};
+use crate::space::Space;
 
 /// The will as a 5.0 PUBLISH (one codec for its topic, payload, QoS, retain
 /// flag and properties), for the stored session.
@@ -60,10 +60,10 @@ fn from_stored(w: &StoredWill) -> Option<LastWill> {
 
 /// Stores the will's message (and, retained, makes it the topic's
 /// retained message).
-pub(crate) async fn publish(shared: &Shared, map: &TopicMap, client_id: &str, will: LastWill) {
+pub(crate) async fn publish(shared: &Space, map: &TopicMap, client_id: &str, will: LastWill) {
     let sref = StreamRef {
-        tenant: shared.config.tenant.clone(),
-        namespace: shared.config.namespace.clone(),
+        tenant: shared.tenant.clone(),
+        namespace: shared.namespace.clone(),
         stream: map.stream_for(&will.topic),
     };
     let retain = will.retain.then(|| {
@@ -101,25 +101,25 @@ pub(crate) async fn publish(shared: &Shared, map: &TopicMap, client_id: &str, wi
     }
 }
 
-fn stored_session(shared: &Shared, client_id: &str) -> Option<StoredSession> {
+fn stored_session(shared: &Space, client_id: &str) -> Option<StoredSession> {
     let bytes = shared
         .broker
         .meta()
-        .get_session(&shared.config.tenant, client_id)
+        .get_session(&shared.tenant, client_id)
         .ok()??;
     serde_json::from_slice(&bytes).ok()
 }
 
 /// Whether the stored session still holds the will due at `due_ms` (a
 /// client that came back, or left again with a new will, replaced it).
-fn still_pending(shared: &Shared, client_id: &str, due_ms: i64) -> bool {
+fn still_pending(shared: &Space, client_id: &str, due_ms: i64) -> bool {
     stored_session(shared, client_id)
         .and_then(|s| s.pending_will)
         .is_some_and(|w| w.due_ms == due_ms)
 }
 
 /// Removes the pending will from the stored session once published.
-fn clear(shared: &Shared, client_id: &str, due_ms: i64) {
+fn clear(shared: &Space, client_id: &str, due_ms: i64) {
     let Some(mut s) = stored_session(shared, client_id) else {
         return;
     };
@@ -129,13 +129,13 @@ fn clear(shared: &Shared, client_id: &str, due_ms: i64) {
             let _ = shared
                 .broker
                 .meta()
-                .put_session(&shared.config.tenant, client_id, &bytes);
+                .put_session(&shared.tenant, client_id, &bytes);
         }
     }
 }
 
 /// Publishes the will at `due_ms` unless its client is back by then.
-pub(crate) fn schedule(shared: Arc<Shared>, client_id: String, will: LastWill, due_ms: i64) {
+pub(crate) fn schedule(shared: Arc<Space>, client_id: String, will: LastWill, due_ms: i64) {
     tokio::spawn(async move {
         let wait = due_ms.saturating_sub(now_ms()).max(0) as u64;
         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -149,8 +149,8 @@ pub(crate) fn schedule(shared: Arc<Shared>, client_id: String, will: LastWill, d
 }
 
 /// At start: publishes the stored wills already due, schedules the rest.
-pub(crate) async fn restore(shared: &Arc<Shared>) {
-    let Ok(sessions) = shared.broker.meta().list_sessions(&shared.config.tenant) else {
+pub(crate) async fn restore(shared: &Arc<Space>) {
+    let Ok(sessions) = shared.broker.meta().list_sessions(&shared.tenant) else {
         return;
     };
     let now = now_ms();

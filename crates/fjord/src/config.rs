@@ -24,6 +24,8 @@ pub struct Config {
     /// Certificate and key of every TLS listener (off while `cert_file` is
     /// empty), and the client CA for mutual TLS.
     pub tls: fjord_auth::TlsSettings,
+    /// How clients prove who they are: anonymous access, JWT keys.
+    pub auth: fjord_auth::AuthSettings,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
     /// Node-wide policy defaults; namespaces and streams override them.
@@ -208,6 +210,7 @@ impl Default for Config {
                 level: "info".into(),
             },
             tls: fjord_auth::TlsSettings::default(),
+            auth: fjord_auth::AuthSettings::default(),
             storage: StorageConfig {
                 append_queue_depth: 1024,
                 maintenance_interval_ms: 30_000,

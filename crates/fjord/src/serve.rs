@@ -143,6 +143,7 @@ pub async fn run(config: Config) -> Result<()> {
     let tls_reloader = tls.as_ref().map(|t| t.spawn_reloader());
     let mut bc = BrokerConfig::new(&config.data_dir);
     bc.defaults = config.resolved_defaults();
+    bc.auth = config.auth.clone();
     bc.append_queue_depth = config.storage.append_queue_depth.max(1);
     bc.inflight_bytes_max = config.memory.inflight_bytes_max.max(64 * 1024);
     bc.maintenance_interval =
@@ -273,10 +274,14 @@ pub async fn run(config: Config) -> Result<()> {
         });
     }
     let mut server = tokio::spawn(async move {
+        if servers.is_empty() {
+            // No HTTP listener: nothing here ends the node.
+            std::future::pending::<()>().await;
+        }
         while let Some(r) = servers.join_next().await {
             r.map_err(std::io::Error::other)??;
         }
-        std::future::pending::<std::io::Result<()>>().await
+        Ok::<(), std::io::Error>(())
     });
     tokio::select! {
         sig = signals.wait() => tracing::info!(signal = sig, "shutting down"),
@@ -335,8 +340,6 @@ fn advertised(
 
 fn kafka_config(config: &Config) -> fjord_kafka::KafkaConfig {
     fjord_kafka::KafkaConfig {
-        tenant: fjord_core::TenantName::new(fjord_core::names::PUBLIC_TENANT)
-            .expect("valid tenant name"),
         node_id: 0,
         cluster_id: "fjord".to_string(),
         max_request_bytes: config.kafka.max_request_bytes.max(1024 * 1024),
