@@ -360,7 +360,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         .map(|c| c.to_string())
                         .unwrap_or_default();
                     let Some(who) = principal.clone() else {
-                        unreachable!("requests before a login were refused above")
+                        // Before a login only ApiVersions gets this far.
+                        let body = ResponseKind::ApiVersions(handlers::api_versions(None));
+                        answer(body, &mut out)?;
+                        continue;
                     };
                     let session = Session {
                         shared,
