@@ -3,12 +3,14 @@
 //! quotas and audit events. Protocol crates turn its answers into their own
 //! signals; it knows nothing about any protocol.
 
+pub mod acl;
 pub mod identity;
 pub mod jwt;
 pub mod listener;
 pub mod scram;
 pub mod tls;
 
+pub use acl::{Acl, AclRule, Action, Effect, Resource};
 pub use identity::{parse_login, Method, Principal};
 pub use jwt::{TokenError, TokenSettings, TokenVerifier};
 pub use tls::{ClientAuth, IdentityFrom, TlsContext, TlsError, TlsSettings};
@@ -51,6 +53,14 @@ pub struct AuthSettings {
     /// tenants whose settings allow it: `public` unless changed). `false`
     /// turns anonymous access off everywhere.
     pub anonymous: bool,
+    /// Whether anonymous HTTP clients may use the admin API on every tenant
+    /// (the development default; production turns it off with `anonymous`).
+    pub anonymous_admin: bool,
+    /// What requests no ACL rule decides get, in tenants that do not say.
+    pub acl_default: Effect,
+    /// A file holding the password of `system:admin`, the node's first
+    /// administrator, set at every start (empty: no such user is made).
+    pub admin_password_file: std::path::PathBuf,
     /// JWT bearer tokens.
     pub tokens: TokenSettings,
 }
@@ -59,6 +69,9 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             anonymous: true,
+            anonymous_admin: true,
+            acl_default: Effect::Allow,
+            admin_password_file: std::path::PathBuf::new(),
             tokens: TokenSettings::default(),
         }
     }

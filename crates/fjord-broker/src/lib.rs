@@ -6,6 +6,7 @@
 //! Front-ends (HTTP today; MQTT, Kafka, AMQP later) call this narrow API and
 //! never touch the log or the metadata store directly.
 
+pub mod access;
 pub mod auth;
 mod dedup;
 mod error;
@@ -155,6 +156,8 @@ pub struct Broker {
     shutting_down: AtomicBool,
     /// JWT verification keys, when tokens are configured.
     tokens: Option<fjord_auth::TokenVerifier>,
+    acls: access::AclCache,
+    acl_seq: AtomicU32,
 }
 
 impl Broker {
@@ -179,7 +182,10 @@ impl Broker {
             create_lock: parking_lot::Mutex::new(()),
             shutting_down: AtomicBool::new(false),
             tokens,
+            acls: Default::default(),
+            acl_seq: AtomicU32::new(0),
         });
+        broker.ensure_system_tenant()?;
         // Files of streams deleted before a crash.
         let _ = std::fs::remove_dir_all(broker.trash_dir());
         for info in broker.meta.list_all_streams()? {

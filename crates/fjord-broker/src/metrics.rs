@@ -25,6 +25,7 @@ pub struct Metrics {
     pub skipped_records: IntCounterVec,
     pub protocol_errors: IntCounterVec,
     pub duplicate_batches: IntCounterVec,
+    pub denials: IntCounterVec,
 }
 
 impl Metrics {
@@ -131,6 +132,11 @@ impl Metrics {
             "Retried batches of idempotent producers acknowledged without being stored again.",
             stream,
         );
+        let denials = counter(
+            "fjord_authorization_denials_total",
+            "Requests refused by ACL rules or tenant isolation, by protocol and action.",
+            &["protocol", "action"],
+        );
         let memory_budget = single(
             "fjord_memory_budget_bytes",
             "The node's budget for message bytes in flight.",
@@ -158,6 +164,7 @@ impl Metrics {
             skipped_records,
             protocol_errors,
             duplicate_batches,
+            denials,
         }
     }
 

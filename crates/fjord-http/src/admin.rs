@@ -5,6 +5,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use bytes::Bytes;
+use std::sync::Arc;
+
+use fjord_auth::Principal;
 use fjord_core::{NamespaceName, Policy, StreamRef, TenantName};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -28,10 +31,20 @@ struct CreateTenant {
     name: String,
 }
 
-pub async fn list_tenants(State(s): State<AppState>) -> ApiResult<impl IntoResponse> {
-    Ok(Json(
-        serde_json::json!({"tenants": s.broker.list_tenants()?}),
-    ))
+/// Every tenant for node administrators; a tenant's own principals see
+/// only their tenant.
+pub async fn list_tenants(
+    State(s): State<AppState>,
+    who: Option<axum::Extension<Arc<Principal>>>,
+) -> ApiResult<impl IntoResponse> {
+    let all = s.broker.list_tenants()?;
+    let visible: Vec<_> = match who {
+        Some(p) if !s.broker.is_node_admin(&p) => {
+            all.into_iter().filter(|t| t.name == p.tenant).collect()
+        }
+        _ => all,
+    };
+    Ok(Json(serde_json::json!({ "tenants": visible })))
 }
 
 pub async fn create_tenant(

@@ -5,6 +5,7 @@
 //! Handlers only parse, call the broker and shape the answer: every rule
 //! (names, sizes, durability) lives in the broker and below.
 
+mod access;
 mod admin;
 mod codec;
 mod error;
@@ -97,6 +98,11 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             memory::reserve_body,
+        ))
+        // Outermost: nothing is read or reserved for a request refused.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::check,
         ))
         .with_state(state)
 }

@@ -18,6 +18,7 @@ use kafka_protocol::protocol::StrBytes;
 use crate::configs::{self, Entry};
 use crate::names::stream_for_topic;
 use crate::server::Session;
+use fjord_auth::Action;
 
 const TOPIC: i8 = 2;
 const BROKER: i8 = 4;
@@ -29,11 +30,18 @@ const SOURCE_DEFAULT: i8 = 5;
 
 type Refusal = (ResponseError, String);
 
-fn topic(sh: &Session<'_>, name: &str) -> Result<StreamRef, Refusal> {
-    stream_for_topic(&sh.tenant, name).ok_or((
+fn topic(sh: &Session<'_>, name: &str, action: Action) -> Result<StreamRef, Refusal> {
+    let s = stream_for_topic(&sh.tenant, name).ok_or((
         ResponseError::InvalidTopicException,
         format!("{name:?} is not a valid topic name"),
-    ))
+    ))?;
+    if !sh.may(action, &s) {
+        return Err((
+            ResponseError::TopicAuthorizationFailed,
+            format!("not authorized to {} {name}", action.as_str()),
+        ));
+    }
+    Ok(s)
 }
 
 fn broker_refusal(e: BrokerError) -> Refusal {
@@ -53,7 +61,7 @@ fn is_this_broker(sh: &Session<'_>, name: &str) -> bool {
 fn entries(sh: &Session<'_>, resource_type: i8, name: &str) -> Result<(Vec<Entry>, i8), Refusal> {
     match resource_type {
         TOPIC => {
-            let s = topic(sh, name)?;
+            let s = topic(sh, name, Action::Describe)?;
             let d = sh.broker.describe_stream(&s).map_err(broker_refusal)?;
             Ok((
                 configs::describe(&d.info.policy, &d.effective_policy),
@@ -121,7 +129,7 @@ fn alter_topic(
     validate_only: bool,
     edit: impl FnOnce(&mut Policy, &fjord_core::policy::ResolvedPolicy) -> Result<(), String>,
 ) -> Result<(), Refusal> {
-    let s = topic(sh, name)?;
+    let s = topic(sh, name, Action::Admin)?;
     let d = sh.broker.describe_stream(&s).map_err(broker_refusal)?;
     let mut policy = d.info.policy.clone();
     edit(&mut policy, &d.effective_policy).map_err(|m| (ResponseError::InvalidConfig, m))?;

@@ -22,6 +22,7 @@ use kafka_protocol::protocol::StrBytes;
 use crate::handlers::str_bytes;
 use crate::names::stream_for_topic;
 use crate::server::Session;
+use fjord_auth::Action;
 
 /// Every name with committed offsets in the connection's tenant, with the
 /// streams it has them on.
@@ -52,12 +53,15 @@ pub fn list_groups(sh: &Session<'_>, req: ListGroupsRequest) -> ListGroupsRespon
     let live = sh.groups_of_tenant();
     let mut groups: Vec<ListedGroup> = Vec::new();
     for name in committed_groups(sh).into_keys() {
-        if !live.iter().any(|g| g.group_id == name) && wanted("Empty") {
+        if !live.iter().any(|g| g.group_id == name)
+            && wanted("Empty")
+            && sh.may_group(Action::Describe, &name)
+        {
             groups.push(listed(name, "consumer".into(), "Empty"));
         }
     }
     for g in live {
-        if wanted(g.state) {
+        if wanted(g.state) && sh.may_group(Action::Describe, &g.group_id) {
             groups.push(listed(g.group_id, g.protocol_type, g.state));
         }
     }
@@ -74,6 +78,10 @@ pub fn describe_groups(sh: &Session<'_>, req: DescribeGroupsRequest) -> Describe
         .map(|id| {
             let mut d = DescribedGroup::default();
             d.group_id = id.clone();
+            if !sh.may_group(Action::Describe, &id.0) {
+                d.error_code = ResponseError::GroupAuthorizationFailed.code();
+                return d;
+            }
             match sh.groups.describe(&sh.group_key(&id.0)) {
                 // Offsets but no members: Empty, as Kafka shows a group
                 // whose consumers are all gone.
@@ -115,6 +123,11 @@ pub fn delete_groups(sh: &Session<'_>, req: DeleteGroupsRequest) -> DeleteGroups
     for id in req.groups_names {
         let mut res = DeletableGroupResult::default();
         res.group_id = id.clone();
+        if !sh.may_group(Action::Admin, &id.0) {
+            res.error_code = ResponseError::GroupAuthorizationFailed.code();
+            r.results.push(res);
+            continue;
+        }
         res.error_code = match sh.groups.remove_if_empty(&sh.group_key(&id.0)) {
             Err(e) => e.code(),
             Ok(live) => {
@@ -143,6 +156,10 @@ pub fn delete_groups(sh: &Session<'_>, req: DeleteGroupsRequest) -> DeleteGroups
 pub fn offset_delete(sh: &Session<'_>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
     let mut r = OffsetDeleteResponse::default();
     let group = req.group_id.0.to_string();
+    if !sh.may_group(Action::Admin, &group) {
+        r.error_code = ResponseError::GroupAuthorizationFailed.code();
+        return r;
+    }
     let key = sh.group_key(&group);
     let live = sh.groups.describe(&key).is_some();
     if !live && !committed_groups(sh).contains_key(&group) {

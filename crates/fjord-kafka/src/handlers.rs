@@ -26,6 +26,7 @@ use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, Pr
 use crate::names::{stream_for_topic, topic_for_stream};
 use crate::producers::{PartitionProducers, Verdict, REBUILD_BYTES};
 use crate::server::Session;
+use fjord_auth::Action;
 
 /// The APIs served and their versions: what ApiVersions advertises and what
 /// requests are checked against. Lower bounds: RecordBatch v2 only (Produce
@@ -214,8 +215,13 @@ pub(crate) fn all_streams(sh: &Session<'_>) -> Vec<fjord_core::StreamRef> {
         .collect()
 }
 
+/// The topics the principal may describe.
 fn all_topics(sh: &Session<'_>) -> Vec<String> {
-    all_streams(sh).iter().map(topic_for_stream).collect()
+    all_streams(sh)
+        .iter()
+        .filter(|s| sh.may(Action::Describe, s))
+        .map(topic_for_stream)
+        .collect()
 }
 
 /// Whether Kafka clients may create streams in this stream's namespace
@@ -245,10 +251,16 @@ fn ensure_topic(sh: &Session<'_>, s: &fjord_core::StreamRef, create: bool) -> Re
 fn topic_metadata(sh: &Session<'_>, name: String, create: bool) -> MetadataResponseTopic {
     let mut t = MetadataResponseTopic::default();
     t.name = Some(TopicName(str_bytes(name.clone())));
-    let Some(sref) = stream_for_topic(&sh.tenant, &name) else {
-        t.error_code = code(ResponseError::InvalidTopicException);
-        return t;
+    let sref = match sh.topic(&name, Action::Describe) {
+        Ok(s) => s,
+        Err(e) => {
+            t.error_code = code(e);
+            return t;
+        }
     };
+    // Auto-creation is writing: it needs `publish` (as an MQTT publish
+    // creates its stream).
+    let create = create && sh.may(Action::Publish, &sref);
     match ensure_topic(sh, &sref, create) {
         Ok(n) => {
             t.partitions = (0..n as i32)
@@ -294,10 +306,10 @@ pub async fn produce(sh: &Session<'_>, req: ProduceRequest) -> ProduceResponse {
         let name = topic.name.0.to_string();
         let mut tr = TopicProduceResponse::default();
         tr.name = topic.name.clone();
-        let sref = stream_for_topic(&sh.tenant, &name);
+        let sref = sh.topic(&name, Action::Publish);
         let ready = match &sref {
-            None => Err(code(ResponseError::InvalidTopicException)),
-            Some(s) => ensure_topic(sh, s, true).map(|_| ()),
+            Err(e) => Err(code(*e)),
+            Ok(s) => ensure_topic(sh, s, true).map(|_| ()),
         };
         for pd in topic.partition_data {
             let mut pr = PartitionProduceResponse::default();
@@ -305,7 +317,7 @@ pub async fn produce(sh: &Session<'_>, req: ProduceRequest) -> ProduceResponse {
             pr.base_offset = -1;
             pr.log_append_time_ms = -1;
             pr.log_start_offset = -1;
-            let (Ok(()), Some(s)) = (&ready, &sref) else {
+            let (Ok(()), Ok(s)) = (&ready, &sref) else {
                 pr.error_code = *ready
                     .as_ref()
                     .err()
@@ -497,7 +509,7 @@ pub async fn fetch(sh: &Session<'_>, req: FetchRequest) -> FetchResponse {
             let name = topic.topic.0.to_string();
             let mut tr = FetchableTopicResponse::default();
             tr.topic = topic.topic.clone();
-            let sref = stream_for_topic(&sh.tenant, &name);
+            let sref = sh.topic(&name, Action::Subscribe);
             for p in &topic.partitions {
                 let mut pd = PartitionData::default();
                 pd.partition_index = p.partition;
@@ -505,10 +517,13 @@ pub async fn fetch(sh: &Session<'_>, req: FetchRequest) -> FetchResponse {
                 pd.last_stable_offset = -1;
                 pd.log_start_offset = -1;
                 pd.preferred_read_replica = BrokerId(-1);
-                let Some(s) = &sref else {
-                    pd.error_code = code(ResponseError::UnknownTopicOrPartition);
-                    tr.partitions.push(pd);
-                    continue;
+                let s = match &sref {
+                    Ok(s) => s,
+                    Err(e) => {
+                        pd.error_code = code(not_found_unless_denied(*e));
+                        tr.partitions.push(pd);
+                        continue;
+                    }
                 };
                 let room = max_total.saturating_sub(total);
                 let per = (p.partition_max_bytes.max(0) as usize).min(room);
@@ -586,17 +601,20 @@ pub async fn list_offsets(sh: &Session<'_>, req: ListOffsetsRequest) -> ListOffs
     for topic in req.topics {
         let mut tr = ListOffsetsTopicResponse::default();
         tr.name = topic.name.clone();
-        let sref = stream_for_topic(&sh.tenant, &topic.name.0);
+        let sref = sh.topic(&topic.name.0, Action::Describe);
         for p in topic.partitions {
             let mut pr = ListOffsetsPartitionResponse::default();
             pr.partition_index = p.partition_index;
             pr.timestamp = -1;
             pr.offset = -1;
             pr.leader_epoch = -1;
-            let Some(s) = &sref else {
-                pr.error_code = code(ResponseError::UnknownTopicOrPartition);
-                tr.partitions.push(pr);
-                continue;
+            let s = match &sref {
+                Ok(s) => s,
+                Err(e) => {
+                    pr.error_code = code(not_found_unless_denied(*e));
+                    tr.partitions.push(pr);
+                    continue;
+                }
             };
             // -2 earliest, -1 latest, else the first offset at or after
             // the time (ms); none: the end of the log.
@@ -660,6 +678,15 @@ use kafka_protocol::messages::{
 
 use crate::groups::JoinArgs;
 
+/// A read of a topic the principal may not touch says so; a malformed
+/// name is an unknown partition to readers.
+fn not_found_unless_denied(e: ResponseError) -> ResponseError {
+    match e {
+        ResponseError::TopicAuthorizationFailed => e,
+        _ => ResponseError::UnknownTopicOrPartition,
+    }
+}
+
 fn err_code(r: Result<(), ResponseError>) -> i16 {
     r.err().map_or(0, code)
 }
@@ -680,8 +707,13 @@ pub fn find_coordinator(
             .into_iter()
             .map(|key| {
                 let mut c = CoordinatorEntry::default();
+                let denied = !refuse && !sh.may_group(Action::Describe, &key);
                 c.key = key;
-                if refuse {
+                if denied {
+                    c.error_code = code(ResponseError::GroupAuthorizationFailed);
+                    c.node_id = BrokerId(-1);
+                    c.port = -1;
+                } else if refuse {
                     c.error_code = code(ResponseError::CoordinatorNotAvailable);
                     c.node_id = BrokerId(-1);
                     c.port = -1;
@@ -695,6 +727,10 @@ pub fn find_coordinator(
             .collect();
     } else if refuse {
         r.error_code = code(ResponseError::CoordinatorNotAvailable);
+        r.node_id = BrokerId(-1);
+        r.port = -1;
+    } else if !sh.may_group(Action::Describe, &req.key) {
+        r.error_code = code(ResponseError::GroupAuthorizationFailed);
         r.node_id = BrokerId(-1);
         r.port = -1;
     } else {
@@ -834,7 +870,9 @@ pub fn offset_commit(sh: &Session<'_>, req: OffsetCommitRequest) -> OffsetCommit
     let group = req.group_id.0.to_string();
     // Members of a group commit within their generation; a standalone
     // consumer (generation -1, no member id) commits freely.
-    let membership = if req.generation_id_or_member_epoch >= 0 || !req.member_id.is_empty() {
+    let membership = if !sh.may_group(Action::Subscribe, &group) {
+        Err(ResponseError::GroupAuthorizationFailed)
+    } else if req.generation_id_or_member_epoch >= 0 || !req.member_id.is_empty() {
         sh.groups.check_member(
             &sh.group_key(&group),
             &req.member_id,
@@ -847,14 +885,14 @@ pub fn offset_commit(sh: &Session<'_>, req: OffsetCommitRequest) -> OffsetCommit
     for t in req.topics {
         let mut tr = OffsetCommitResponseTopic::default();
         tr.name = t.name.clone();
-        let sref = stream_for_topic(&sh.tenant, &t.name.0);
+        let sref = sh.topic(&t.name.0, Action::Subscribe);
         for p in t.partitions {
             let mut pr = OffsetCommitResponsePartition::default();
             pr.partition_index = p.partition_index;
             pr.error_code = match (&membership, &sref) {
                 (Err(e), _) => code(*e),
-                (Ok(()), None) => code(ResponseError::UnknownTopicOrPartition),
-                (Ok(()), Some(s)) if p.partition_index >= 0 => {
+                (Ok(()), Err(e)) => code(not_found_unless_denied(*e)),
+                (Ok(()), Ok(s)) if p.partition_index >= 0 => {
                     match sh.broker.commit(
                         s,
                         &group,
@@ -878,6 +916,10 @@ pub fn offset_commit(sh: &Session<'_>, req: OffsetCommitRequest) -> OffsetCommit
 pub fn offset_fetch(sh: &Session<'_>, req: OffsetFetchRequest) -> OffsetFetchResponse {
     let group = req.group_id.0.to_string();
     let mut r = OffsetFetchResponse::default();
+    if !sh.may_group(Action::Describe, &group) {
+        r.error_code = code(ResponseError::GroupAuthorizationFailed);
+        return r;
+    }
     let topics: Vec<(String, Option<Vec<i32>>)> = match req.topics {
         Some(ts) => ts
             .into_iter()
@@ -889,7 +931,9 @@ pub fn offset_fetch(sh: &Session<'_>, req: OffsetFetchRequest) -> OffsetFetchRes
     for (name, parts) in topics {
         let mut tr = OffsetFetchResponseTopic::default();
         tr.name = TopicName(str_bytes(name.clone()));
-        let committed: HashMap<u32, i64> = stream_for_topic(&sh.tenant, &name)
+        let committed: HashMap<u32, i64> = sh
+            .topic(&name, Action::Describe)
+            .ok()
             .and_then(|s| sh.broker.committed(&s, &group).ok())
             .map(|v| v.into_iter().collect())
             .unwrap_or_default();
@@ -969,6 +1013,12 @@ pub fn create_topics(sh: &Session<'_>, req: CreateTopicsRequest) -> CreateTopics
                 code(ResponseError::InvalidTopicException),
                 "not a valid stream name".to_string(),
             ))?;
+            if !sh.may(Action::Admin, &s) {
+                return Err((
+                    code(ResponseError::TopicAuthorizationFailed),
+                    "not authorized to create it".to_string(),
+                ));
+            }
             // One node keeps one copy: -1 (the default) or 1.
             if t.replication_factor > 1 {
                 return Err((
@@ -1034,6 +1084,7 @@ pub async fn delete_topics(
         d.name = Some(name.clone());
         d.error_code = match stream_for_topic(&sh.tenant, &name.0) {
             None => code(ResponseError::UnknownTopicOrPartition),
+            Some(s) if !sh.may(Action::Admin, &s) => code(ResponseError::TopicAuthorizationFailed),
             Some(s) => match sh.broker.delete_stream(&s).await {
                 Ok(()) => {
                     sh.producers.forget(&s);
@@ -1057,6 +1108,10 @@ pub fn create_partitions(
         tr.name = t.name.clone();
         let res = match stream_for_topic(&sh.tenant, &t.name.0) {
             None => Err((code(ResponseError::UnknownTopicOrPartition), String::new())),
+            Some(s) if !sh.may(Action::Admin, &s) => Err((
+                code(ResponseError::TopicAuthorizationFailed),
+                "not authorized to alter it".to_string(),
+            )),
             Some(s) => match sh.broker.partition_count(&s) {
                 Err(e) => Err((admin_error(&e), e.to_string())),
                 Ok(n) if t.count <= n as i32 => Err((

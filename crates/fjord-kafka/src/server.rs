@@ -5,11 +5,14 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use fjord_auth::{Peer, Principal, TlsListen};
+use fjord_auth::{Action, Peer, Principal, Resource, TlsListen};
 use fjord_broker::Broker;
 use fjord_core::TenantName;
 use kafka_protocol::error::ResponseError;
-use kafka_protocol::messages::{ApiKey, RequestKind, ResponseKind, SaslAuthenticateResponse};
+use kafka_protocol::messages::{
+    ApiKey, HeartbeatResponse, JoinGroupResponse, LeaveGroupResponse, RequestKind, ResponseKind,
+    SaslAuthenticateResponse, SyncGroupResponse,
+};
 use kafka_protocol::protocol::StrBytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,6 +78,47 @@ impl std::ops::Deref for Session<'_> {
 const GROUP_KEY_SEP: char = '\u{1f}';
 
 impl Session<'_> {
+    /// Whether the principal may `action` on stream `s` (its tenant's).
+    pub fn may(&self, action: Action, s: &fjord_core::StreamRef) -> bool {
+        self.broker.authorize_for(
+            "kafka",
+            &self.principal,
+            &s.tenant,
+            action,
+            Resource::Stream {
+                namespace: s.namespace.as_str(),
+                stream: s.stream.as_str(),
+                topic: None,
+            },
+        )
+    }
+
+    /// Whether the principal may `action` on consumer group `group`.
+    pub fn may_group(&self, action: Action, group: &str) -> bool {
+        self.broker.authorize_for(
+            "kafka",
+            &self.principal,
+            &self.tenant,
+            action,
+            Resource::Group(group),
+        )
+    }
+
+    /// The stream a topic names, if the principal may `action` on it.
+    pub fn topic(
+        &self,
+        name: &str,
+        action: Action,
+    ) -> Result<fjord_core::StreamRef, ResponseError> {
+        let s = crate::names::stream_for_topic(&self.tenant, name)
+            .ok_or(ResponseError::InvalidTopicException)?;
+        if self.may(action, &s) {
+            Ok(s)
+        } else {
+            Err(ResponseError::TopicAuthorizationFailed)
+        }
+    }
+
     /// The coordinator's key of this tenant's group `id`.
     pub fn group_key(&self, id: &str) -> String {
         format!("{}{GROUP_KEY_SEP}{id}", self.tenant)
@@ -438,6 +482,9 @@ fn login_refused(shared: &Shared, peer: &Peer, why: &str) {
 
 /// Answers one request; `None` when the protocol wants no response
 /// (Produce with acks=0).
+/// GROUP_AUTHORIZATION_FAILED.
+const GROUP_DENIED: i16 = 30;
+
 async fn handle(
     shared: &Session<'_>,
     body: RequestKind,
@@ -461,6 +508,28 @@ async fn handle(
         }
         RequestKind::FindCoordinator(r) => {
             ResponseKind::FindCoordinator(handlers::find_coordinator(shared, r, version))
+        }
+        // Group membership needs `subscribe` on the group.
+        RequestKind::JoinGroup(r) if !shared.may_group(Action::Subscribe, &r.group_id) => {
+            let mut resp = JoinGroupResponse::default();
+            resp.error_code = GROUP_DENIED;
+            resp.generation_id = -1;
+            ResponseKind::JoinGroup(resp)
+        }
+        RequestKind::SyncGroup(r) if !shared.may_group(Action::Subscribe, &r.group_id) => {
+            let mut resp = SyncGroupResponse::default();
+            resp.error_code = GROUP_DENIED;
+            ResponseKind::SyncGroup(resp)
+        }
+        RequestKind::Heartbeat(r) if !shared.may_group(Action::Subscribe, &r.group_id) => {
+            let mut resp = HeartbeatResponse::default();
+            resp.error_code = GROUP_DENIED;
+            ResponseKind::Heartbeat(resp)
+        }
+        RequestKind::LeaveGroup(r) if !shared.may_group(Action::Subscribe, &r.group_id) => {
+            let mut resp = LeaveGroupResponse::default();
+            resp.error_code = GROUP_DENIED;
+            ResponseKind::LeaveGroup(resp)
         }
         RequestKind::JoinGroup(r) => {
             ResponseKind::JoinGroup(handlers::join_group(shared, r, version, client_id).await)

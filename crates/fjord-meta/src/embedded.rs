@@ -23,6 +23,7 @@ const CURSORS: TableDefinition<&str, i64> = TableDefinition::new("cursors");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// Key `tenant/client id` → opaque session state.
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const ACLS: TableDefinition<&str, &[u8]> = TableDefinition::new("acls");
 
 pub struct EmbeddedStore {
     db: Database,
@@ -64,6 +65,7 @@ impl EmbeddedStore {
         tx.open_table(CURSORS)?;
         tx.open_table(SESSIONS)?;
         tx.open_table(USERS)?;
+        tx.open_table(ACLS)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -182,8 +184,8 @@ impl MetaStore for EmbeddedStore {
                     detail: format!("it has {n_streams} stream(s); delete them first"),
                 });
             }
-            // Its namespaces and users go with it.
-            for table in [NAMESPACES, USERS] {
+            // Its namespaces, users, rules and sessions go with it.
+            for table in [NAMESPACES, USERS, ACLS, SESSIONS] {
                 let mut n = tx.open_table(table)?;
                 let keys: Vec<String> = n
                     .range(a.as_str()..b.as_str())?
@@ -571,9 +573,59 @@ impl MetaStore for EmbeddedStore {
     }
 
     fn list_sessions(&self, tenant: &TenantName) -> Result<Vec<(String, Vec<u8>)>, MetaError> {
+        self.list_raw(SESSIONS, tenant)
+    }
+
+    fn put_acl(&self, tenant: &TenantName, id: &str, rule: &[u8]) -> Result<(), MetaError> {
+        let tx = self.db.begin_write()?;
+        {
+            if tx.open_table(TENANTS)?.get(tenant.as_str())?.is_none() {
+                return Err(MetaError::NotFound {
+                    kind: "tenant",
+                    name: tenant.to_string(),
+                });
+            }
+            tx.open_table(ACLS)?
+                .insert(format!("{tenant}/{id}").as_str(), rule)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn delete_acl(&self, tenant: &TenantName, id: &str) -> Result<(), MetaError> {
+        let tx = self.db.begin_write()?;
+        {
+            let removed = tx
+                .open_table(ACLS)?
+                .remove(format!("{tenant}/{id}").as_str())?
+                .is_some();
+            if !removed {
+                return Err(MetaError::NotFound {
+                    kind: "ACL rule",
+                    name: id.to_string(),
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_acls(&self, tenant: &TenantName) -> Result<Vec<(String, Vec<u8>)>, MetaError> {
+        self.list_raw(ACLS, tenant)
+    }
+}
+
+impl EmbeddedStore {
+    /// Opaque records of `tenant` in `table`: `(key without the tenant
+    /// prefix, bytes)`.
+    fn list_raw(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        tenant: &TenantName,
+    ) -> Result<Vec<(String, Vec<u8>)>, MetaError> {
         let prefix = format!("{tenant}/");
         let tx = self.db.begin_read()?;
-        let t = tx.open_table(SESSIONS)?;
+        let t = tx.open_table(table)?;
         let (a, b) = prefix_range(&prefix);
         let mut out = Vec::new();
         for item in t.range(a.as_str()..b.as_str())? {

@@ -104,6 +104,13 @@ pub trait MetaStore: Send + Sync {
     fn delete_session(&self, tenant: &TenantName, client_id: &str) -> Result<(), MetaError>;
     /// Every session of `tenant`: `(client id, state)`.
     fn list_sessions(&self, tenant: &TenantName) -> Result<Vec<(String, Vec<u8>)>, MetaError>;
+
+    /// A tenant's access rules, stored opaquely under `(tenant, rule id)`;
+    /// the tenant must exist.
+    fn put_acl(&self, tenant: &TenantName, id: &str, rule: &[u8]) -> Result<(), MetaError>;
+    fn delete_acl(&self, tenant: &TenantName, id: &str) -> Result<(), MetaError>;
+    /// Every rule of `tenant`: `(id, rule)`, by id.
+    fn list_acls(&self, tenant: &TenantName) -> Result<Vec<(String, Vec<u8>)>, MetaError>;
 }
 
 /// Creates tenant `public` with namespace `default` if they are missing.

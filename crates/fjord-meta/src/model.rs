@@ -20,6 +20,10 @@ pub struct TenantSettings {
     /// (subject to the node's `auth.anonymous`). Unset: only `public` does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anonymous: Option<bool>,
+    /// What requests no ACL rule decides get: `allow` or `deny`. Unset: the
+    /// node's `auth.acl_default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acl_default: Option<String>,
 }
 
 /// A user of a tenant, who proves itself with a password. Only what

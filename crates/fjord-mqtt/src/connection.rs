@@ -35,7 +35,7 @@ use crate::session_store::{StoredCursor, StoredSession, StoredSubscription};
 use crate::space::Space;
 use crate::state::{InboundAliases, OutboundAliases, PacketIds, Qos2Received, Window};
 use crate::tree::SubscriptionTree;
-use fjord_auth::{Peer, Principal};
+use fjord_auth::{Action, Peer, Principal, Resource};
 
 /// Records read ahead of the socket per connection at most.
 const DELIVERY_QUEUE: usize = 256;
@@ -199,25 +199,32 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(tenant = %principal.tenant, error = %e, "mqtt tenant unavailable");
-            let mut out = BytesMut::new();
-            let v5 = connect.protocol == Protocol::V5;
-            codec::encode(
-                &Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    code: if v5 {
-                        reason::SERVER_UNAVAILABLE
-                    } else {
-                        reason::v311::SERVER_UNAVAILABLE
-                    },
-                    properties: Properties::default(),
-                }),
-                connect.protocol,
-                &mut out,
-            );
-            let _ = write_out(&mut wr, &out).await;
+            let codes = (reason::SERVER_UNAVAILABLE, reason::v311::SERVER_UNAVAILABLE);
+            let _ = refuse_connect(&mut wr, connect.protocol, codes).await;
             return Ok(());
         }
     };
+    if let Some(w) = &connect.will {
+        // A will the client may not publish is refused up front: it could
+        // not be refused when it fires.
+        let stream = space.topic_map().stream_for(&w.topic);
+        let ok = shared.broker.authorize_for(
+            "mqtt",
+            &principal,
+            &space.tenant,
+            Action::Publish,
+            Resource::Stream {
+                namespace: space.namespace.as_str(),
+                stream: stream.as_str(),
+                topic: Some(&w.topic),
+            },
+        );
+        if !ok {
+            let codes = (reason::NOT_AUTHORIZED, reason::v311::NOT_AUTHORIZED);
+            let _ = refuse_connect(&mut wr, connect.protocol, codes).await;
+            return Ok(());
+        }
+    }
     let admitted = Admitted {
         space,
         principal: Arc::new(principal),
@@ -231,6 +238,29 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let end = session.run(&mut rd, &mut wr, inbuf).await;
     Box::pin(session.finish(end)).await;
     Ok(())
+}
+
+/// Answers CONNECT with a refusal (`codes`: 5.0, 3.1.1).
+async fn refuse_connect<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    protocol: Protocol,
+    codes: (u8, u8),
+) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    codec::encode(
+        &Packet::ConnAck(ConnAck {
+            session_present: false,
+            code: if protocol == Protocol::V5 {
+                codes.0
+            } else {
+                codes.1
+            },
+            properties: Properties::default(),
+        }),
+        protocol,
+        &mut out,
+    );
+    write_out(wr, &out).await
 }
 
 pub(crate) fn count_error(shared: &Shared, reason: &str) {
@@ -298,7 +328,6 @@ async fn read_connect<R: AsyncRead + Unpin>(
 /// What a successful login hands the session.
 struct Admitted {
     space: Arc<Space>,
-    #[allow(dead_code)] // read by the ACL checks, the next step of the security issue
     principal: Arc<Principal>,
     /// Enhanced authentication's last message, for CONNACK.
     auth_data: Option<bytes::Bytes>,
@@ -340,7 +369,6 @@ struct Session {
     /// The tenant's MQTT state (client ids, retained messages, groups).
     space: Arc<Space>,
     /// Who the client proved to be.
-    #[allow(dead_code)] // read by the ACL checks, the next step of the security issue
     principal: Arc<Principal>,
     protocol: Protocol,
     /// Shared with the registry's entry.
@@ -1102,6 +1130,9 @@ impl Session {
             run: Option<(usize, usize)>,
             /// The retained-message update this PUBLISH makes, if any.
             retain: Option<RecordInput>,
+            /// Refused by the ACL: 5.0 answers 0x87, 3.1.1 acknowledges
+            /// and drops it (MQTT-3.3.5-2).
+            denied: bool,
         }
         let mut items = Vec::with_capacity(publishes.len());
         let mut runs: Vec<(StreamName, Vec<RecordInput>)> = Vec::new();
@@ -1144,11 +1175,22 @@ impl Session {
                         id: p.packet_id,
                         run: None,
                         retain: None,
+                        denied: false,
                     });
                     continue;
                 }
             }
             let stream = self.map.stream_for(&topic_name);
+            if !self.allowed(Action::Publish, stream.as_str(), &topic_name) {
+                items.push(Item {
+                    qos: p.qos,
+                    id: p.packet_id,
+                    run: None,
+                    retain: None,
+                    denied: true,
+                });
+                continue;
+            }
             let rec = to_record(
                 &topic_name,
                 p.qos,
@@ -1174,6 +1216,7 @@ impl Session {
                 id: p.packet_id,
                 run: Some(run),
                 retain,
+                denied: false,
             });
         }
         let mut results: Vec<Result<(), (u8, String)>> = Vec::with_capacity(runs.len());
@@ -1196,6 +1239,9 @@ impl Session {
         }
         for item in items {
             let mut outcome = item.run.map_or(Ok(()), |(r, _)| results[r].clone());
+            if item.denied && self.v5() {
+                outcome = Err((reason::NOT_AUTHORIZED, "not authorized".to_string()));
+            }
             if let (Ok(()), Some(rec)) = (&outcome, item.retain) {
                 // The message is stored; now it becomes (or, empty, stops
                 // being) the topic's retained message (MQTT-3.3.1-5, -6).
@@ -1252,6 +1298,55 @@ impl Session {
         None
     }
 
+    /// Whether the client may `action` on `topic` (a name or, to
+    /// subscribe, a filter) of `stream`.
+    fn allowed(&self, action: Action, stream: &str, topic: &str) -> bool {
+        self.shared.broker.authorize_for(
+            "mqtt",
+            &self.principal,
+            &self.space.tenant,
+            action,
+            Resource::Stream {
+                namespace: self.space.namespace.as_str(),
+                stream,
+                topic: Some(topic),
+            },
+        )
+    }
+
+    /// Whether the ACL lets the client subscribe to `filter` (and, for a
+    /// shared subscription, join its group).
+    fn may_subscribe(&self, filter: &str) -> bool {
+        let (group, inner) = match topic::shared(filter) {
+            Some(Ok((g, f))) => (Some(g), f),
+            _ => (None, filter),
+        };
+        // A filter reaching one stream is checked against it; a wider one
+        // against every stream (`*`).
+        let one;
+        let stream = match self.map.streams_for_filter(inner) {
+            Selection::Streams(s) if s.len() == 1 => {
+                one = s
+                    .into_iter()
+                    .next()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default();
+                one.as_str()
+            }
+            _ => "*",
+        };
+        let group_ok = group.is_none_or(|g| {
+            self.shared.broker.authorize_for(
+                "mqtt",
+                &self.principal,
+                &self.space.tenant,
+                Action::Subscribe,
+                Resource::Group(g),
+            )
+        });
+        group_ok && self.allowed(Action::Subscribe, stream, inner)
+    }
+
     async fn subscribe(&mut self, s: codec::Subscribe) -> Option<End> {
         let v5 = self.v5();
         // MQTT-3.8.3-4: No Local on a shared subscription is a protocol
@@ -1268,6 +1363,12 @@ impl Session {
             let code = if topic::validate_filter(&req.filter).is_err() {
                 if v5 {
                     reason::TOPIC_FILTER_INVALID
+                } else {
+                    reason::v311::SUBACK_FAILURE
+                }
+            } else if !self.may_subscribe(&req.filter) {
+                if v5 {
+                    reason::NOT_AUTHORIZED
                 } else {
                     reason::v311::SUBACK_FAILURE
                 }

@@ -17,17 +17,21 @@ use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
 use serde_json::json;
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!";
+const ADMIN_PASSWORD: &str = "the node admin's password";
 
 /// A node with HS256 tokens on, `env` on top.
 fn node_with(dir: &std::path::Path, env: &[(&str, &str)]) -> Node {
     let secret = dir.join("jwt-secret");
     std::fs::write(&secret, SECRET).unwrap();
+    let admin = dir.join("admin-password");
+    std::fs::write(&admin, ADMIN_PASSWORD).unwrap();
     let env: Vec<(String, String)> = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     Node::start_with(&dir.join("data"), &[], |cmd| {
         cmd.env("FJORD_AUTH__TOKENS__HS256_SECRET_FILE", &secret)
+            .env("FJORD_AUTH__ADMIN_PASSWORD_FILE", &admin)
             .envs(env.iter().cloned());
     })
 }
@@ -36,6 +40,7 @@ async fn tenant_with_user(node: &Node, tenant: &str, user: &str, password: &str)
     let c = http();
     let r = c
         .post(format!("{}/v1/tenants", node.url))
+        .basic_auth("system:admin", Some(ADMIN_PASSWORD))
         .json(&json!({ "name": tenant }))
         .send()
         .await
@@ -47,6 +52,7 @@ async fn tenant_with_user(node: &Node, tenant: &str, user: &str, password: &str)
     );
     let r = c
         .put(format!("{}/v1/tenants/{tenant}/users/{user}", node.url))
+        .basic_auth("system:admin", Some(ADMIN_PASSWORD))
         .json(&json!({ "password": password }))
         .send()
         .await
@@ -240,6 +246,12 @@ async fn client_certificates_name_the_mqtt_and_kafka_principal() {
     let mut env = ports.env(&server, &ca);
     env.push(("FJORD_MQTT__TLS_CLIENT_AUTH".into(), "optional".into()));
     env.push(("FJORD_KAFKA__TLS_CLIENT_AUTH".into(), "required".into()));
+    let admin = tmp.path().join("admin-password");
+    std::fs::write(&admin, ADMIN_PASSWORD).unwrap();
+    env.push((
+        "FJORD_AUTH__ADMIN_PASSWORD_FILE".into(),
+        admin.display().to_string(),
+    ));
     let node = Node::start_with(&tmp.path().join("data"), &[], |cmd| {
         cmd.envs(env.iter().cloned());
     });

@@ -1,0 +1,216 @@
+//! Authorisation, shared by every protocol: a tenant's ACL rules (stored in
+//! the metadata store, compiled once and cached), the decision for one
+//! request, and tenant isolation (a principal only ever acts in its own
+//! tenant, except node administrators: `admin` role in tenant `system`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fjord_auth::acl::{Acl, AclRule, Action, Effect, Resource, ADMIN_ROLE};
+use fjord_auth::Principal;
+use fjord_core::TenantName;
+use serde::Serialize;
+
+use crate::{Broker, BrokerError};
+
+/// The tenant of node administrators and of the audit stream.
+pub const SYSTEM_TENANT: &str = "system";
+
+/// A stored rule with its id, as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AclEntry {
+    pub id: String,
+    #[serde(flatten)]
+    pub rule: AclRule,
+}
+
+/// Compiled rules per tenant.
+#[derive(Default)]
+pub(crate) struct AclCache {
+    by_tenant: parking_lot::RwLock<HashMap<TenantName, Arc<Acl>>>,
+}
+
+fn parse_default(s: Option<&str>, node: Effect) -> Effect {
+    match s {
+        Some("deny") => Effect::Deny,
+        Some("allow") => Effect::Allow,
+        _ => node,
+    }
+}
+
+impl Broker {
+    /// The tenant's compiled rules.
+    pub fn acl(&self, tenant: &TenantName) -> Arc<Acl> {
+        if let Some(a) = self.acls.by_tenant.read().get(tenant) {
+            return a.clone();
+        }
+        let default = parse_default(
+            self.meta
+                .get_tenant(tenant)
+                .ok()
+                .and_then(|t| t.settings.acl_default)
+                .as_deref(),
+            self.config.auth.acl_default,
+        );
+        let rules: Vec<AclRule> = self
+            .meta
+            .list_acls(tenant)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(_, b)| serde_json::from_slice(b).ok())
+            .collect();
+        let acl = Arc::new(Acl::new(&rules, default));
+        self.acls
+            .by_tenant
+            .write()
+            .insert(tenant.clone(), acl.clone());
+        acl
+    }
+
+    /// Forgets the tenant's compiled rules (they changed).
+    pub(crate) fn acl_changed(&self, tenant: &TenantName) {
+        self.acls.by_tenant.write().remove(tenant);
+    }
+
+    /// Whether `p` administers the whole node.
+    pub fn is_node_admin(&self, p: &Principal) -> bool {
+        (p.tenant.as_str() == SYSTEM_TENANT && p.roles.iter().any(|r| r == ADMIN_ROLE))
+            || (p.is_anonymous() && self.config.auth.anonymous_admin && self.config.auth.anonymous)
+    }
+
+    /// Whether `p` may do `action` on `resource` of `tenant`: its own
+    /// tenant's rules decide; another tenant is out of reach except for
+    /// node administrators.
+    pub fn authorize(
+        &self,
+        p: &Principal,
+        tenant: &TenantName,
+        action: Action,
+        resource: Resource<'_>,
+    ) -> bool {
+        if &p.tenant != tenant {
+            return self.is_node_admin(p);
+        }
+        self.is_node_admin(p) || self.acl(tenant).check(p, action, resource)
+    }
+
+    /// [`Broker::authorize`], counting a denial under `protocol` and
+    /// logging it.
+    pub fn authorize_for(
+        &self,
+        protocol: &str,
+        p: &Principal,
+        tenant: &TenantName,
+        action: Action,
+        resource: Resource<'_>,
+    ) -> bool {
+        let ok = self.authorize(p, tenant, action, resource);
+        if !ok {
+            self.metrics
+                .denials
+                .with_label_values(&[protocol, action.as_str()])
+                .inc();
+            tracing::info!(
+                protocol,
+                principal = %p.name(),
+                tenant = %tenant,
+                action = action.as_str(),
+                resource = ?resource,
+                "denied"
+            );
+        }
+        ok
+    }
+
+    pub fn list_acls(&self, tenant: &TenantName) -> Result<Vec<AclEntry>, BrokerError> {
+        self.meta.get_tenant(tenant)?;
+        Ok(self
+            .meta
+            .list_acls(tenant)?
+            .into_iter()
+            .filter_map(|(id, b)| {
+                Some(AclEntry {
+                    id,
+                    rule: serde_json::from_slice(&b).ok()?,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds a rule; its id.
+    pub fn add_acl(&self, tenant: &TenantName, rule: AclRule) -> Result<AclEntry, BrokerError> {
+        rule.validate()
+            .map_err(|e| BrokerError::Invalid(e.to_string()))?;
+        // Ids sort in creation order.
+        let id = format!(
+            "{:013x}{:04x}",
+            crate::now_ms(),
+            self.acl_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                & 0xffff
+        );
+        let bytes = serde_json::to_vec(&rule)
+            .map_err(|e| BrokerError::Storage(format!("encoding the rule: {e}")))?;
+        self.meta.put_acl(tenant, &id, &bytes)?;
+        self.acl_changed(tenant);
+        Ok(AclEntry { id, rule })
+    }
+
+    pub fn delete_acl(&self, tenant: &TenantName, id: &str) -> Result<(), BrokerError> {
+        self.meta.delete_acl(tenant, id)?;
+        self.acl_changed(tenant);
+        Ok(())
+    }
+
+    /// The `system` tenant (node administrators, the audit stream), and
+    /// `system:admin` when `auth.admin_password_file` names its password.
+    pub(crate) fn ensure_system_tenant(&self) -> Result<(), BrokerError> {
+        let system = TenantName::new(SYSTEM_TENANT).expect("valid");
+        if self.meta.get_tenant(&system).is_err() {
+            match self.create_tenant(&system) {
+                Ok(_) | Err(BrokerError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let file = &self.config.auth.admin_password_file;
+        if !file.as_os_str().is_empty() {
+            let pw = std::fs::read_to_string(file).map_err(|e| {
+                BrokerError::Invalid(format!("auth.admin_password_file {}: {e}", file.display()))
+            })?;
+            self.set_user(
+                &system,
+                "admin",
+                pw.trim_end_matches(['\r', '\n']),
+                Some(vec![ADMIN_ROLE.to_string()]),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Changes a tenant's security settings (anonymous access, the ACL
+    /// default).
+    pub fn set_tenant_settings(
+        &self,
+        tenant: &TenantName,
+        anonymous: Option<Option<bool>>,
+        acl_default: Option<Option<String>>,
+    ) -> Result<fjord_meta::TenantInfo, BrokerError> {
+        let mut t = self.meta.get_tenant(tenant)?;
+        if let Some(a) = anonymous {
+            t.settings.anonymous = a;
+        }
+        if let Some(d) = acl_default {
+            if let Some(v) = &d {
+                if v != "allow" && v != "deny" {
+                    return Err(BrokerError::Invalid(format!(
+                        "acl_default must be allow or deny, not {v:?}"
+                    )));
+                }
+            }
+            t.settings.acl_default = d;
+        }
+        self.meta.update_tenant(&t)?;
+        self.acl_changed(tenant);
+        Ok(t)
+    }
+}
