@@ -72,7 +72,7 @@ fn need<'a>(method: &Method, path: &'a str, query: Option<&'a str>) -> Need<'a> 
         ["v1", "tenants"] if read => Need::Anyone,
         ["v1", "tenants"] => Need::NodeAdmin,
         ["v1", "tenants", _] if method == Method::DELETE => Need::NodeAdmin,
-        ["v1", "tenants", t] => in_tenant(t, Action::Describe, Res::Tenant),
+        ["v1", "tenants", t] if read => in_tenant(t, Action::Describe, Res::Tenant),
         ["v1", "tenants", t, "namespaces", ns] if read => {
             in_tenant(t, Action::Describe, Res::Namespace(ns))
         }

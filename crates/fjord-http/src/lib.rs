@@ -13,12 +13,13 @@ pub mod listener;
 mod memory;
 mod ops;
 mod records;
+mod security_api;
 mod ws;
 
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, put};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use fjord_broker::Broker;
 
@@ -49,7 +50,21 @@ pub fn router(broker: Arc<Broker>) -> Router {
         )
         .route(
             "/v1/tenants/{tenant}",
-            get(admin::get_tenant).delete(admin::delete_tenant),
+            get(admin::get_tenant)
+                .patch(security_api::patch_tenant)
+                .delete(admin::delete_tenant),
+        )
+        .route(
+            "/v1/tenants/{tenant}/acls",
+            get(security_api::list_acls).post(security_api::add_acl),
+        )
+        .route(
+            "/v1/tenants/{tenant}/acls/{id}",
+            delete(security_api::delete_acl),
+        )
+        .route(
+            "/v1/tenants/{tenant}/tokens",
+            post(security_api::issue_token),
         )
         .route("/v1/tenants/{tenant}/users", get(admin::list_users))
         .route(
