@@ -14,13 +14,31 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
+use std::sync::Arc;
+
+use crate::guard::{Guard, Permit, Refused};
 use crate::{Peer, TlsError, TlsListen};
 
 /// A connection's byte stream: plain TCP or TLS over it (boxed: TLS state
-/// is large, and most connections of a plain listener never need it).
-pub enum MaybeTls {
+/// is large, and most connections of a plain listener never need it),
+/// holding the connection's place in the node's limits while it lives.
+pub struct MaybeTls {
+    inner: Inner,
+    _permit: Option<Permit>,
+}
+
+enum Inner {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl MaybeTls {
+    pub fn plain(s: TcpStream, permit: Option<Permit>) -> Self {
+        Self {
+            inner: Inner::Plain(s),
+            _permit: permit,
+        }
+    }
 }
 
 /// Runs the TLS handshake when the listener has TLS (within `timeout`),
@@ -31,14 +49,18 @@ pub async fn open(
     tls: Option<&TlsListen>,
     alpn: &[&[u8]],
     timeout: Duration,
+    permit: Option<Permit>,
 ) -> Result<(MaybeTls, Peer), TlsError> {
     match tls {
-        None => Ok((MaybeTls::Plain(socket), Peer::plain(addr))),
+        None => Ok((MaybeTls::plain(socket, permit), Peer::plain(addr))),
         Some(t) => {
             let (stream, cert_identity) =
                 t.ctx.accept(socket, t.client_auth, alpn, timeout).await?;
             Ok((
-                MaybeTls::Tls(Box::new(stream)),
+                MaybeTls {
+                    inner: Inner::Tls(Box::new(stream)),
+                    _permit: permit,
+                },
                 Peer {
                     addr,
                     tls: true,
@@ -50,12 +72,16 @@ pub async fn open(
 }
 
 /// Accepts on `tcp` until `shutdown` turns true, running `handle` for
-/// each connection in a task of its own. Accept errors (out of file
-/// descriptors, say) back off briefly and go on.
+/// each connection the guard admits in a task of its own (which holds the
+/// connection's permit); refused ones are closed at once and reported to
+/// `refused`. Accept errors (out of file descriptors, say) back off
+/// briefly and go on.
 pub async fn accept_loop<F, Fut>(
     tcp: TcpListener,
     what: &'static str,
     mut shutdown: watch::Receiver<bool>,
+    guard: Arc<Guard>,
+    refused: impl Fn(Refused, SocketAddr),
     handle: F,
 ) where
     F: Fn(TcpStream, SocketAddr) -> Fut,
@@ -67,10 +93,20 @@ pub async fn accept_loop<F, Fut>(
             _ = shutdown.wait_for(|s| *s) => return,
         };
         match accepted {
-            Ok((socket, addr)) => {
-                let _ = socket.set_nodelay(true);
-                tokio::spawn(handle(socket, addr));
-            }
+            Ok((socket, addr)) => match guard.admit(addr.ip()) {
+                Ok(permit) => {
+                    let _ = socket.set_nodelay(true);
+                    let fut = handle(socket, addr);
+                    tokio::spawn(async move {
+                        fut.await;
+                        drop(permit);
+                    });
+                }
+                Err(why) => {
+                    drop(socket);
+                    refused(why, addr);
+                }
+            },
             Err(e) => {
                 tracing::warn!(listener = what, error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -85,9 +121,9 @@ impl AsyncRead for MaybeTls {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().inner {
+            Inner::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -98,23 +134,23 @@ impl AsyncWrite for MaybeTls {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().inner {
+            Inner::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().inner {
+            Inner::Plain(s) => Pin::new(s).poll_flush(cx),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().inner {
+            Inner::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -123,16 +159,16 @@ impl AsyncWrite for MaybeTls {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            MaybeTls::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().inner {
+            Inner::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            MaybeTls::Plain(s) => s.is_write_vectored(),
-            MaybeTls::Tls(s) => s.is_write_vectored(),
+        match &self.inner {
+            Inner::Plain(s) => s.is_write_vectored(),
+            Inner::Tls(s) => s.is_write_vectored(),
         }
     }
 }

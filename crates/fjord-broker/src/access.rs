@@ -72,6 +72,33 @@ impl Broker {
         self.acls.by_tenant.write().remove(tenant);
     }
 
+    /// Connection limits and the failed-login ban.
+    pub fn guard(&self) -> &Arc<fjord_auth::guard::Guard> {
+        &self.guard
+    }
+
+    /// Counts a refused login from `ip` towards its ban.
+    pub fn login_failed(&self, ip: std::net::IpAddr, protocol: &str) {
+        if self.guard.login_failed(ip) {
+            self.metrics.bans.inc();
+            tracing::warn!(%ip, protocol, "address banned after repeated failed logins");
+        }
+    }
+
+    /// Reports a closed-on-accept connection.
+    pub fn connection_refused(
+        &self,
+        listener: &str,
+        why: fjord_auth::guard::Refused,
+        addr: std::net::SocketAddr,
+    ) {
+        self.metrics
+            .refused_connections
+            .with_label_values(&[listener, why.as_str()])
+            .inc();
+        tracing::debug!(peer = %addr, listener, reason = why.as_str(), "connection refused");
+    }
+
     /// Whether `p` administers the whole node.
     pub fn is_node_admin(&self, p: &Principal) -> bool {
         (p.tenant.as_str() == SYSTEM_TENANT && p.roles.iter().any(|r| r == ADMIN_ROLE))

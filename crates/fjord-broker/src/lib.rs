@@ -51,6 +51,8 @@ pub struct BrokerConfig {
     pub inflight_bytes_max: u64,
     /// How identities are proved (anonymous access, tokens).
     pub auth: fjord_auth::AuthSettings,
+    /// Connection limits and the failed-login ban.
+    pub limits: fjord_auth::guard::GuardSettings,
 }
 
 impl BrokerConfig {
@@ -62,6 +64,7 @@ impl BrokerConfig {
             maintenance_interval: Duration::from_secs(30),
             inflight_bytes_max: 512 * 1024 * 1024,
             auth: fjord_auth::AuthSettings::default(),
+            limits: Default::default(),
         }
     }
 }
@@ -158,6 +161,7 @@ pub struct Broker {
     tokens: Option<fjord_auth::TokenVerifier>,
     acls: access::AclCache,
     acl_seq: AtomicU32,
+    guard: Arc<fjord_auth::guard::Guard>,
 }
 
 impl Broker {
@@ -172,6 +176,7 @@ impl Broker {
         let metrics = Arc::new(Metrics::new());
         metrics.memory_budget.set(config.inflight_bytes_max as i64);
         let memory = MemoryBudget::new(config.inflight_bytes_max, metrics.memory_reserved.clone());
+        let guard = fjord_auth::guard::Guard::new(config.limits.clone());
         let broker = Arc::new(Self {
             meta,
             config,
@@ -184,6 +189,7 @@ impl Broker {
             tokens,
             acls: Default::default(),
             acl_seq: AtomicU32::new(0),
+            guard,
         });
         broker.ensure_system_tenant()?;
         // Files of streams deleted before a crash.

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub protocol_errors: IntCounterVec,
     pub duplicate_batches: IntCounterVec,
     pub denials: IntCounterVec,
+    pub refused_connections: IntCounterVec,
+    pub bans: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -137,6 +139,19 @@ impl Metrics {
             "Requests refused by ACL rules or tenant isolation, by protocol and action.",
             &["protocol", "action"],
         );
+        let refused_connections = counter(
+            "fjord_connections_refused_total",
+            "Connections closed on accept: banned address, per-IP or node limit.",
+            &["listener", "reason"],
+        );
+        let bans = prometheus::IntCounter::new(
+            "fjord_auth_bans_total",
+            "Addresses banned for repeated failed logins.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(bans.clone()))
+            .expect("unique metric");
         let memory_budget = single(
             "fjord_memory_budget_bytes",
             "The node's budget for message bytes in flight.",
@@ -165,6 +180,8 @@ impl Metrics {
             protocol_errors,
             duplicate_batches,
             denials,
+            refused_connections,
+            bans,
         }
     }
 

@@ -218,6 +218,11 @@ async fn authenticate(
             .map(|p| p.addr.to_string())
             .unwrap_or_default();
         tracing::warn!(peer = %peer, error = %e, "http authentication refused");
+        if let Some(p) = &creds.peer {
+            if !matches!(e, AuthError::AnonymousRefused(_)) {
+                broker.login_failed(p.addr.ip(), "http");
+            }
+        }
         broker
             .metrics()
             .protocol_errors

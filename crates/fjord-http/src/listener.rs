@@ -10,7 +10,7 @@ use std::time::Duration;
 use fjord_auth::listener::MaybeTls;
 use fjord_auth::{Peer, TlsListen};
 use fjord_broker::Broker;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// A TLS client must finish its handshake within this time (slowloris).
@@ -19,20 +19,36 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finished handshakes waiting for axum to take them.
 const READY_QUEUE: usize = 128;
 
-/// Plain TCP, with no-delay set and the peer named.
-pub struct PlainListener(pub TcpListener);
+/// Plain TCP, with no-delay set, the node's connection limits applied and
+/// the peer named.
+pub struct PlainListener {
+    tcp: TcpListener,
+    broker: Arc<Broker>,
+}
+
+impl PlainListener {
+    pub fn new(tcp: TcpListener, broker: Arc<Broker>) -> Self {
+        Self { tcp, broker }
+    }
+}
 
 impl axum::serve::Listener for PlainListener {
-    type Io = TcpStream;
+    type Io = MaybeTls;
     type Addr = Peer;
 
-    async fn accept(&mut self) -> (TcpStream, Peer) {
+    async fn accept(&mut self) -> (MaybeTls, Peer) {
         loop {
-            match self.0.accept().await {
-                Ok((s, addr)) => {
-                    let _ = s.set_nodelay(true);
-                    return (s, Peer::plain(addr));
-                }
+            match self.tcp.accept().await {
+                Ok((s, addr)) => match self.broker.guard().admit(addr.ip()) {
+                    Ok(permit) => {
+                        let _ = s.set_nodelay(true);
+                        return (MaybeTls::plain(s, Some(permit)), Peer::plain(addr));
+                    }
+                    Err(why) => {
+                        drop(s);
+                        self.broker.connection_refused("http", why, addr);
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, "http accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -42,7 +58,7 @@ impl axum::serve::Listener for PlainListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Peer> {
-        self.0.local_addr().map(Peer::plain)
+        self.tcp.local_addr().map(Peer::plain)
     }
 }
 
@@ -74,6 +90,14 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let permit = match broker.guard().admit(addr.ip()) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        drop(socket);
+                        broker.connection_refused("https", why, addr);
+                        continue;
+                    }
+                };
                 let _ = socket.set_nodelay(true);
                 let (tls, tx, broker) = (tls.clone(), tx.clone(), broker.clone());
                 tokio::spawn(async move {
@@ -84,6 +108,7 @@ impl TlsListener {
                         Some(&tls),
                         alpn,
                         HANDSHAKE_TIMEOUT,
+                        Some(permit),
                     )
                     .await
                     {

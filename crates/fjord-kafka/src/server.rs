@@ -190,7 +190,10 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: watch::R
     } = listener;
     let (tls, advertised) = (Arc::new(tls), Arc::new(advertised));
     let stop = shutdown.clone();
-    fjord_auth::listener::accept_loop(tcp, label, stop, move |socket, addr| {
+    let guard = shared.broker.guard().clone();
+    let broker = shared.broker.clone();
+    let refused = move |why, addr| broker.connection_refused(label, why, addr);
+    fjord_auth::listener::accept_loop(tcp, label, stop, guard, refused, move |socket, addr| {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
         let (tls, advertised) = (tls.clone(), advertised.clone());
         async move {
@@ -204,6 +207,7 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: watch::R
                 tls.as_ref().as_ref(),
                 &[],
                 HANDSHAKE_TIMEOUT,
+                None,
             )
             .await;
             let result = match opened {
@@ -295,7 +299,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         put_raw(&mut out, &challenge);
                     }
                     sasl::Step::Done(p, last) => {
-                        logged_in(&peer, &p);
+                        logged_in(shared, &peer, &p);
                         principal = Some(Arc::new(p));
                         sasl_state = sasl::State::Done;
                         put_raw(&mut out, &last);
@@ -364,7 +368,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                                     continue;
                                 }
                                 sasl::Step::Done(p, last) => {
-                                    logged_in(&peer, &p);
+                                    logged_in(shared, &peer, &p);
                                     principal = Some(Arc::new(p));
                                     sasl_state = sasl::State::Done;
                                     resp.auth_bytes = last.into();
@@ -471,12 +475,14 @@ fn put_raw(out: &mut BytesMut, msg: &[u8]) {
     out.extend_from_slice(msg);
 }
 
-fn logged_in(peer: &Peer, p: &Principal) {
+fn logged_in(shared: &Shared, peer: &Peer, p: &Principal) {
+    shared.broker.guard().login_succeeded(peer.addr.ip());
     tracing::info!(peer = %peer.addr, principal = %p.name(), method = p.method.as_str(), "kafka SASL login");
 }
 
 fn login_refused(shared: &Shared, peer: &Peer, why: &str) {
     count_error(shared, "sasl_failed");
+    shared.broker.login_failed(peer.addr.ip(), "kafka");
     tracing::warn!(peer = %peer.addr, error = %why, "kafka SASL login refused");
 }
 

@@ -59,6 +59,9 @@ async fn refuse<W: AsyncWrite + Unpin>(
     e: AuthError,
 ) -> Result<Login, ConnError> {
     let (v5, v311, why) = refusal(&e);
+    if why == "auth_failed" {
+        shared.broker.login_failed(peer.addr.ip(), "mqtt");
+    }
     tracing::warn!(peer = %peer.addr, client = %c.client_id, error = %e, "mqtt login refused");
     crate::connection::count_error(shared, why);
     send_connack(
@@ -131,7 +134,12 @@ pub(crate) async fn login<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         },
     };
     match outcome {
-        Ok(p) => Ok(Login::Admitted(p, None)),
+        Ok(p) => {
+            if !p.is_anonymous() {
+                broker.guard().login_succeeded(peer.addr.ip());
+            }
+            Ok(Login::Admitted(p, None))
+        }
         Err(e) => refuse(shared, c, peer, wr, e).await,
     }
 }

@@ -417,7 +417,10 @@ async fn serve(listener: Listener, shared: Arc<Shared>, shutdown: watch::Receive
         tls,
     } = listener;
     let tls = Arc::new(tls);
-    fjord_auth::listener::accept_loop(tcp, label, shutdown, move |socket, addr| {
+    let guard = shared.broker.guard().clone();
+    let broker = shared.broker.clone();
+    let refused = move |why, addr| broker.connection_refused(label, why, addr);
+    fjord_auth::listener::accept_loop(tcp, label, shutdown, guard, refused, move |socket, addr| {
         let (shared, tls) = (shared.clone(), tls.clone());
         async move {
             let gauge = {
@@ -453,7 +456,7 @@ async fn secured(
 ) -> Result<(), connection::ConnError> {
     let timeout = shared.config.connect_timeout;
     let (stream, peer) =
-        match fjord_auth::listener::open(socket, addr, tls.as_ref(), &[], timeout).await {
+        match fjord_auth::listener::open(socket, addr, tls.as_ref(), &[], timeout, None).await {
             Ok(s) => s,
             Err(e) => {
                 connection::count_error(&shared, "tls_handshake");

@@ -26,6 +26,8 @@ pub struct Config {
     pub tls: fjord_auth::TlsSettings,
     /// How clients prove who they are: anonymous access, JWT keys.
     pub auth: fjord_auth::AuthSettings,
+    /// Connection limits (global, per IP) and the failed-login ban.
+    pub limits: fjord_auth::guard::GuardSettings,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
     /// Node-wide policy defaults; namespaces and streams override them.
@@ -211,6 +213,7 @@ impl Default for Config {
             },
             tls: fjord_auth::TlsSettings::default(),
             auth: fjord_auth::AuthSettings::default(),
+            limits: Default::default(),
             storage: StorageConfig {
                 append_queue_depth: 1024,
                 maintenance_interval_ms: 30_000,

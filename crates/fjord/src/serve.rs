@@ -144,6 +144,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut bc = BrokerConfig::new(&config.data_dir);
     bc.defaults = config.resolved_defaults();
     bc.auth = config.auth.clone();
+    bc.limits = config.limits.clone();
     bc.append_queue_depth = config.storage.append_queue_depth.max(1);
     bc.inflight_bytes_max = config.memory.inflight_bytes_max.max(64 * 1024);
     bc.maintenance_interval =
@@ -239,7 +240,7 @@ pub async fn run(config: Config) -> Result<()> {
     let mut servers = tokio::task::JoinSet::new();
     if let Some(http) = http {
         let listener = axum::serve::ListenerExt::tap_io(
-            fjord_http::listener::PlainListener(http),
+            fjord_http::listener::PlainListener::new(http, broker.clone()),
             move |_| {
                 metrics.connections_total.with_label_values(&["http"]).inc();
             },

@@ -664,3 +664,82 @@ async fn mqtt5_scram_sha_256_enhanced_authentication() {
     let (kind, reason, _) = raw5::read(&mut s).await;
     assert_eq!((kind, reason), (2, 0x8C));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_ban_the_address_and_the_ban_lifts() {
+    use rumqttc::ConnectReturnCode as Code;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = node_with(
+        tmp.path(),
+        &[
+            // Loopback is exempt by default; this test is the attacker.
+            ("FJORD_LIMITS__BAN_EXEMPT", "[]"),
+            ("FJORD_LIMITS__BAN_AFTER_FAILURES", "3"),
+            ("FJORD_LIMITS__BAN_S", "3"),
+        ],
+    );
+    tenant_with_user(&node, "acme", "alice", "alice-password").await;
+    let m = node.mqtt.as_str();
+    for _ in 0..3 {
+        assert_eq!(
+            connect_outcome(mqtt_opts(
+                m,
+                "guess",
+                Some(("acme:alice", "guess-password"))
+            ))
+            .await,
+            Err(Code::BadUserNamePassword)
+        );
+    }
+    // Banned: even the right password is turned away at accept.
+    let (_c, mut ev) = rumqttc::AsyncClient::new(
+        mqtt_opts(m, "right", Some(("acme:alice", "alice-password"))),
+        10,
+    );
+    let r = tokio::time::timeout(Duration::from_secs(10), ev.poll())
+        .await
+        .expect("an answer");
+    assert!(r.is_err(), "a banned address was served: {r:?}");
+    // The ban lifts.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(
+        connect_outcome(mqtt_opts(
+            m,
+            "right",
+            Some(("acme:alice", "alice-password"))
+        ))
+        .await,
+        Ok(())
+    );
+    let text = common::metrics_as(&node.url, Some(("system:admin", ADMIN_PASSWORD))).await;
+    assert!(text.contains("fjord_auth_bans_total 1"), "{text}");
+    assert!(
+        text.contains("fjord_connections_refused_total{listener=\"mqtt\",reason=\"banned\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_per_address_are_limited() {
+    use tokio::io::AsyncReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = node_with(tmp.path(), &[("FJORD_LIMITS__MAX_CONNECTIONS_PER_IP", "4")]);
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(tokio::net::TcpStream::connect(&node.kafka).await.unwrap());
+    }
+    // The fifth is closed at once.
+    let mut fifth = tokio::net::TcpStream::connect(&node.kafka).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), fifth.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the fifth connection stayed open");
+    // A place frees when a connection ends.
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = tokio::net::TcpStream::connect(&node.kafka).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_millis(500), again.read(&mut buf)).await;
+    assert!(r.is_err(), "a freed place was not given again: {r:?}");
+}

@@ -230,15 +230,7 @@ async fn mqtt_acls_refuse_with_the_protocols_own_signals() {
     })
     .await;
     assert!(code.contains("Success"), "{code}");
-    let metrics = http()
-        .get(format!("{}/metrics", node.url))
-        .basic_auth("system:admin", Some(ADMIN))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_as(&node.url, Some(("system:admin", ADMIN))).await;
     let series = "fjord_authorization_denials_total{action=\"publish\",protocol=\"mqtt\"} ";
     let denied: f64 = metrics
         .lines()

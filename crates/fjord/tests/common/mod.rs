@@ -182,14 +182,16 @@ pub async fn get_json(url: &str) -> serde_json::Value {
 }
 
 async fn metrics_text(url: &str) -> String {
-    http()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    metrics_as(url, None).await
+}
+
+/// `/metrics`, as `login` (`(tenant:user, password)`) when given.
+pub async fn metrics_as(url: &str, login: Option<(&str, &str)>) -> String {
+    let mut req = http().get(format!("{url}/metrics"));
+    if let Some((user, password)) = login {
+        req = req.basic_auth(user, Some(password));
+    }
+    req.send().await.unwrap().text().await.unwrap()
 }
 
 /// The sum of every sample of metric `name` (over all its labels).
