@@ -103,7 +103,10 @@ fn need<'a>(method: &Method, path: &'a str, query: Option<&'a str>) -> Need<'a> 
             resource: Res::Stream(ns, s),
             group: Some(c.to_string()),
         },
-        // Publishing and subscribing over one WebSocket.
+        // A WebSocket publishes (`mode=publish`) or subscribes.
+        ["v1", "streams", t, ns, s, "ws"] if query_param(query, "mode") == Some("publish") => {
+            in_tenant(t, Action::Publish, Res::Stream(ns, s))
+        }
         ["v1", "streams", t, ns, s, "ws"] => Need::In {
             tenant: t,
             action: Action::Subscribe,
@@ -349,6 +352,24 @@ mod tests {
                 action: Action::Subscribe,
                 resource: Res::Stream("default", "t"),
                 group: Some("c1".into())
+            }
+        );
+        assert_eq!(
+            need(&get, "/v1/streams/acme/default/t/ws", Some("mode=publish")),
+            Need::In {
+                tenant: "acme",
+                action: Action::Publish,
+                resource: Res::Stream("default", "t"),
+                group: None
+            }
+        );
+        assert_eq!(
+            need(&get, "/v1/streams/acme/default/t/ws", Some("from=earliest")),
+            Need::In {
+                tenant: "acme",
+                action: Action::Subscribe,
+                resource: Res::Stream("default", "t"),
+                group: None
             }
         );
         assert_eq!(
