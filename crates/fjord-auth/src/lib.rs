@@ -8,6 +8,7 @@ pub mod guard;
 pub mod identity;
 pub mod jwt;
 pub mod listener;
+pub mod quota;
 pub mod scram;
 pub mod tls;
 

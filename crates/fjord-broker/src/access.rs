@@ -209,6 +209,7 @@ impl Broker {
                 "admin",
                 pw.trim_end_matches(['\r', '\n']),
                 Some(vec![ADMIN_ROLE.to_string()]),
+                None,
             )?;
         }
         Ok(())
@@ -221,8 +222,12 @@ impl Broker {
         tenant: &TenantName,
         anonymous: Option<Option<bool>>,
         acl_default: Option<Option<String>>,
+        quotas: Option<fjord_meta::Quotas>,
     ) -> Result<fjord_meta::TenantInfo, BrokerError> {
         let mut t = self.meta.get_tenant(tenant)?;
+        if let Some(q) = quotas {
+            t.settings.quotas = q;
+        }
         if let Some(a) = anonymous {
             t.settings.anonymous = a;
         }
@@ -238,6 +243,7 @@ impl Broker {
         }
         self.meta.update_tenant(&t)?;
         self.acl_changed(tenant);
+        self.quotas.forget_limits(tenant);
         Ok(t)
     }
 }

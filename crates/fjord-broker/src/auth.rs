@@ -29,6 +29,7 @@ pub struct UserView {
     pub tenant: TenantName,
     pub name: String,
     pub roles: Vec<String>,
+    pub quotas: fjord_meta::Quotas,
     pub created_ms: i64,
 }
 
@@ -38,6 +39,7 @@ impl From<UserInfo> for UserView {
             tenant: u.tenant,
             name: u.name,
             roles: u.roles,
+            quotas: u.quotas,
             created_ms: u.created_ms,
         }
     }
@@ -105,6 +107,7 @@ impl Broker {
         name: &str,
         password: &str,
         roles: Option<Vec<String>>,
+        quotas: Option<fjord_meta::Quotas>,
     ) -> Result<UserView, BrokerError> {
         if password.chars().count() < PASSWORD_MIN_CHARS {
             return Err(BrokerError::Invalid(format!(
@@ -137,12 +140,16 @@ impl Broker {
             name: name.to_string(),
             password_hash: hash,
             created_ms: existing.as_ref().map_or_else(now_ms, |u| u.created_ms),
+            quotas: quotas
+                .or_else(|| existing.as_ref().map(|u| u.quotas))
+                .unwrap_or_default(),
             roles: roles
                 .or_else(|| existing.map(|u| u.roles))
                 .unwrap_or_default(),
             scram,
         };
         self.meta.put_user(&user)?;
+        self.quotas.forget_limits(tenant);
         Ok(user.into())
     }
 

@@ -32,6 +32,8 @@ pub enum BrokerError {
     },
     #[error("the disk is full; the write was not stored: {0}")]
     StorageFull(String),
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
     #[error("storage error: {0}")]
     Storage(String),
     #[error("the broker is shutting down")]
@@ -50,6 +52,7 @@ impl BrokerError {
             BrokerError::MessageTooLarge { .. } => "message_too_large",
             BrokerError::OffsetOutOfRange { .. } => "offset_out_of_range",
             BrokerError::StorageFull(_) => "storage_full",
+            BrokerError::QuotaExceeded(_) => "quota_exceeded",
             BrokerError::Storage(_) => "storage_error",
             BrokerError::ShuttingDown => "unavailable",
         }

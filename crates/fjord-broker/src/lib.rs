@@ -12,6 +12,7 @@ mod dedup;
 mod error;
 mod memory;
 mod metrics;
+pub mod quotas;
 mod rate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -162,6 +163,7 @@ pub struct Broker {
     acls: access::AclCache,
     acl_seq: AtomicU32,
     guard: Arc<fjord_auth::guard::Guard>,
+    quotas: quotas::QuotaState,
 }
 
 impl Broker {
@@ -190,6 +192,7 @@ impl Broker {
             acls: Default::default(),
             acl_seq: AtomicU32::new(0),
             guard,
+            quotas: Default::default(),
         });
         broker.ensure_system_tenant()?;
         // Files of streams deleted before a crash.
@@ -695,7 +698,10 @@ impl Broker {
         records: Vec<RecordInput>,
         partition: Option<u32>,
     ) -> Result<Vec<Produced>, BrokerError> {
-        let r = self.produce_inner(s, records, partition).await;
+        let r = match self.storage_quota(s) {
+            Ok(()) => self.produce_inner(s, records, partition).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &r {
             self.metrics
                 .produce_errors
@@ -858,7 +864,10 @@ impl Broker {
         partition: u32,
         batch: Vec<u8>,
     ) -> Result<fjord_log::AppendInfo, BrokerError> {
-        let r = self.produce_batch_inner(s, partition, batch).await;
+        let r = match self.storage_quota(s) {
+            Ok(()) => self.produce_batch_inner(s, partition, batch).await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &r {
             self.metrics
                 .produce_errors
@@ -1131,6 +1140,7 @@ impl Broker {
                 for st in &streams {
                     st.rate.sample();
                 }
+                b.measure_storage();
                 since_maintenance += rate::SAMPLE_INTERVAL;
                 if since_maintenance < every {
                     continue;

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub duplicate_batches: IntCounterVec,
     pub denials: IntCounterVec,
     pub refused_connections: IntCounterVec,
+    pub quota_hits: IntCounterVec,
+    pub tenant_connections: IntGaugeVec,
+    pub tenant_storage: IntGaugeVec,
     pub bans: prometheus::IntCounter,
 }
 
@@ -144,6 +147,21 @@ impl Metrics {
             "Connections closed on accept: banned address, per-IP or node limit.",
             &["listener", "reason"],
         );
+        let quota_hits = counter(
+            "fjord_quota_exceeded_total",
+            "Requests held back or refused by a tenant's or user's quota, by protocol, tenant and quota.",
+            &["protocol", "tenant", "quota"],
+        );
+        let tenant_connections = gauge(
+            "fjord_tenant_connections",
+            "Open MQTT and Kafka connections per tenant.",
+            &["tenant"],
+        );
+        let tenant_storage = gauge(
+            "fjord_tenant_storage_bytes",
+            "Bytes stored by each tenant's streams (measured every few seconds).",
+            &["tenant"],
+        );
         let bans = prometheus::IntCounter::new(
             "fjord_auth_bans_total",
             "Addresses banned for repeated failed logins.",
@@ -181,6 +199,9 @@ impl Metrics {
             duplicate_batches,
             denials,
             refused_connections,
+            quota_hits,
+            tenant_connections,
+            tenant_storage,
             bans,
         }
     }

@@ -79,6 +79,9 @@ struct SetPassword {
     /// user).
     #[serde(default)]
     roles: Option<Vec<String>>,
+    /// The user's quotas; absent: unchanged (none for a new user).
+    #[serde(default)]
+    quotas: Option<fjord_meta::Quotas>,
 }
 
 pub async fn list_users(
@@ -100,7 +103,8 @@ pub async fn put_user(
     let req: SetPassword = parse_json(&crate::memory::body_bytes(body)?)?;
     let tenant = TenantName::new(t)?;
     let view = tokio::task::spawn_blocking(move || {
-        s.broker.set_user(&tenant, &user, &req.password, req.roles)
+        s.broker
+            .set_user(&tenant, &user, &req.password, req.roles, req.quotas)
     })
     .await
     .map_err(|e| {

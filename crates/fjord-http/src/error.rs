@@ -12,6 +12,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, rounded up).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -20,7 +22,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -40,7 +48,9 @@ impl From<BrokerError> for ApiError {
             }
             BrokerError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             BrokerError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
-            BrokerError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            BrokerError::StorageFull(_) | BrokerError::QuotaExceeded(_) => {
+                StatusCode::INSUFFICIENT_STORAGE
+            }
             BrokerError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             BrokerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         };
@@ -56,7 +66,14 @@ impl From<NameError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut r = (self.status, Json(self.body())).into_response();
+        if let Some(w) = self.retry_after {
+            let secs = w.as_secs() + u64::from(w.subsec_nanos() > 0);
+            if let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string()) {
+                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        r
     }
 }
 

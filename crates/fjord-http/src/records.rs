@@ -38,6 +38,7 @@ pub struct ProduceQuery {
 /// durable as the stream's policy says.
 pub async fn produce(
     State(s): State<AppState>,
+    who: Option<axum::Extension<std::sync::Arc<fjord_auth::Principal>>>,
     Path((t, ns, st)): Path<(String, String, String)>,
     query: Result<Query<ProduceQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
@@ -76,6 +77,30 @@ pub async fn produce(
             }
         }
     };
+    if let Some(p) = who {
+        // Over the publish rate: refused before anything is stored, with
+        // when to come back.
+        let q = s.broker.quota_request(&p);
+        let bytes: u64 = records
+            .iter()
+            .map(|r| r.value.as_ref().map_or(0, |v| v.len()) as u64)
+            .sum();
+        let wait = q.publish_wait(records.len() as u64, bytes);
+        if !wait.is_zero() {
+            s.broker
+                .metrics()
+                .quota_hits
+                .with_label_values(&["http", p.tenant.as_str(), "publish_rate"])
+                .inc();
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!("over the publish rate of {}; retry later", p.name()),
+            )
+            .retry_after(wait));
+        }
+        q.publish("http", records.len() as u64, bytes);
+    }
     let produced = s.broker.produce(&r, records, partition).await?;
     Ok(Json(serde_json::json!({ "offsets": produced })))
 }

@@ -48,6 +48,9 @@ struct TenantPatch {
     anonymous: Option<Option<bool>>,
     #[serde(default, with = "patch")]
     acl_default: Option<Option<String>>,
+    /// Replaces the tenant's quotas.
+    #[serde(default)]
+    quotas: Option<fjord_meta::Quotas>,
 }
 
 /// A field that may be absent (unchanged), `null` (unset) or a value.
@@ -66,9 +69,9 @@ pub async fn patch_tenant(
     body: crate::memory::RawBody,
 ) -> ApiResult<impl IntoResponse> {
     let p: TenantPatch = parse_json(&crate::memory::body_bytes(body)?)?;
-    let t = s
-        .broker
-        .set_tenant_settings(&TenantName::new(t)?, p.anonymous, p.acl_default)?;
+    let t =
+        s.broker
+            .set_tenant_settings(&TenantName::new(t)?, p.anonymous, p.acl_default, p.quotas)?;
     Ok(Json(t))
 }
 

@@ -66,6 +66,7 @@ enum Mode {
 
 pub async fn upgrade(
     State(s): State<AppState>,
+    who: Option<axum::Extension<Arc<fjord_auth::Principal>>>,
     Path((t, ns, st)): Path<(String, String, String)>,
     query: Result<Query<WsQuery>, axum::extract::rejection::QueryRejection>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -116,6 +117,7 @@ pub async fn upgrade(
         }
     };
     let broker = s.broker.clone();
+    let quota = who.map(|p| broker.quota_request(&p));
     Ok(ws
         .max_message_size(BODY_BYTES_MAX)
         .on_upgrade(move |socket| async move {
@@ -130,7 +132,7 @@ pub async fn upgrade(
                 .inc();
             gauge.inc();
             match mode {
-                Mode::Publish => publish(socket, broker, r).await,
+                Mode::Publish => publish(socket, broker, r, quota).await,
                 Mode::Subscribe {
                     partitions,
                     from,
@@ -153,7 +155,12 @@ fn frame_len(m: &Message) -> usize {
     }
 }
 
-async fn publish(socket: WebSocket, broker: Arc<Broker>, r: StreamRef) {
+async fn publish(
+    socket: WebSocket,
+    broker: Arc<Broker>,
+    r: StreamRef,
+    quota: Option<fjord_broker::quotas::QuotaHandle>,
+) {
     let (mut tx, mut rx) = socket.split();
     let mut seq: u64 = 0;
     while let Some(Ok(first)) = rx.next().await {
@@ -208,6 +215,14 @@ async fn publish(socket: WebSocket, broker: Arc<Broker>, r: StreamRef) {
             };
             items.push((seq, parsed.0, parsed.1));
             seq += 1;
+        }
+        if let Some(q) = &quota {
+            // Over the publish rate: flow control, as MQTT's (the socket is
+            // not read until the debt is paid).
+            let wait = q.publish("websocket", items.len() as u64, bytes as u64);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
         }
         let acks = produce_group(&broker, &r, items).await;
         for ack in acks {

@@ -80,6 +80,7 @@ pub fn error_code(e: &BrokerError) -> i16 {
         BrokerError::Invalid(_) => ResponseError::CorruptMessage,
         BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         BrokerError::StorageFull(_) | BrokerError::Storage(_) => ResponseError::KafkaStorageError,
+        BrokerError::QuotaExceeded(_) => ResponseError::PolicyViolation,
         BrokerError::ShuttingDown => ResponseError::NotLeaderOrFollower,
         _ => ResponseError::UnknownServerError,
     })
@@ -302,6 +303,31 @@ fn batches(records: &Bytes) -> Result<Vec<Bytes>, ()> {
 
 pub async fn produce(sh: &Session<'_>, req: ProduceRequest) -> ProduceResponse {
     let mut r = ProduceResponse::default();
+    if let Some(q) = sh.quota {
+        // Charged up front, as Kafka's quota manager does: a request over
+        // the rate is stored and answered, then the connection is muted.
+        let (mut msgs, mut bytes) = (0u64, 0u64);
+        for t in &req.topic_data {
+            for pd in &t.partition_data {
+                if let Some(rec) = &pd.records {
+                    bytes += rec.len() as u64;
+                    msgs += batches(rec).map_or(0, |bs| {
+                        bs.iter()
+                            .filter_map(|b| fjord_core::batch::BatchHeader::parse(b).ok())
+                            .map(|h| h.record_count.max(0) as u64)
+                            .sum()
+                    });
+                }
+            }
+        }
+        let wait = q.publish("kafka", msgs, bytes);
+        if !wait.is_zero() {
+            let ms = wait.as_millis().min(i32::MAX as u128) as u64;
+            sh.throttle_ms
+                .store(ms, std::sync::atomic::Ordering::Relaxed);
+            r.throttle_time_ms = ms as i32;
+        }
+    }
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let mut tr = TopicProduceResponse::default();

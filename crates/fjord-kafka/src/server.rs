@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use fjord_auth::{Action, Peer, Principal, Resource, TlsListen};
+use fjord_broker::quotas::QuotaHandle;
 use fjord_broker::Broker;
 use fjord_core::TenantName;
 use kafka_protocol::error::ResponseError;
@@ -64,6 +65,11 @@ pub struct Session<'a> {
     pub tenant: TenantName,
     /// Who the connection proved to be.
     pub principal: Arc<Principal>,
+    /// Its place in its quotas.
+    pub quota: Option<&'a QuotaHandle>,
+    /// Set by a request over the publish rate: how long to mute the
+    /// connection (ms), also sent as throttle_time_ms.
+    pub throttle_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::ops::Deref for Session<'_> {
@@ -276,6 +282,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         },
         None => shared.broker.anonymous_public().ok().map(Arc::new),
     };
+    let mut quota = match &principal {
+        Some(p) => Some(connect_quota(shared, p)?),
+        None => None,
+    };
+    // Over the publish rate: the answer carries throttle_time_ms and the
+    // connection reads nothing more until it has passed (Kafka's muting).
+    let mut mute = std::time::Duration::ZERO;
     let mut sasl_state = sasl::State::Start;
     let mut inbuf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::new();
@@ -300,6 +313,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                     sasl::Step::Done(p, last) => {
                         logged_in(shared, &peer, &p);
+                        // The anonymous place goes before the login's is taken.
+                        drop(quota.take());
+                        quota = Some(connect_quota(shared, &p)?);
                         principal = Some(Arc::new(p));
                         sasl_state = sasl::State::Done;
                         put_raw(&mut out, &last);
@@ -369,6 +385,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                                 }
                                 sasl::Step::Done(p, last) => {
                                     logged_in(shared, &peer, &p);
+                                    // The anonymous place goes before the login's is taken.
+                                    drop(quota.take());
+                                    quota = Some(connect_quota(shared, &p)?);
                                     principal = Some(Arc::new(p));
                                     sasl_state = sasl::State::Done;
                                     resp.auth_bytes = last.into();
@@ -418,11 +437,17 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         advertised,
                         tenant: who.tenant.clone(),
                         principal: who,
+                        quota: quota.as_ref(),
+                        throttle_ms: Default::default(),
                     };
                     if let Some(body) = handle(&session, req.body, version, client_id).await {
                         codec::encode_response(req.api, version, correlation, &body, &mut out)
                             .map_err(|e| ConnError::Encode(format!("{e:#}")))?;
                     }
+                    let throttle = session
+                        .throttle_ms
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    mute = mute.max(std::time::Duration::from_millis(throttle));
                 }
                 Err(DecodeError::UnsupportedVersion {
                     api: ApiKey::ApiVersions,
@@ -456,6 +481,13 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             socket.write_all(&out).await?;
             out.clear();
         }
+        if !mute.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(mute) => {}
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            }
+            mute = std::time::Duration::ZERO;
+        }
         if inbuf.capacity() - inbuf.len() < 4096 {
             inbuf.reserve(64 * 1024);
         }
@@ -467,6 +499,15 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
     }
+}
+
+/// The connection's place in `p`'s connection quotas.
+fn connect_quota(shared: &Shared, p: &Principal) -> Result<QuotaHandle, ConnError> {
+    shared.broker.quota_connect(p, "kafka").map_err(|q| {
+        tracing::info!(principal = %p.name(), "kafka connection over quota");
+        count_error(shared, "quota");
+        ConnError::AuthFailed(format!("{} quota exceeded", q.as_str()))
+    })
 }
 
 /// A raw SASL server message (handshake v0): length-prefixed bytes.

@@ -664,6 +664,7 @@ mod tests {
             created_ms: 1,
             roles: vec!["devices".into()],
             scram: Vec::new(),
+            quotas: Default::default(),
         };
         // No tenant, no user.
         assert!(matches!(

@@ -12,7 +12,9 @@ mod model;
 
 pub use embedded::EmbeddedStore;
 pub use error::MetaError;
-pub use model::{NamespaceInfo, ScramVerifier, StreamInfo, TenantInfo, TenantSettings, UserInfo};
+pub use model::{
+    NamespaceInfo, Quotas, ScramVerifier, StreamInfo, TenantInfo, TenantSettings, UserInfo,
+};
 
 use fjord_core::{NamespaceName, Policy, StreamRef, TenantName};
 

@@ -24,6 +24,30 @@ pub struct TenantSettings {
     /// node's `auth.acl_default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acl_default: Option<String>,
+    /// Limits on the whole tenant.
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+/// Quotas of a tenant or a user; unset: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quotas {
+    /// Open connections (MQTT, Kafka) at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u64>,
+    /// Records published per second (every protocol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_msgs_per_s: Option<u64>,
+    /// Record bytes published per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_bytes_per_s: Option<u64>,
+    /// Live MQTT subscriptions at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<u64>,
+    /// Bytes stored by the tenant's streams at most (tenant quota only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_bytes: Option<u64>,
 }
 
 /// A user of a tenant, who proves itself with a password. Only what
@@ -40,6 +64,9 @@ pub struct UserInfo {
     pub roles: Vec<String>,
     #[serde(default)]
     pub scram: Vec<ScramVerifier>,
+    /// Limits on this user's connections and publishing.
+    #[serde(default)]
+    pub quotas: Quotas,
 }
 
 /// What a SCRAM mechanism needs to check a client proof, never the

@@ -36,6 +36,7 @@ use crate::space::Space;
 use crate::state::{InboundAliases, OutboundAliases, PacketIds, Qos2Received, Window};
 use crate::tree::SubscriptionTree;
 use fjord_auth::{Action, Peer, Principal, Resource};
+use fjord_broker::quotas::QuotaHandle;
 
 /// Records read ahead of the socket per connection at most.
 const DELIVERY_QUEUE: usize = 256;
@@ -225,10 +226,20 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
     }
+    let quota = match shared.broker.quota_connect(&principal, "mqtt") {
+        Ok(q) => Box::new(q),
+        Err(_) => {
+            tracing::info!(principal = %principal.name(), "mqtt connection over quota");
+            let codes = (reason::QUOTA_EXCEEDED, reason::v311::SERVER_UNAVAILABLE);
+            let _ = refuse_connect(&mut wr, connect.protocol, codes).await;
+            return Ok(());
+        }
+    };
     let admitted = Admitted {
         space,
         principal: Arc::new(principal),
         auth_data,
+        quota,
     };
     let mut session =
         match Box::pin(Session::accept(shared.clone(), admitted, connect, &mut wr)).await? {
@@ -276,7 +287,7 @@ pub(crate) fn count_error(shared: &Shared, reason: &str) {
 /// publication the broker refused.
 fn refusal(e: &BrokerError) -> (u8, String) {
     let code = match e {
-        BrokerError::StorageFull(_) => reason::QUOTA_EXCEEDED,
+        BrokerError::StorageFull(_) | BrokerError::QuotaExceeded(_) => reason::QUOTA_EXCEEDED,
         // Valid, but not accepted: too large for the stream, a bad name.
         BrokerError::MessageTooLarge { .. } | BrokerError::Invalid(_) | BrokerError::Name(_) => {
             reason::IMPLEMENTATION_SPECIFIC_ERROR
@@ -331,6 +342,7 @@ struct Admitted {
     principal: Arc<Principal>,
     /// Enhanced authentication's last message, for CONNACK.
     auth_data: Option<bytes::Bytes>,
+    quota: Box<QuotaHandle>,
 }
 
 /// The state of QoS 1/2 exchanges and topic aliases of a session.
@@ -370,6 +382,8 @@ struct Session {
     space: Arc<Space>,
     /// Who the client proved to be.
     principal: Arc<Principal>,
+    /// Its place in its tenant's and its own quotas.
+    quota: Box<QuotaHandle>,
     protocol: Protocol,
     /// Shared with the registry's entry.
     client_id: Arc<str>,
@@ -433,6 +447,7 @@ impl Session {
             space,
             principal,
             auth_data,
+            quota,
         } = admitted;
         let v5 = c.protocol == Protocol::V5;
         let cfg = shared.config.clone();
@@ -595,6 +610,7 @@ impl Session {
             shared,
             space,
             principal,
+            quota,
         };
         match stored {
             Some(st) => {
@@ -1136,6 +1152,7 @@ impl Session {
         }
         let mut items = Vec::with_capacity(publishes.len());
         let mut runs: Vec<(StreamName, Vec<RecordInput>)> = Vec::new();
+        let (mut charged_msgs, mut charged_bytes) = (0u64, 0u64);
         for p in publishes {
             let topic_name = match self
                 .fl()
@@ -1191,6 +1208,8 @@ impl Session {
                 });
                 continue;
             }
+            charged_msgs += 1;
+            charged_bytes += p.payload.len() as u64;
             let rec = to_record(
                 &topic_name,
                 p.qos,
@@ -1218,6 +1237,13 @@ impl Session {
                 retain,
                 denied: false,
             });
+        }
+        // Over the publish rate: flow control. The session reads nothing
+        // more until the debt is paid, so the client's window fills and
+        // TCP pushes back; nothing is dropped.
+        let wait = self.quota.publish("mqtt", charged_msgs, charged_bytes);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         let mut results: Vec<Result<(), (u8, String)>> = Vec::with_capacity(runs.len());
         for (stream, recs) in runs {
@@ -1314,6 +1340,12 @@ impl Session {
         )
     }
 
+    fn has_subscription(&self, filter: &str) -> bool {
+        self.subscribed
+            .as_ref()
+            .is_some_and(|s| s.subs.contains_key(filter) || s.shared_subs.contains_key(filter))
+    }
+
     /// Whether the ACL lets the client subscribe to `filter` (and, for a
     /// shared subscription, join its group).
     fn may_subscribe(&self, filter: &str) -> bool {
@@ -1369,6 +1401,12 @@ impl Session {
             } else if !self.may_subscribe(&req.filter) {
                 if v5 {
                     reason::NOT_AUTHORIZED
+                } else {
+                    reason::v311::SUBACK_FAILURE
+                }
+            } else if !self.has_subscription(&req.filter) && !self.quota.subscribe("mqtt") {
+                if v5 {
+                    reason::QUOTA_EXCEEDED
                 } else {
                     reason::v311::SUBACK_FAILURE
                 }
@@ -1435,9 +1473,11 @@ impl Session {
             .map(|f| {
                 if self.st().subs.remove(f).is_some() {
                     self.st().tree.remove(f, &Arc::from(f.as_str()));
+                    self.quota.unsubscribe();
                     reason::SUCCESS
                 } else if self.st().shared_subs.remove(f).is_some() {
                     self.space.groups.leave(f, self.token);
+                    self.quota.unsubscribe();
                     reason::SUCCESS
                 } else {
                     reason::NO_SUBSCRIPTION_EXISTED
