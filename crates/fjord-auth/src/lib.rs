@@ -4,6 +4,7 @@
 //! signals; it knows nothing about any protocol.
 
 pub mod acl;
+pub mod audit;
 pub mod guard;
 pub mod identity;
 pub mod jwt;

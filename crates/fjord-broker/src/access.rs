@@ -82,6 +82,11 @@ impl Broker {
         if self.guard.login_failed(ip) {
             self.metrics.bans.inc();
             tracing::warn!(%ip, protocol, "address banned after repeated failed logins");
+            self.audit(
+                fjord_auth::audit::AuditEvent::new(fjord_auth::audit::AuditKind::Banned, protocol)
+                    .resource(ip.to_string())
+                    .detail("repeated failed logins"),
+            );
         }
     }
 
@@ -137,13 +142,19 @@ impl Broker {
                 .denials
                 .with_label_values(&[protocol, action.as_str()])
                 .inc();
-            tracing::info!(
-                protocol,
-                principal = %p.name(),
-                tenant = %tenant,
-                action = action.as_str(),
-                resource = ?resource,
-                "denied"
+            let what = format!("{resource:?}");
+            self.audit_sampled(
+                format!("denied/{}/{}/{what}", p.name(), action.as_str()),
+                || {
+                    fjord_auth::audit::AuditEvent::new(
+                        fjord_auth::audit::AuditKind::Denied,
+                        protocol,
+                    )
+                    .principal(p)
+                    .tenant(tenant.to_string())
+                    .action(action.as_str())
+                    .resource(what.clone())
+                },
             );
         }
         ok

@@ -7,6 +7,7 @@
 //! never touch the log or the metadata store directly.
 
 pub mod access;
+pub mod audit;
 pub mod auth;
 mod dedup;
 mod error;
@@ -164,6 +165,7 @@ pub struct Broker {
     acl_seq: AtomicU32,
     guard: Arc<fjord_auth::guard::Guard>,
     quotas: quotas::QuotaState,
+    audit: audit::AuditQueue,
 }
 
 impl Broker {
@@ -193,6 +195,7 @@ impl Broker {
             acl_seq: AtomicU32::new(0),
             guard,
             quotas: Default::default(),
+            audit: Default::default(),
         });
         broker.ensure_system_tenant()?;
         // Files of streams deleted before a crash.

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub denials: IntCounterVec,
     pub refused_connections: IntCounterVec,
     pub quota_hits: IntCounterVec,
+    pub audit_events: IntCounterVec,
+    pub audit_dropped: prometheus::IntCounter,
     pub tenant_connections: IntGaugeVec,
     pub tenant_storage: IntGaugeVec,
     pub bans: prometheus::IntCounter,
@@ -152,6 +154,19 @@ impl Metrics {
             "Requests held back or refused by a tenant's or user's quota, by protocol, tenant and quota.",
             &["protocol", "tenant", "quota"],
         );
+        let audit_events = counter(
+            "fjord_audit_events_total",
+            "Audit events recorded, by kind.",
+            &["kind"],
+        );
+        let audit_dropped = prometheus::IntCounter::new(
+            "fjord_audit_dropped_total",
+            "Audit events logged but not appended to the audit stream (its queue was full).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(audit_dropped.clone()))
+            .expect("unique metric");
         let tenant_connections = gauge(
             "fjord_tenant_connections",
             "Open MQTT and Kafka connections per tenant.",
@@ -200,6 +215,8 @@ impl Metrics {
             denials,
             refused_connections,
             quota_hits,
+            audit_events,
+            audit_dropped,
             tenant_connections,
             tenant_storage,
             bans,

@@ -159,6 +159,21 @@ impl QuotaHandle {
             .quota_hits
             .with_label_values(&[protocol, self.tenant.as_str(), kind.as_str()])
             .inc();
+        let who = match &self.user {
+            Some(u) => format!("{}:{u}", self.tenant),
+            None => self.tenant.to_string(),
+        };
+        self.broker
+            .audit_sampled(format!("quota/{who}/{}", kind.as_str()), || {
+                let mut e = fjord_auth::audit::AuditEvent::new(
+                    fjord_auth::audit::AuditKind::QuotaExceeded,
+                    protocol,
+                )
+                .tenant(self.tenant.to_string())
+                .resource(kind.as_str());
+                e.principal = Some(who.clone());
+                e
+            });
     }
 
     /// Charges a publication of `msgs` records of `bytes` bytes; how long
@@ -329,6 +344,11 @@ impl Broker {
             .quota_hits
             .with_label_values(&["any", s.tenant.as_str(), QuotaKind::Storage.as_str()])
             .inc();
+        self.audit_sampled(format!("quota/{}/storage", s.tenant), || {
+            fjord_auth::audit::AuditEvent::new(fjord_auth::audit::AuditKind::QuotaExceeded, "any")
+                .tenant(s.tenant.to_string())
+                .resource(QuotaKind::Storage.as_str())
+        });
         Err(crate::BrokerError::QuotaExceeded(format!(
             "tenant {} is at its storage quota",
             s.tenant

@@ -222,6 +222,20 @@ async fn authenticate(
             .unwrap_or_default();
         tracing::warn!(peer = %peer, error = %e, "http authentication refused");
         if let Some(p) = &creds.peer {
+            broker.audit(fjord_broker::audit::login_event(
+                false,
+                "http",
+                p.addr,
+                if creds.authorization.is_some() || creds.access_token.is_some() {
+                    "credentials"
+                } else {
+                    "anonymous"
+                },
+                None,
+                &e.to_string(),
+            ));
+        }
+        if let Some(p) = &creds.peer {
             if !matches!(e, AuthError::AnonymousRefused(_)) {
                 broker.login_failed(p.addr.ip(), "http");
             }
@@ -297,8 +311,30 @@ pub async fn check(State(s): State<AppState>, mut req: Request, next: Next) -> R
         };
         return forbidden(&p, &what);
     }
-    req.extensions_mut().insert(Arc::new(p));
-    next.run(req).await
+    let changes = !matches!(*req.method(), Method::GET | Method::HEAD)
+        && (need == Need::NodeAdmin
+            || matches!(
+                need,
+                Need::In {
+                    action: Action::Admin,
+                    ..
+                }
+            ));
+    let p = Arc::new(p);
+    req.extensions_mut().insert(p.clone());
+    let method = req.method().clone();
+    let r = next.run(req).await;
+    if changes {
+        // Administration is audited with its outcome (never its body:
+        // passwords go through here).
+        b.audit(
+            fjord_auth::audit::AuditEvent::new(fjord_auth::audit::AuditKind::AdminChange, "http")
+                .principal(&p)
+                .action(format!("{method} {path}"))
+                .detail(r.status().as_u16().to_string()),
+        );
+    }
+    r
 }
 
 #[cfg(test)]

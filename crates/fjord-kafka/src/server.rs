@@ -277,6 +277,14 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Err(e) => {
                 tracing::warn!(peer = %peer.addr, error = %e, "kafka client certificate refused");
                 count_error(shared, "auth_failed");
+                shared.broker.audit(fjord_broker::audit::login_event(
+                    false,
+                    "kafka",
+                    peer.addr,
+                    "certificate",
+                    None,
+                    &e.to_string(),
+                ));
                 return Err(ConnError::AuthFailed(e.to_string()));
             }
         },
@@ -440,6 +448,27 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         quota: quota.as_ref(),
                         throttle_ms: Default::default(),
                     };
+                    let admin_api = matches!(
+                        req.api,
+                        ApiKey::CreateTopics
+                            | ApiKey::DeleteTopics
+                            | ApiKey::CreatePartitions
+                            | ApiKey::AlterConfigs
+                            | ApiKey::IncrementalAlterConfigs
+                            | ApiKey::DeleteGroups
+                            | ApiKey::OffsetDelete
+                    );
+                    if admin_api {
+                        shared.broker.audit(
+                            fjord_auth::audit::AuditEvent::new(
+                                fjord_auth::audit::AuditKind::AdminChange,
+                                "kafka",
+                            )
+                            .principal(&session.principal)
+                            .peer(peer.addr)
+                            .action(format!("{:?}", req.api)),
+                        );
+                    }
                     if let Some(body) = handle(&session, req.body, version, client_id).await {
                         codec::encode_response(req.api, version, correlation, &body, &mut out)
                             .map_err(|e| ConnError::Encode(format!("{e:#}")))?;
@@ -518,11 +547,22 @@ fn put_raw(out: &mut BytesMut, msg: &[u8]) {
 
 fn logged_in(shared: &Shared, peer: &Peer, p: &Principal) {
     shared.broker.guard().login_succeeded(peer.addr.ip());
+    shared.broker.audit(fjord_broker::audit::login_event(
+        true,
+        "kafka",
+        peer.addr,
+        p.method.as_str(),
+        Some(p),
+        "",
+    ));
     tracing::info!(peer = %peer.addr, principal = %p.name(), method = p.method.as_str(), "kafka SASL login");
 }
 
 fn login_refused(shared: &Shared, peer: &Peer, why: &str) {
     count_error(shared, "sasl_failed");
+    shared.broker.audit(fjord_broker::audit::login_event(
+        false, "kafka", peer.addr, "sasl", None, why,
+    ));
     shared.broker.login_failed(peer.addr.ip(), "kafka");
     tracing::warn!(peer = %peer.addr, error = %why, "kafka SASL login refused");
 }

@@ -59,6 +59,17 @@ async fn refuse<W: AsyncWrite + Unpin>(
     e: AuthError,
 ) -> Result<Login, ConnError> {
     let (v5, v311, why) = refusal(&e);
+    shared.broker.audit(
+        fjord_broker::audit::login_event(
+            false,
+            "mqtt",
+            peer.addr,
+            method_of(c, peer),
+            None,
+            &e.to_string(),
+        )
+        .resource(c.username.clone().unwrap_or_default()),
+    );
     if why == "auth_failed" {
         shared.broker.login_failed(peer.addr.ip(), "mqtt");
     }
@@ -92,6 +103,23 @@ async fn send_connack<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// The way CONNECT `c` tries to prove itself, for the audit trail.
+fn method_of(c: &Connect, peer: &Peer) -> &'static str {
+    match (
+        &c.properties.authentication_method,
+        &c.password,
+        &peer.cert_identity,
+    ) {
+        (Some(_), _, _) => "scram",
+        (None, Some(p), _) if fjord_auth::jwt::looks_like_jwt(&String::from_utf8_lossy(p)) => {
+            "token"
+        }
+        (None, Some(_), _) => "password",
+        (None, None, Some(_)) => "certificate",
+        (None, None, None) => "anonymous",
+    }
+}
+
 /// Runs the checks above for CONNECT `c`.
 pub(crate) async fn login<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     shared: &Shared,
@@ -110,7 +138,10 @@ pub(crate) async fn login<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             return Ok(Login::Refused);
         };
         return match scram_exchange(shared, mech, c, rd, wr, inbuf).await? {
-            Ok((p, server_final)) => Ok(Login::Admitted(p, Some(server_final))),
+            Ok((p, server_final)) => {
+                admitted(shared, peer, &p);
+                Ok(Login::Admitted(p, Some(server_final)))
+            }
             Err(e) => refuse(shared, c, peer, wr, e).await,
         };
     }
@@ -135,13 +166,28 @@ pub(crate) async fn login<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     match outcome {
         Ok(p) => {
-            if !p.is_anonymous() {
-                broker.guard().login_succeeded(peer.addr.ip());
-            }
+            admitted(shared, peer, &p);
             Ok(Login::Admitted(p, None))
         }
         Err(e) => refuse(shared, c, peer, wr, e).await,
     }
+}
+
+/// A login that proved an identity: audited, and its address's failures
+/// forgotten (anonymous connections prove nothing and are not audited).
+fn admitted(shared: &Shared, peer: &Peer, p: &Principal) {
+    if p.is_anonymous() {
+        return;
+    }
+    shared.broker.guard().login_succeeded(peer.addr.ip());
+    shared.broker.audit(fjord_broker::audit::login_event(
+        true,
+        "mqtt",
+        peer.addr,
+        p.method.as_str(),
+        Some(p),
+        "",
+    ));
 }
 
 /// SCRAM over CONNECT / AUTH / AUTH / CONNACK (MQTT 5.0 §4.12).

@@ -153,6 +153,7 @@ pub async fn run(config: Config) -> Result<()> {
         .await
         .with_context(|| format!("opening the data directory {}", config.data_dir.display()))?;
     let maintenance = broker.spawn_maintenance();
+    let audit_writer = broker.spawn_audit_writer();
     let (http_at, https_at) = (local(&http), local_tls(&https));
     let (mqtt_at, mqtt_ws_at) = (local(&mqtt), local(&mqtt_ws));
     let (mqtts_at, mqtt_wss_at) = (local_tls(&mqtts), local_tls(&mqtt_wss));
@@ -300,6 +301,14 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, mqtt_server).await;
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, kafka_server).await;
+    // Events of the last moments reach the audit stream before it closes
+    // (they are in the log either way).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while broker.audit_pending() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    audit_writer.abort();
     broker.shutdown().await;
     maintenance.abort();
     if let Some(r) = tls_reloader {

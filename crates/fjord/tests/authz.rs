@@ -395,4 +395,70 @@ async fn kafka_and_http_acls_and_tenant_isolation() {
         .await
         .unwrap();
     assert_eq!(metrics.status(), 403, "metrics are the node admin's");
+    // The audit trail, read by the node admin over HTTP: logins that
+    // worked and failed, denials, administration.
+    let audit_url = format!(
+        "{}/v1/streams/system/default/audit/records?partition=0&offset=0&max_records=1000",
+        node.url
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let want = ["auth_success", "auth_failure", "denied", "admin_change"];
+    loop {
+        let r = c
+            .get(&audit_url)
+            .basic_auth("system:admin", Some(ADMIN))
+            .send()
+            .await
+            .unwrap();
+        let page: Value = if r.status() == 200 {
+            r.json().await.unwrap()
+        } else {
+            Value::Null
+        };
+        let kinds: Vec<String> = page["records"]
+            .as_array()
+            .map(|rs| {
+                rs.iter()
+                    .filter_map(|r| r["value"]["kind"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if want.iter().all(|k| kinds.iter().any(|x| x == k)) {
+            // No secret is ever in the trail.
+            assert!(!page.to_string().contains("dash-password"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "audit kinds: {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A tenant's admin cannot read it.
+    let r = c
+        .get(&audit_url)
+        .basic_auth("acme:root", Some("root-password"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Over Kafka, as the node admin.
+    let reader: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &node.kafka)
+        .set("broker.address.family", "v4")
+        .set("security.protocol", "sasl_plaintext")
+        .set("sasl.mechanism", "SCRAM-SHA-512")
+        .set("sasl.username", "system:admin")
+        .set("sasl.password", ADMIN)
+        .set("group.id", "auditors")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&["audit"]).unwrap();
+    let m = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+        .await
+        .expect("an audit record in time")
+        .unwrap();
+    let event: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+    assert!(event["kind"].is_string(), "{event}");
 }
