@@ -11,6 +11,7 @@ pub mod audit;
 pub mod auth;
 mod dedup;
 mod error;
+mod keys;
 mod memory;
 mod metrics;
 pub mod quotas;
@@ -55,6 +56,8 @@ pub struct BrokerConfig {
     pub auth: fjord_auth::AuthSettings,
     /// Connection limits and the failed-login ban.
     pub limits: fjord_auth::guard::GuardSettings,
+    /// Per-tenant encryption keys (TOML); empty: none.
+    pub key_file: PathBuf,
 }
 
 impl BrokerConfig {
@@ -67,6 +70,7 @@ impl BrokerConfig {
             inflight_bytes_max: 512 * 1024 * 1024,
             auth: fjord_auth::AuthSettings::default(),
             limits: Default::default(),
+            key_file: PathBuf::new(),
         }
     }
 }
@@ -166,6 +170,7 @@ pub struct Broker {
     guard: Arc<fjord_auth::guard::Guard>,
     quotas: quotas::QuotaState,
     audit: audit::AuditQueue,
+    keys: keys::Keys,
 }
 
 impl Broker {
@@ -181,6 +186,7 @@ impl Broker {
         metrics.memory_budget.set(config.inflight_bytes_max as i64);
         let memory = MemoryBudget::new(config.inflight_bytes_max, metrics.memory_reserved.clone());
         let guard = fjord_auth::guard::Guard::new(config.limits.clone());
+        let keys = keys::load(&config.key_file)?;
         let broker = Arc::new(Self {
             meta,
             config,
@@ -196,6 +202,7 @@ impl Broker {
             guard,
             quotas: Default::default(),
             audit: Default::default(),
+            keys,
         });
         broker.ensure_system_tenant()?;
         // Files of streams deleted before a crash.
@@ -245,12 +252,24 @@ impl Broker {
             .resolve(&self.config.defaults))
     }
 
-    fn partition_options(&self) -> PartitionOptions {
+    fn partition_options(&self, tenant: &TenantName) -> PartitionOptions {
         let hist = self.metrics.fsync_seconds.clone();
         PartitionOptions {
             queue_depth: self.config.append_queue_depth,
             fsync_observer: Some(Arc::new(move |d: Duration| hist.observe(d.as_secs_f64()))),
+            keys: self.keys.get(tenant).cloned(),
         }
+    }
+
+    /// Refuses a policy asking for encryption in a tenant without a key
+    /// (writes would otherwise fail later, or worse, go out plain).
+    fn check_encryption(&self, tenant: &TenantName, p: &ResolvedPolicy) -> Result<(), BrokerError> {
+        if p.encrypted && !p.ephemeral && !self.keys.contains_key(tenant) {
+            return Err(BrokerError::Invalid(format!(
+                "`encrypted` needs a key for tenant {tenant} in the node's encryption.key_file"
+            )));
+        }
+        Ok(())
     }
 
     fn open_stream(&self, info: StreamInfo) -> Result<Arc<StreamState>, BrokerError> {
@@ -281,13 +300,13 @@ impl Broker {
         if policy.ephemeral {
             return Ok(Partition::open_memory(
                 policy.clone(),
-                self.partition_options(),
+                self.partition_options(&info.tenant),
             ));
         }
         let (part, report) = Partition::open_disk(
             &dir.join(p.to_string()),
             policy.clone(),
-            self.partition_options(),
+            self.partition_options(&info.tenant),
         )?;
         if report.truncated_bytes > 0 {
             tracing::warn!(
@@ -399,6 +418,7 @@ impl Broker {
         policy: Policy,
     ) -> Result<NamespaceInfo, BrokerError> {
         policy.validate().map_err(BrokerError::Invalid)?;
+        self.check_encryption(tenant, &policy.resolve(&self.config.defaults))?;
         let ns = NamespaceInfo {
             tenant: tenant.clone(),
             name: name.clone(),
@@ -437,6 +457,7 @@ impl Broker {
         policy: Policy,
     ) -> Result<NamespaceInfo, BrokerError> {
         policy.validate().map_err(BrokerError::Invalid)?;
+        self.check_encryption(tenant, &policy.resolve(&self.config.defaults))?;
         let old = self.meta.get_namespace(tenant, name)?;
         let streams = self.meta.list_streams(tenant, name)?;
         for s in &streams {
@@ -445,6 +466,7 @@ impl Broker {
                 .merged_over(&old.policy)
                 .resolve(&self.config.defaults);
             let after = s.policy.merged_over(&policy).resolve(&self.config.defaults);
+            self.check_encryption(&s.tenant, &after)?;
             if before.ephemeral != after.ephemeral {
                 return Err(BrokerError::Invalid(format!(
                     "changing `ephemeral` would change how stream {} is stored; create a new stream instead",
@@ -497,6 +519,7 @@ impl Broker {
         let resolved = policy
             .merged_over(&ns.policy)
             .resolve(&self.config.defaults);
+        self.check_encryption(&s.tenant, &resolved)?;
         let partitions = partitions.unwrap_or(resolved.partitions_default);
         if partitions == 0 || partitions > PARTITIONS_MAX {
             return Err(BrokerError::Invalid(format!(
@@ -548,6 +571,7 @@ impl Broker {
             let after = policy
                 .merged_over(&ns.policy)
                 .resolve(&self.config.defaults);
+            self.check_encryption(&s.tenant, &after)?;
             if before.ephemeral != after.ephemeral {
                 return Err(BrokerError::Invalid(
                     "`ephemeral` cannot change on an existing stream; create a new stream instead"

@@ -151,6 +151,10 @@ pub struct Policy {
     /// auto-creation allowed, Produce); meaningful on a namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kafka_auto_create_topics: Option<bool>,
+    /// Encrypt batches on disk (AES-256-GCM under the tenant's key from
+    /// the node's key file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<bool>,
 }
 
 /// Every setting with a concrete value.
@@ -171,6 +175,8 @@ pub struct ResolvedPolicy {
     pub segment_ms: i64,
     pub mqtt_topic_rules: Vec<MqttTopicRule>,
     pub kafka_auto_create_topics: bool,
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 impl Default for ResolvedPolicy {
@@ -193,6 +199,7 @@ impl Default for ResolvedPolicy {
             mqtt_topic_rules: Vec::new(),
             // As Kafka's `auto.create.topics.enable`.
             kafka_auto_create_topics: true,
+            encrypted: false,
         }
     }
 }
@@ -224,7 +231,8 @@ impl Policy {
             segment_bytes,
             segment_ms,
             mqtt_topic_rules,
-            kafka_auto_create_topics
+            kafka_auto_create_topics,
+            encrypted
         )
     }
 
@@ -254,6 +262,7 @@ impl Policy {
             kafka_auto_create_topics: self
                 .kafka_auto_create_topics
                 .unwrap_or(defaults.kafka_auto_create_topics),
+            encrypted: self.encrypted.unwrap_or(defaults.encrypted),
         }
     }
 

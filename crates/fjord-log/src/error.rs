@@ -31,6 +31,8 @@ pub enum LogError {
     Poisoned(String),
     #[error("partition is closed")]
     Closed,
+    #[error("encryption at rest: {0}")]
+    Encryption(String),
 }
 
 impl LogError {

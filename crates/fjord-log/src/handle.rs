@@ -33,6 +33,8 @@ pub struct PartitionOptions {
     /// Appends queued per partition before producers wait.
     pub queue_depth: usize,
     pub fsync_observer: Option<FsyncObserver>,
+    /// The tenant's encryption keys (see [`crate::crypt`]).
+    pub keys: Option<Arc<crate::crypt::KeyRing>>,
 }
 
 impl Default for PartitionOptions {
@@ -40,6 +42,7 @@ impl Default for PartitionOptions {
         Self {
             queue_depth: 1024,
             fsync_observer: None,
+            keys: None,
         }
     }
 }
@@ -71,7 +74,8 @@ impl Partition {
         opts: PartitionOptions,
     ) -> Result<(Self, RecoveryReport), LogError> {
         let durability = policy.durability;
-        let (log, report) = PartitionLog::open(dir, policy)?;
+        let (mut log, report) = PartitionLog::open(dir, policy)?;
+        log.set_keys(opts.keys.clone());
         let store: Store = Arc::new(RwLock::new(Box::new(log)));
         Ok((Self::start(store, durability, false, opts), report))
     }

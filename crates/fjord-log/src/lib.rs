@@ -22,6 +22,7 @@
 //!   a failed fsync poisons the partition: it refuses appends until restart.
 
 mod appender;
+pub mod crypt;
 mod error;
 mod handle;
 mod index;

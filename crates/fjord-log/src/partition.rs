@@ -11,6 +11,7 @@ use fjord_core::batch::{self, BatchHeader, HEADER_LEN};
 use fjord_core::policy::{Compaction, ResolvedPolicy};
 use fjord_core::RecordInput;
 
+use crate::crypt::{self, KeyRing};
 use crate::segment::{parse_log_name, sync_dir, Segment};
 use crate::store::{AppendInfo, LogStore, MaintenanceReport, ReadResult};
 use crate::LogError;
@@ -76,6 +77,9 @@ pub struct PartitionLog {
     policy: ResolvedPolicy,
     last_publish_ts: i64,
     poisoned: Option<String>,
+    /// The tenant's keys, when the node has some (policy `encrypted` seals
+    /// new batches with them; sealed batches always need them to be read).
+    keys: Option<Arc<KeyRing>>,
 }
 
 impl PartitionLog {
@@ -124,6 +128,7 @@ impl PartitionLog {
             policy,
             last_publish_ts,
             poisoned: None,
+            keys: None,
         };
         report.next_offset = log.next_offset();
         Ok((log, report))
@@ -147,6 +152,43 @@ impl PartitionLog {
             .expect("a partition always has an active segment")
     }
 
+    /// Gives the partition its tenant's keys.
+    pub fn set_keys(&mut self, keys: Option<Arc<KeyRing>>) {
+        self.keys = keys;
+    }
+
+    /// Seals `batches` when the policy asks for encryption; refuses when it
+    /// does and there is no key (never a silent plain write).
+    fn seal_all<'a>(
+        &self,
+        batches: impl Iterator<Item = &'a [u8]>,
+    ) -> Result<Option<Vec<Vec<u8>>>, LogError> {
+        if !self.policy.encrypted {
+            return Ok(None);
+        }
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            LogError::Encryption(
+                "the stream's policy asks for encryption but the key file has no key for its tenant"
+                    .into(),
+            )
+        })?;
+        batches
+            .map(|b| keys.seal(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// A batch as read from disk, opened if it was sealed.
+    fn opened(&self, b: Bytes) -> Result<Bytes, LogError> {
+        if !crypt::is_sealed(&b) {
+            return Ok(b);
+        }
+        let keys = self.keys.as_ref().ok_or_else(|| {
+            LogError::Encryption("an encrypted batch, and no key for its tenant".into())
+        })?;
+        keys.open(&b).map(Bytes::from)
+    }
+
     /// Base offset of the active segment: compaction never touches records
     /// at or after it.
     pub fn active_base_offset(&self) -> i64 {
@@ -165,8 +207,28 @@ impl PartitionLog {
         if run.is_empty() {
             return Ok(());
         }
-        let slices: Vec<&[u8]> = run.iter().map(|(i, _)| batches[*i].as_slice()).collect();
-        let headers: Vec<BatchHeader> = run.iter().map(|(_, h)| *h).collect();
+        let sealed = match self.seal_all(run.iter().map(|(i, _)| batches[*i].as_slice())) {
+            Ok(s) => s,
+            Err(e) => {
+                for (i, _) in run.drain(..) {
+                    results[i] = Some(Err(same_error(&e)));
+                }
+                return Err(e);
+            }
+        };
+        let (slices, headers): (Vec<&[u8]>, Vec<BatchHeader>) = match &sealed {
+            None => (
+                run.iter().map(|(i, _)| batches[*i].as_slice()).collect(),
+                run.iter().map(|(_, h)| *h).collect(),
+            ),
+            Some(sealed) => {
+                let mut hs = Vec::with_capacity(sealed.len());
+                for b in sealed {
+                    hs.push(BatchHeader::parse(b)?);
+                }
+                (sealed.iter().map(Vec::as_slice).collect(), hs)
+            }
+        };
         match self.active_mut().append_run(&slices, &headers) {
             Ok(()) => {
                 self.last_publish_ts = publish_ts;
@@ -262,8 +324,8 @@ impl PartitionLog {
                 let h = BatchHeader::parse(&buf[at..])
                     .map_err(|e| seg.corrupt(pos + at as u64, e.to_string()))?;
                 if h.base_offset >= high_watermark {
-                    if at > 0 {
-                        spans.push(buf.slice(..at));
+                    if taken_from < at {
+                        spans.push(buf.slice(taken_from..at));
                     }
                     return Ok(true);
                 }
@@ -274,6 +336,7 @@ impl PartitionLog {
                         let whole = Bytes::from(seg.read_at(pos + at as u64, total)?);
                         batch::verify_crc(&whole)
                             .map_err(|e| seg.corrupt(pos + at as u64, e.to_string()))?;
+                        let whole = self.opened(whole)?;
                         spans.push(whole.clone());
                         out.push(whole);
                         used += total;
@@ -284,6 +347,21 @@ impl PartitionLog {
                 }
                 let b = buf.slice(at..at + total);
                 batch::verify_crc(&b).map_err(|e| seg.corrupt(pos + at as u64, e.to_string()))?;
+                if crypt::is_sealed(&b) {
+                    // An opened batch is its own buffer: the file bytes
+                    // around it are not what readers get.
+                    if taken_from < at {
+                        spans.push(buf.slice(taken_from..at));
+                    }
+                    let plain = self.opened(b)?;
+                    spans.push(plain.clone());
+                    out.push(plain);
+                    took_any = true;
+                    used += total;
+                    at += total;
+                    taken_from = at;
+                    continue;
+                }
                 out.push(b);
                 took_any = true;
                 used += total;
@@ -440,6 +518,10 @@ impl PartitionLog {
             if dropped == 0 {
                 continue;
             }
+            let batches_out = match self.seal_all(batches_out.iter().map(Vec::as_slice))? {
+                Some(sealed) => sealed,
+                None => batches_out,
+            };
             let seg = self.segments.get_mut(&base).expect("segment exists");
             seg.rewrite(&batches_out)?;
             report.segments_compacted += 1;

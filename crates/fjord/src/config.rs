@@ -28,6 +28,8 @@ pub struct Config {
     pub auth: fjord_auth::AuthSettings,
     /// Connection limits (global, per IP) and the failed-login ban.
     pub limits: fjord_auth::guard::GuardSettings,
+    /// Keys of encryption at rest.
+    pub encryption: EncryptionConfig,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
     /// Node-wide policy defaults; namespaces and streams override them.
@@ -149,6 +151,14 @@ pub enum SaslSetting {
     Required,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// TOML file of per-tenant AES-256 keys (`tenant = ["base64", …]`,
+    /// current first); streams with policy `encrypted` need their tenant's.
+    pub key_file: PathBuf,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -214,6 +224,7 @@ impl Default for Config {
             tls: fjord_auth::TlsSettings::default(),
             auth: fjord_auth::AuthSettings::default(),
             limits: Default::default(),
+            encryption: EncryptionConfig::default(),
             storage: StorageConfig {
                 append_queue_depth: 1024,
                 maintenance_interval_ms: 30_000,

@@ -145,6 +145,7 @@ pub async fn run(config: Config) -> Result<()> {
     bc.defaults = config.resolved_defaults();
     bc.auth = config.auth.clone();
     bc.limits = config.limits.clone();
+    bc.key_file = config.encryption.key_file.clone();
     bc.append_queue_depth = config.storage.append_queue_depth.max(1);
     bc.inflight_bytes_max = config.memory.inflight_bytes_max.max(64 * 1024);
     bc.maintenance_interval =
