@@ -108,6 +108,8 @@ pub enum TlsError {
 type Stamp = Vec<Option<(SystemTime, u64)>>;
 
 struct Loaded {
+    /// When these files were read (ms since the epoch).
+    loaded_ms: i64,
     stamp: Stamp,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivateKeyDer<'static>>,
@@ -120,6 +122,25 @@ struct Loaded {
 pub struct TlsContext {
     settings: TlsSettings,
     loaded: Mutex<Loaded>,
+    /// Why the last reload was refused, if it was.
+    last_error: Mutex<Option<String>>,
+}
+
+/// What the admin API shows of the TLS material (never the key).
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsStatus {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: PathBuf,
+    pub identity: IdentityFrom,
+    pub loaded_ms: i64,
+    pub subject: String,
+    pub dns_names: Vec<String>,
+    pub not_before: String,
+    pub not_after: String,
+    pub chain_len: usize,
+    pub client_cas: usize,
+    pub last_reload_error: Option<String>,
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -168,6 +189,7 @@ impl TlsContext {
         Ok(Arc::new(Self {
             settings,
             loaded: Mutex::new(loaded),
+            last_error: Mutex::new(None),
         }))
     }
 
@@ -203,6 +225,7 @@ impl TlsContext {
             Some(Arc::new(roots))
         };
         let loaded = Loaded {
+            loaded_ms: fjord_core::time::now_ms(),
             stamp,
             chain,
             key: Arc::new(key),
@@ -222,9 +245,67 @@ impl TlsContext {
         if now == self.loaded.lock().stamp {
             return Ok(false);
         }
-        let fresh = Self::read_files(&self.settings)?;
-        *self.loaded.lock() = fresh;
-        Ok(true)
+        self.reload().map(|()| true)
+    }
+
+    /// Re-reads the files now (the admin API's reload); a broken set is
+    /// refused and the previous one stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        match Self::read_files(&self.settings) {
+            Ok(fresh) => {
+                *self.loaded.lock() = fresh;
+                *self.last_error.lock() = None;
+                Ok(())
+            }
+            Err(e) => {
+                *self.last_error.lock() = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The certificate in use and where it came from.
+    pub fn status(&self) -> TlsStatus {
+        let l = self.loaded.lock();
+        let leaf = l
+            .chain
+            .first()
+            .and_then(|c| x509_parser::parse_x509_certificate(c.as_ref()).ok())
+            .map(|(_, c)| c);
+        let dns_names = leaf
+            .as_ref()
+            .and_then(|c| c.subject_alternative_name().ok().flatten())
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        TlsStatus {
+            cert_file: self.settings.cert_file.clone(),
+            key_file: self.settings.key_file.clone(),
+            client_ca_file: self.settings.client_ca_file.clone(),
+            identity: self.settings.identity,
+            loaded_ms: l.loaded_ms,
+            subject: leaf
+                .as_ref()
+                .map(|c| c.subject().to_string())
+                .unwrap_or_default(),
+            dns_names,
+            not_before: leaf
+                .as_ref()
+                .map(|c| c.validity().not_before.to_string())
+                .unwrap_or_default(),
+            not_after: leaf
+                .as_ref()
+                .map(|c| c.validity().not_after.to_string())
+                .unwrap_or_default(),
+            chain_len: l.chain.len(),
+            client_cas: l.client_roots.as_ref().map_or(0, |r| r.len()),
+            last_reload_error: self.last_error.lock().clone(),
+        }
     }
 
     /// Checks the files every `reload_interval_ms` until the context is

@@ -68,7 +68,7 @@ fn need<'a>(method: &Method, path: &'a str, query: Option<&'a str>) -> Need<'a> 
     };
     match seg.as_slice() {
         ["healthz"] | ["readyz"] | ["v1", "openapi.json"] => Need::Open,
-        ["metrics"] => Need::NodeAdmin,
+        ["metrics"] | ["v1", "admin", ..] => Need::NodeAdmin,
         ["v1", "tenants"] if read => Need::Anyone,
         ["v1", "tenants"] => Need::NodeAdmin,
         ["v1", "tenants", _] if method == Method::DELETE => Need::NodeAdmin,

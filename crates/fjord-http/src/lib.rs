@@ -13,7 +13,7 @@ pub mod listener;
 mod memory;
 mod ops;
 mod records;
-mod security_api;
+pub mod security_api;
 mod ws;
 
 use std::sync::Arc;
@@ -34,11 +34,19 @@ pub const BODY_BYTES_MAX: usize = 64 * 1024 * 1024 + 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub broker: Arc<Broker>,
+    /// The node's TLS material and listeners, for the admin API.
+    pub tls: Option<security_api::TlsAdmin>,
 }
 
 /// The whole HTTP API.
 pub fn router(broker: Arc<Broker>) -> Router {
-    let state = AppState { broker };
+    router_with_tls(broker, None)
+}
+
+/// The whole HTTP API, with the node's TLS listeners shown and reloadable
+/// through `/v1/admin/tls`.
+pub fn router_with_tls(broker: Arc<Broker>, tls: Option<security_api::TlsAdmin>) -> Router {
+    let state = AppState { broker, tls };
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -66,6 +74,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
             "/v1/tenants/{tenant}/tokens",
             post(security_api::issue_token),
         )
+        .route("/v1/admin/tls", get(security_api::tls_status))
+        .route("/v1/admin/tls/reload", post(security_api::tls_reload))
         .route("/v1/tenants/{tenant}/users", get(admin::list_users))
         .route(
             "/v1/tenants/{tenant}/users/{user}",

@@ -103,3 +103,50 @@ pub async fn issue_token(
         Json(serde_json::json!({ "token": token, "expires_in_s": ttl })),
     ))
 }
+
+/// The node's TLS material and what each TLS listener asks of clients.
+#[derive(Clone)]
+pub struct TlsAdmin {
+    pub ctx: std::sync::Arc<fjord_auth::TlsContext>,
+    pub listeners: Vec<TlsListenerView>,
+}
+
+#[derive(Clone, serde::Serialize)]
+pub struct TlsListenerView {
+    pub name: String,
+    pub addr: String,
+    pub client_auth: fjord_auth::ClientAuth,
+}
+
+fn tls_view(tls: &Option<TlsAdmin>) -> serde_json::Value {
+    match tls {
+        None => serde_json::json!({ "enabled": false }),
+        Some(t) => serde_json::json!({
+            "enabled": true,
+            "certificate": t.ctx.status(),
+            "listeners": t.listeners,
+        }),
+    }
+}
+
+/// `GET /v1/admin/tls` (node admins): the certificate in use (subject,
+/// names, validity, when loaded, the last reload error) and the listeners.
+pub async fn tls_status(State(s): State<AppState>) -> impl IntoResponse {
+    Json(tls_view(&s.tls))
+}
+
+/// `POST /v1/admin/tls/reload` (node admins): re-reads the PEM files now
+/// instead of at the next check; a broken set is refused (400) and the
+/// previous certificate stays in use.
+pub async fn tls_reload(State(s): State<AppState>) -> ApiResult<impl IntoResponse> {
+    let Some(t) = &s.tls else {
+        return Err(crate::error::ApiError::bad_request(
+            "invalid_argument",
+            "TLS is not configured on this node ([tls] cert_file)",
+        ));
+    };
+    t.ctx
+        .reload()
+        .map_err(|e| crate::error::ApiError::bad_request("invalid_argument", e.to_string()))?;
+    Ok(Json(tls_view(&s.tls)))
+}

@@ -19,6 +19,24 @@ pub struct Conn {
         global = true
     )]
     url: String,
+    /// Log in as `tenant:user` (HTTP Basic); the password comes from
+    /// FJORD_PASSWORD.
+    #[arg(long, env = "FJORD_USER", global = true)]
+    user: Option<String>,
+    #[arg(
+        long,
+        env = "FJORD_PASSWORD",
+        hide_env_values = true,
+        global = true,
+        hide = true
+    )]
+    password: Option<String>,
+    /// A JWT to send as `Authorization: Bearer`.
+    #[arg(long, env = "FJORD_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// PEM CA to trust for an https:// URL signed by a private CA.
+    #[arg(long, env = "FJORD_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -147,20 +165,37 @@ fn full_name(name: &str) -> Result<(String, String, String)> {
     })
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
+    user: Option<(String, String)>,
+    token: Option<String>,
 }
 
 impl Client {
-    fn new(conn: &Conn) -> Result<Self> {
+    pub(crate) fn new(conn: &Conn) -> Result<Self> {
+        let mut b = reqwest::Client::builder();
+        if let Some(ca) = &conn.ca_cert {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            b = b.add_root_certificate(
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| format!("{} is not a PEM certificate", ca.display()))?,
+            );
+        }
+        let user = match (&conn.user, &conn.password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            (Some(_), None) => bail!("--user needs the password in FJORD_PASSWORD"),
+            _ => None,
+        };
         Ok(Self {
-            http: reqwest::Client::builder().build()?,
+            http: b.build()?,
             base: conn.url.trim_end_matches('/').to_string(),
+            user,
+            token: conn.token.clone(),
         })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -168,6 +203,12 @@ impl Client {
     ) -> Result<Value> {
         let url = format!("{}{}", self.base, path);
         let mut req = self.http.request(method, &url);
+        if let Some((u, p)) = &self.user {
+            // Basic: `tenant:user:password` (the login holds a colon).
+            req = req.basic_auth(u, Some(p));
+        } else if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -200,7 +241,7 @@ impl Client {
     }
 }
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 

@@ -265,7 +265,12 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        fig = fig.merge(Env::prefixed("FJORD_").split("__").ignore(&["url"]));
+        // The CLI's own variables are not node settings.
+        fig = fig.merge(
+            Env::prefixed("FJORD_")
+                .split("__")
+                .ignore(&["url", "user", "password", "token", "ca_cert"]),
+        );
         if let Some(d) = flags.data_dir {
             fig = fig.merge(("data_dir", d));
         }

@@ -3,6 +3,7 @@
 //! `fjord` or `fjord serve` runs a node; every other subcommand talks to a
 //! running node over its HTTP API (`--url`, default `http://127.0.0.1:8080`).
 
+mod admin_cli;
 mod alloc;
 mod client;
 mod config;
@@ -82,6 +83,41 @@ enum Command {
         #[command(subcommand)]
         cmd: client::MqttCmd,
     },
+    /// Users, their passwords, roles and quotas.
+    User {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        cmd: admin_cli::UserCmd,
+    },
+    /// ACL rules of a tenant.
+    Acl {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        cmd: admin_cli::AclCmd,
+    },
+    /// Tenants, their security settings and quotas.
+    Tenant {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        cmd: admin_cli::TenantCmd,
+    },
+    /// Development tokens (JWT).
+    Token {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        cmd: admin_cli::TokenCmd,
+    },
+    /// The node's TLS certificate and listeners.
+    Tls {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        cmd: admin_cli::TlsCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -114,6 +150,11 @@ fn main() -> ExitCode {
             Some(Command::Produce(a)) => client::produce(a).await,
             Some(Command::Consume(a)) => client::consume(a).await,
             Some(Command::Mqtt { conn, cmd }) => client::mqtt(conn, cmd).await,
+            Some(Command::User { conn, cmd }) => admin_cli::user(conn, cmd).await,
+            Some(Command::Acl { conn, cmd }) => admin_cli::acl(conn, cmd).await,
+            Some(Command::Tenant { conn, cmd }) => admin_cli::tenant(conn, cmd).await,
+            Some(Command::Token { conn, cmd }) => admin_cli::token(conn, cmd).await,
+            Some(Command::Tls { conn, cmd }) => admin_cli::tls(conn, cmd).await,
             Some(Command::Bench(_)) => unreachable!("handled before the runtime starts"),
         }
     });

@@ -238,7 +238,28 @@ pub async fn run(config: Config) -> Result<()> {
         "fjord is ready"
     );
     let metrics = broker.metrics().clone();
-    let app = fjord_http::router(broker.clone());
+    let tls_admin = tls.as_ref().map(|ctx| {
+        let view = |name: &str, at: &str, client_auth: ClientAuth| {
+            fjord_http::security_api::TlsListenerView {
+                name: name.to_string(),
+                addr: at.to_string(),
+                client_auth,
+            }
+        };
+        fjord_http::security_api::TlsAdmin {
+            ctx: ctx.clone(),
+            listeners: [
+                view("https", &https_at, config.http.tls_client_auth),
+                view("mqtts", &mqtts_at, config.mqtt.tls_client_auth),
+                view("mqtt_wss", &mqtt_wss_at, config.mqtt.tls_client_auth),
+                view("kafka_tls", &kafka_tls_at, config.kafka.tls_client_auth),
+            ]
+            .into_iter()
+            .filter(|l| l.addr != "off")
+            .collect(),
+        }
+    });
+    let app = fjord_http::router_with_tls(broker.clone(), tls_admin);
     let mut servers = tokio::task::JoinSet::new();
     if let Some(http) = http {
         let listener = axum::serve::ListenerExt::tap_io(

@@ -168,3 +168,129 @@ fn a_missing_node_is_reported_plainly() {
         "{err}"
     );
 }
+
+/// Runs the CLI logged in as `login` (password in FJORD_PASSWORD).
+fn fjord_as(url: &str, login: Option<(&str, &str)>, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env("FJORD_URL", url)
+        .env_remove("FJORD_USER")
+        .env_remove("FJORD_PASSWORD")
+        .env_remove("FJORD_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some((u, p)) = login {
+        cmd.env("FJORD_USER", u).env("FJORD_PASSWORD", p);
+    }
+    let mut child = cmd.spawn().unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn security_administration_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let admin_pw = tmp.path().join("admin");
+    std::fs::write(&admin_pw, "cli admin password").unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "a-cli-test-secret-of-32-bytes-or-more").unwrap();
+    let node = Node::start_with(&tmp.path().join("data"), &[], |cmd| {
+        cmd.env("FJORD_AUTH__ADMIN_PASSWORD_FILE", &admin_pw)
+            .env("FJORD_AUTH__TOKENS__HS256_SECRET_FILE", &secret)
+            .env("FJORD_AUTH__ANONYMOUS_ADMIN", "false");
+    });
+    let u = node.url.as_str();
+    let admin = Some(("system:admin", "cli admin password"));
+    // Without credentials the admin API says who is missing.
+    let o = fjord_as(u, None, &["tenant", "create", "acme"], None);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("403"), "{o:?}");
+    ok(&fjord_as(u, admin, &["tenant", "create", "acme"], None));
+    let out = ok(&fjord_as(
+        u,
+        admin,
+        &[
+            "user",
+            "set",
+            "acme:alice",
+            "--role",
+            "devices",
+            "--quota",
+            "connections=5",
+        ],
+        Some("alice's password\n"),
+    ));
+    let user: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(user["roles"], serde_json::json!(["devices"]));
+    assert_eq!(user["quotas"]["connections"], 5);
+    assert!(!out.contains("alice's password"));
+    let out = ok(&fjord_as(
+        u,
+        admin,
+        &[
+            "acl",
+            "add",
+            "acme",
+            "--principal",
+            "role:devices",
+            "--resource",
+            "topic:x/#",
+            "--action",
+            "publish",
+        ],
+        None,
+    ));
+    let rule: Value = serde_json::from_str(&out).unwrap();
+    let id = rule["id"].as_str().unwrap().to_string();
+    let list = ok(&fjord_as(u, admin, &["acl", "list", "acme"], None));
+    assert!(list.contains(&id) && list.contains("topic:x/#"), "{list}");
+    let out = ok(&fjord_as(
+        u,
+        admin,
+        &[
+            "tenant",
+            "settings",
+            "acme",
+            "--acl-default",
+            "deny",
+            "--anonymous",
+            "false",
+        ],
+        None,
+    ));
+    let t: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(t["settings"]["acl_default"], "deny");
+    // The user logs in with the password it was given.
+    let mine = ok(&fjord_as(
+        u,
+        Some(("acme:alice", "alice's password")),
+        &["tenant", "list"],
+        None,
+    ));
+    assert!(mine.contains("acme") && !mine.contains("system"), "{mine}");
+    // A development token works as a login.
+    let token = ok(&fjord_as(
+        u,
+        admin,
+        &["token", "issue", "acme:alice", "--ttl", "60"],
+        None,
+    ));
+    let o = Command::new(bin())
+        .args(["tenant", "list"])
+        .env("FJORD_URL", u)
+        .env_remove("FJORD_USER")
+        .env("FJORD_TOKEN", token.trim())
+        .output()
+        .unwrap();
+    assert!(ok(&o).contains("acme"));
+    ok(&fjord_as(u, admin, &["acl", "delete", "acme", &id], None));
+    let tls = ok(&fjord_as(u, admin, &["tls", "status"], None));
+    assert!(tls.contains("\"enabled\": false"), "{tls}");
+    ok(&fjord_as(u, admin, &["user", "delete", "acme:alice"], None));
+}

@@ -223,12 +223,21 @@ async fn https_requires_client_certificates_when_configured() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = Ca::new(tmp.path(), "fjord-test");
     let server = ca.server(tmp.path(), "server");
-    let admin = ca.client(tmp.path(), "admin", "admin");
+    // The certificate names the node administrator (`system:admin`, made
+    // with its role by auth.admin_password_file).
+    let admin = ca.client(tmp.path(), "admin", "system:admin");
+    let pw = tmp.path().join("admin-password");
+    std::fs::write(&pw, "an admin password").unwrap();
+    let pw = pw.display().to_string();
     let (_node, ports) = tls_node(
         tmp.path(),
         &server,
         &ca,
-        &[("FJORD_HTTP__TLS_CLIENT_AUTH", "required")],
+        &[
+            ("FJORD_HTTP__TLS_CLIENT_AUTH", "required"),
+            ("FJORD_AUTH__ADMIN_PASSWORD_FILE", &pw),
+            ("FJORD_AUTH__ANONYMOUS_ADMIN", "false"),
+        ],
     );
     let url = format!("https://localhost:{}/v1/tenants", port_of(&ports.https));
     let r = https_client(&ca.pem(), Some(&admin))
@@ -244,6 +253,36 @@ async fn https_requires_client_certificates_when_configured() {
         refused.is_err(),
         "served without a client certificate: {refused:?}"
     );
+    // The admin API shows the certificate and listeners, and reloads.
+    let base = format!("https://localhost:{}", port_of(&ports.https));
+    let c = https_client(&ca.pem(), Some(&admin));
+    let status: serde_json::Value = c
+        .get(format!("{base}/v1/admin/tls"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["enabled"], true, "{status}");
+    assert!(status["certificate"]["subject"]
+        .as_str()
+        .unwrap()
+        .contains("localhost"));
+    let https = status["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "https")
+        .cloned()
+        .unwrap();
+    assert_eq!(https["client_auth"], "required");
+    let r = c
+        .post(format!("{base}/v1/admin/tls/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
