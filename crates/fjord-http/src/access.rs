@@ -131,6 +131,31 @@ fn basic_login(decoded: &str) -> Option<(String, String)> {
     }
 }
 
+/// Takes `access_token` out of the query once it has been checked, so
+/// handlers (and anything they log) never see the credential.
+fn strip_access_token(req: &mut Request) {
+    let Some(q) = req.uri().query() else { return };
+    if !q.split('&').any(|kv| kv.starts_with("access_token=")) {
+        return;
+    }
+    let rest: Vec<&str> = q
+        .split('&')
+        .filter(|kv| !kv.starts_with("access_token="))
+        .collect();
+    let path_and_query = if rest.is_empty() {
+        req.uri().path().to_string()
+    } else {
+        format!("{}?{}", req.uri().path(), rest.join("&"))
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
 fn unauthorized(why: &str) -> Response {
     let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "unauthenticated", why).into_response();
     r.headers_mut().insert(
@@ -320,6 +345,7 @@ pub async fn check(State(s): State<AppState>, mut req: Request, next: Next) -> R
                     ..
                 }
             ));
+    strip_access_token(&mut req);
     let p = Arc::new(p);
     req.extensions_mut().insert(p.clone());
     let method = req.method().clone();

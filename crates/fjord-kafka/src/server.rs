@@ -32,6 +32,8 @@ pub struct KafkaConfig {
     pub max_request_bytes: usize,
     /// Whether clients must log in with SASL before anything else.
     pub sasl: crate::sasl::SaslMode,
+    /// A connection that must log in has this long to do so (slowloris).
+    pub auth_timeout: std::time::Duration,
 }
 
 pub struct Shared {
@@ -298,6 +300,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // connection reads nothing more until it has passed (Kafka's muting).
     let mut mute = std::time::Duration::ZERO;
     let mut sasl_state = sasl::State::Start;
+    let auth_deadline = tokio::time::Instant::now() + shared.config.auth_timeout;
     let mut inbuf = BytesMut::with_capacity(4096);
     let mut out = BytesMut::new();
     loop {
@@ -520,9 +523,16 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         if inbuf.capacity() - inbuf.len() < 4096 {
             inbuf.reserve(64 * 1024);
         }
+        let must_log_in = principal.is_none()
+            || (shared.config.sasl == sasl::SaslMode::Required
+                && !matches!(sasl_state, sasl::State::Done));
         let n = tokio::select! {
             n = socket.read_buf(&mut inbuf) => n?,
             _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::sleep_until(auth_deadline), if must_log_in => {
+                count_error(shared, "auth_timeout");
+                return Err(ConnError::AuthFailed("no login within the authentication timeout".into()));
+            }
         };
         if n == 0 {
             return Ok(());

@@ -139,9 +139,11 @@ pub struct KafkaListenerConfig {
     pub tls_client_auth: ClientAuth,
     /// Largest request accepted (Kafka's `socket.request.max.bytes`).
     pub max_request_bytes: usize,
-    /// SASL PLAIN logins: `optional` (clients that do not log in are
-    /// anonymous, in tenant `public`) or `required`.
+    /// SASL logins: `optional` (clients that do not log in are identified
+    /// by their certificate, or anonymous where allowed) or `required`.
     pub sasl: SaslSetting,
+    /// A connection that must log in has this long to do so.
+    pub auth_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -216,6 +218,7 @@ impl Default for Config {
                 tls_client_auth: ClientAuth::None,
                 max_request_bytes: 100 * 1024 * 1024,
                 sasl: SaslSetting::Optional,
+                auth_timeout_ms: 10_000,
             },
             log: LogConfig {
                 format: "text".into(),

@@ -375,6 +375,7 @@ fn kafka_config(config: &Config) -> fjord_kafka::KafkaConfig {
         node_id: 0,
         cluster_id: "fjord".to_string(),
         max_request_bytes: config.kafka.max_request_bytes.max(1024 * 1024),
+        auth_timeout: Duration::from_millis(config.kafka.auth_timeout_ms.max(100)),
         sasl: match config.kafka.sasl {
             crate::config::SaslSetting::Optional => fjord_kafka::sasl::SaslMode::Optional,
             crate::config::SaslSetting::Required => fjord_kafka::sasl::SaslMode::Required,

@@ -743,3 +743,136 @@ async fn connections_per_address_are_limited() {
     let r = tokio::time::timeout(Duration::from_millis(500), again.read(&mut buf)).await;
     assert!(r.is_err(), "a freed place was not given again: {r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_bearer_tokens_rs256_and_websocket_access_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An RSA key pair made here with openssl; the node trusts its public half.
+    let private = tmp.path().join("rsa.key");
+    let public = tmp.path().join("rsa.pub.pem");
+    let run = |args: &[&str]| {
+        let s = std::process::Command::new("openssl")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(s.success(), "openssl {args:?}");
+    };
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
+    run(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    let public_env = public.display().to_string();
+    let node = node_with(
+        tmp.path(),
+        &[
+            ("FJORD_AUTH__TOKENS__PUBLIC_KEYS_FILE", &public_env),
+            ("FJORD_AUTH__ANONYMOUS_ADMIN", "false"),
+        ],
+    );
+    tenant_with_user(&node, "acme", "alice", "alice-password").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let rs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({"sub": "svc", "tenant": "acme", "exp": now + 600}),
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let list = |token: String| {
+        let url = format!("{}/v1/tenants", node.url);
+        async move { http().get(url).bearer_auth(token).send().await.unwrap() }
+    };
+    let r = list(rs256.clone()).await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["tenants"][0]["name"], "acme", "{body}");
+    assert_eq!(body["tenants"].as_array().unwrap().len(), 1, "{body}");
+    // Expired, or signed by someone else: 401 with a challenge.
+    for bad in [token("acme", "svc", -3600), {
+        let mut t = rs256.clone();
+        t.pop();
+        t.push('A');
+        t
+    }] {
+        let r = list(bad).await;
+        assert_eq!(r.status(), 401);
+        assert!(r.headers().contains_key("www-authenticate"));
+    }
+    // A browser's WebSocket cannot set headers: the token rides in the URL.
+    let (h, p) = node.addr.rsplit_once(':').unwrap();
+    let ws = |q: &str| format!("ws://{h}:{p}/v1/streams/acme/default/feed/ws?from=earliest{q}");
+    let (s, _) = admin_call(
+        &node,
+        reqwest::Method::POST,
+        "/v1/streams/acme/default",
+        json!({"name": "feed"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let ok = tokio_tungstenite::connect_async(ws(&format!("&access_token={rs256}"))).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let refused = tokio_tungstenite::connect_async(ws("")).await;
+    let status = match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(status, 403, "anonymous clients may not read acme");
+}
+
+async fn admin_call(
+    node: &Node,
+    method: reqwest::Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = http()
+        .request(method, format!("{}{path}", node.url))
+        .basic_auth("system:admin", Some(ADMIN_PASSWORD))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_connections_that_never_log_in_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = node_with(
+        tmp.path(),
+        &[
+            ("FJORD_KAFKA__SASL", "required"),
+            ("FJORD_KAFKA__AUTH_TIMEOUT_MS", "500"),
+        ],
+    );
+    let mut s = tokio::net::TcpStream::connect(&node.kafka).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("closed by the node")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let timeouts = common::metric(
+        &node.url,
+        "fjord_protocol_errors_total{protocol=\"kafka\",reason=\"auth_timeout\"}",
+    )
+    .await;
+    assert!(timeouts >= 1.0, "{timeouts}");
+}
