@@ -68,6 +68,18 @@ pub fn parse_login(login: &str) -> Option<(TenantName, &str)> {
     Some((TenantName::new(tenant).ok()?, user))
 }
 
+/// A keyed digest of a login and its password, for remembering checks
+/// that succeeded without keeping the password (HMAC-SHA-256 under a
+/// per-process random key).
+pub fn login_digest(key: &[u8; 32], login: &str, password: &str) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+    m.update(login.as_bytes());
+    m.update(&[0]);
+    m.update(password.as_bytes());
+    m.finalize().into_bytes().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

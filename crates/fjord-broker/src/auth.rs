@@ -73,6 +73,58 @@ fn decoy_hash() -> &'static str {
     })
 }
 
+/// How long a successful password check is remembered.
+const LOGIN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Remembered checks at most (then the cache starts over).
+const LOGIN_CACHE_MAX: usize = 10_000;
+
+/// Successful password checks, remembered for a minute so repeated logins
+/// (HTTP Basic sends the password with every request; devices reconnect in
+/// storms) do not each pay argon2. Keyed by a keyed digest of login and
+/// password, never the password; forgotten whenever a user changes. Only
+/// right passwords are ever remembered, so a wrong one always costs a full
+/// check.
+pub(crate) struct LoginCache {
+    key: [u8; 32],
+    entries:
+        parking_lot::Mutex<std::collections::HashMap<[u8; 32], (Principal, std::time::Instant)>>,
+}
+
+impl Default for LoginCache {
+    fn default() -> Self {
+        use argon2::password_hash::rand_core::RngCore;
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        Self {
+            key,
+            entries: Default::default(),
+        }
+    }
+}
+
+impl LoginCache {
+    fn get(&self, login: &str, password: &str) -> Option<Principal> {
+        let d = fjord_auth::identity::login_digest(&self.key, login, password);
+        let e = self.entries.lock();
+        e.get(&d)
+            .filter(|(_, at)| at.elapsed() < LOGIN_CACHE_TTL)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, login: &str, password: &str, p: &Principal) {
+        let d = fjord_auth::identity::login_digest(&self.key, login, password);
+        let mut e = self.entries.lock();
+        if e.len() >= LOGIN_CACHE_MAX {
+            e.clear();
+        }
+        e.insert(d, (p.clone(), std::time::Instant::now()));
+    }
+
+    pub(crate) fn clear(&self) {
+        self.entries.lock().clear();
+    }
+}
+
 /// Role names: 1–64 of `[a-z0-9_-]`.
 fn validate_role(r: &str) -> Result<(), BrokerError> {
     if r.is_empty()
@@ -150,6 +202,8 @@ impl Broker {
         };
         self.meta.put_user(&user)?;
         self.quotas.forget_limits(tenant);
+        // An old password must stop working at once.
+        self.logins.clear();
         Ok(user.into())
     }
 
@@ -164,7 +218,9 @@ impl Broker {
     }
 
     pub fn delete_user(&self, tenant: &TenantName, name: &str) -> Result<(), BrokerError> {
-        Ok(self.meta.delete_user(tenant, name)?)
+        self.meta.delete_user(tenant, name)?;
+        self.logins.clear();
+        Ok(())
     }
 
     fn find_user(&self, login: &str) -> Result<Option<(TenantName, UserInfo)>, BrokerError> {
@@ -179,6 +235,9 @@ impl Broker {
     /// Checks a login name and password. Deliberately slow (argon2id):
     /// call it off the async workers.
     pub fn authenticate(&self, login: &str, password: &str) -> Result<Principal, AuthError> {
+        if let Some(p) = self.logins.get(login, password) {
+            return Ok(p);
+        }
         let found = self.find_user(login)?;
         let hash = found
             .as_ref()
@@ -189,7 +248,11 @@ impl Broker {
                 .is_ok()
         });
         match found {
-            Some((tenant, u)) if ok => Ok(principal(tenant, &u, Method::Password)),
+            Some((tenant, u)) if ok => {
+                let p = principal(tenant, &u, Method::Password);
+                self.logins.put(login, password, &p);
+                Ok(p)
+            }
             _ => Err(AuthError::BadCredentials),
         }
     }

@@ -171,6 +171,7 @@ pub struct Broker {
     quotas: quotas::QuotaState,
     audit: audit::AuditQueue,
     keys: keys::Keys,
+    logins: auth::LoginCache,
 }
 
 impl Broker {
@@ -203,6 +204,7 @@ impl Broker {
             quotas: Default::default(),
             audit: Default::default(),
             keys,
+            logins: Default::default(),
         });
         broker.ensure_system_tenant()?;
         // Files of streams deleted before a crash.
@@ -408,7 +410,12 @@ impl Broker {
     }
 
     pub fn delete_tenant(&self, name: &TenantName) -> Result<(), BrokerError> {
-        Ok(self.meta.delete_tenant(name)?)
+        self.meta.delete_tenant(name)?;
+        // Its users, rules and limits go with it.
+        self.logins.clear();
+        self.acl_changed(name);
+        self.quotas.forget_limits(name);
+        Ok(())
     }
 
     pub fn create_namespace(

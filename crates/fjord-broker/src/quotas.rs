@@ -40,8 +40,11 @@ impl QuotaKind {
 }
 
 /// One tenant's or user's live usage.
-#[derive(Default)]
 struct Usage {
+    owner: Owner,
+    /// Its limits as of a generation: publishing looks them up only when
+    /// they changed (a hot path).
+    cached: Mutex<(u64, Quotas)>,
     connections: AtomicU64,
     subscriptions: AtomicU64,
     /// Buckets with the rates they were made for (remade when a limit
@@ -90,19 +93,33 @@ pub(crate) struct QuotaState {
     limits: RwLock<HashMap<Owner, Quotas>>,
     /// Stored bytes per tenant, recomputed every few seconds.
     pub(crate) stored: RwLock<HashMap<TenantName, u64>>,
+    /// Bumped whenever limits change, so handles can keep theirs.
+    generation: AtomicU64,
 }
 
 impl QuotaState {
     fn usage(&self, tenant: &TenantName, user: Option<&str>) -> Arc<Usage> {
+        let owner: Owner = (tenant.clone(), user.map(str::to_string));
         self.usage
             .lock()
-            .entry((tenant.clone(), user.map(str::to_string)))
-            .or_default()
+            .entry(owner.clone())
+            .or_insert_with(|| {
+                Arc::new(Usage {
+                    owner,
+                    // Generation u64::MAX is never current: the first use loads.
+                    cached: Mutex::new((u64::MAX, Quotas::default())),
+                    connections: AtomicU64::new(0),
+                    subscriptions: AtomicU64::new(0),
+                    msgs: Mutex::new(None),
+                    bytes: Mutex::new(None),
+                })
+            })
             .clone()
     }
 
     pub(crate) fn forget_limits(&self, tenant: &TenantName) {
         self.limits.write().retain(|(t, _), _| t != tenant);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -111,8 +128,6 @@ impl QuotaState {
 /// subscriptions.
 pub struct QuotaHandle {
     broker: Arc<Broker>,
-    tenant: TenantName,
-    user: Option<String>,
     tenant_usage: Arc<Usage>,
     user_usage: Option<Arc<Usage>>,
     connected: bool,
@@ -132,7 +147,7 @@ impl Drop for QuotaHandle {
             self.broker
                 .metrics
                 .tenant_connections
-                .with_label_values(&[self.tenant.as_str()])
+                .with_label_values(&[self.tenant_usage.owner.0.as_str()])
                 .dec();
         }
     }
@@ -143,25 +158,42 @@ impl QuotaHandle {
         std::iter::once(&self.tenant_usage).chain(self.user_usage.as_ref())
     }
 
+    fn limits_of(&self, u: &Usage) -> Quotas {
+        let generation = self.broker.quotas.generation.load(Ordering::Acquire);
+        let mut c = u.cached.lock();
+        if c.0 != generation {
+            *c = (
+                generation,
+                self.broker.quota_limits(&u.owner.0, u.owner.1.as_deref()),
+            );
+        }
+        c.1
+    }
+
     fn limits(&self) -> (Quotas, Quotas) {
         (
-            self.broker.quota_limits(&self.tenant, None),
-            self.user
-                .as_deref()
-                .map(|u| self.broker.quota_limits(&self.tenant, Some(u)))
+            self.limits_of(&self.tenant_usage),
+            self.user_usage
+                .as_ref()
+                .map(|u| self.limits_of(u))
                 .unwrap_or_default(),
         )
+    }
+
+    fn tenant(&self) -> &TenantName {
+        &self.tenant_usage.owner.0
     }
 
     fn throttled(&self, protocol: &str, kind: QuotaKind) {
         self.broker
             .metrics
             .quota_hits
-            .with_label_values(&[protocol, self.tenant.as_str(), kind.as_str()])
+            .with_label_values(&[protocol, self.tenant().as_str(), kind.as_str()])
             .inc();
-        let who = match &self.user {
-            Some(u) => format!("{}:{u}", self.tenant),
-            None => self.tenant.to_string(),
+        let tenant = self.tenant();
+        let who = match self.user_usage.as_ref().and_then(|u| u.owner.1.as_deref()) {
+            Some(u) => format!("{tenant}:{u}"),
+            None => tenant.to_string(),
         };
         self.broker
             .audit_sampled(format!("quota/{who}/{}", kind.as_str()), || {
@@ -169,7 +201,7 @@ impl QuotaHandle {
                     fjord_auth::audit::AuditKind::QuotaExceeded,
                     protocol,
                 )
-                .tenant(self.tenant.to_string())
+                .tenant(tenant.to_string())
                 .resource(kind.as_str());
                 e.principal = Some(who.clone());
                 e
@@ -273,15 +305,10 @@ impl Broker {
 
     fn quota_handle(self: &Arc<Self>, p: &Principal, connected: bool) -> QuotaHandle {
         // Anonymous principals share their tenant's quotas only.
-        let user = (!p.is_anonymous()).then(|| p.user.clone());
         QuotaHandle {
             broker: self.clone(),
             tenant_usage: self.quotas.usage(&p.tenant, None),
-            user_usage: user
-                .as_deref()
-                .map(|u| self.quotas.usage(&p.tenant, Some(u))),
-            tenant: p.tenant.clone(),
-            user,
+            user_usage: (!p.is_anonymous()).then(|| self.quotas.usage(&p.tenant, Some(&p.user))),
             connected,
             subscriptions: AtomicU64::new(0),
         }

@@ -180,29 +180,44 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Ok(r) => r?,
     };
-    // The rarely-taken steps are boxed so the connection's future, alive
-    // for as long as the connection, is only as large as its idle loop.
-    // Out of its box now: a box moved out of is freed only at the end of
-    // its scope, which for this function is the connection's lifetime.
-    let connect: Connect = {
-        let boxed = connect;
-        *boxed
-    };
-    let (principal, auth_data) = match Box::pin(crate::login::login(
-        &shared, &peer, &connect, &mut rd, &mut wr, &mut inbuf,
-    ))
-    .await?
-    {
-        crate::login::Login::Admitted(p, data) => (p, data),
-        crate::login::Login::Refused => return Ok(()),
-    };
-    let space = match shared.space(&principal.tenant).await {
+    // Everything between CONNECT and the session's loop runs in one boxed
+    // future: the connection's own future, alive for as long as the
+    // connection, is then only as large as its idle loop.
+    let mut session =
+        match Box::pin(admit(shared, peer, connect, &mut rd, &mut wr, &mut inbuf)).await? {
+            Some(s) => s,
+            None => return Ok(()),
+        };
+    let end = session.run(&mut rd, &mut wr, inbuf).await;
+    Box::pin(session.finish(end)).await;
+    Ok(())
+}
+
+/// Authenticates CONNECT, opens the tenant's space, checks the will and the
+/// quotas, and answers CONNACK: the session, or `None` when refused.
+async fn admit<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    peer: Peer,
+    connect: Box<Connect>,
+    rd: &mut R,
+    wr: &mut W,
+    inbuf: &mut BytesMut,
+) -> Result<Option<Session>, ConnError> {
+    let (principal, auth_data) =
+        match Box::pin(crate::login::login(&shared, &peer, &connect, rd, wr, inbuf)).await? {
+            crate::login::Login::Admitted(p, data) => (p, data),
+            crate::login::Login::Refused => return Ok(None),
+        };
+    // Boxed: opening a space (loading retained messages) is a large
+    // future, and the connection's own future would otherwise keep room
+    // for it for as long as the connection lives (idle connections).
+    let space = match Box::pin(shared.space(&principal.tenant)).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(tenant = %principal.tenant, error = %e, "mqtt tenant unavailable");
             let codes = (reason::SERVER_UNAVAILABLE, reason::v311::SERVER_UNAVAILABLE);
-            let _ = refuse_connect(&mut wr, connect.protocol, codes).await;
-            return Ok(());
+            let _ = refuse_connect(&mut *wr, connect.protocol, codes).await;
+            return Ok(None);
         }
     };
     if let Some(w) = &connect.will {
@@ -222,8 +237,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         );
         if !ok {
             let codes = (reason::NOT_AUTHORIZED, reason::v311::NOT_AUTHORIZED);
-            let _ = refuse_connect(&mut wr, connect.protocol, codes).await;
-            return Ok(());
+            let _ = refuse_connect(&mut *wr, connect.protocol, codes).await;
+            return Ok(None);
         }
     }
     let quota = match shared.broker.quota_connect(&principal, "mqtt") {
@@ -231,8 +246,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => {
             tracing::info!(principal = %principal.name(), "mqtt connection over quota");
             let codes = (reason::QUOTA_EXCEEDED, reason::v311::SERVER_UNAVAILABLE);
-            let _ = refuse_connect(&mut wr, connect.protocol, codes).await;
-            return Ok(());
+            let _ = refuse_connect(&mut *wr, connect.protocol, codes).await;
+            return Ok(None);
         }
     };
     let admitted = Admitted {
@@ -241,14 +256,13 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         auth_data,
         quota,
     };
-    let mut session =
-        match Box::pin(Session::accept(shared.clone(), admitted, connect, &mut wr)).await? {
-            Some(s) => s,
-            None => return Ok(()),
-        };
-    let end = session.run(&mut rd, &mut wr, inbuf).await;
-    Box::pin(session.finish(end)).await;
-    Ok(())
+    // Out of its box only now, straight into the boxed accept: a box moved
+    // out of is freed only at the end of its scope, here the block's.
+    let connect: Connect = {
+        let boxed = connect;
+        *boxed
+    };
+    Box::pin(Session::accept(shared.clone(), admitted, connect, wr)).await
 }
 
 /// Answers CONNECT with a refusal (`codes`: 5.0, 3.1.1).
