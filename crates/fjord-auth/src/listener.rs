@@ -72,10 +72,14 @@ pub async fn open(
 }
 
 /// Accepts on `tcp` until `shutdown` turns true, running `handle` for
-/// each connection the guard admits in a task of its own (which holds the
-/// connection's permit); refused ones are closed at once and reported to
-/// `refused`. Accept errors (out of file descriptors, say) back off
-/// briefly and go on.
+/// each connection the guard admits in a task of its own; `handle` keeps
+/// the connection's permit for as long as it serves it. Refused
+/// connections are closed at once and reported to `refused`. Accept errors
+/// (out of file descriptors, say) back off briefly and go on.
+///
+/// The permit goes into `handle` rather than into a wrapping task: an
+/// `async move { fut.await }` wrapper keeps room for `fut` twice (the
+/// captured value and the awaited one), doubling every idle connection.
 pub async fn accept_loop<F, Fut>(
     tcp: TcpListener,
     what: &'static str,
@@ -84,7 +88,7 @@ pub async fn accept_loop<F, Fut>(
     refused: impl Fn(Refused, SocketAddr),
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Permit) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -96,11 +100,7 @@ pub async fn accept_loop<F, Fut>(
             Ok((socket, addr)) => match guard.admit(addr.ip()) {
                 Ok(permit) => {
                     let _ = socket.set_nodelay(true);
-                    let fut = handle(socket, addr);
-                    tokio::spawn(async move {
-                        fut.await;
-                        drop(permit);
-                    });
+                    tokio::spawn(handle(socket, addr, permit));
                 }
                 Err(why) => {
                     drop(socket);

@@ -201,36 +201,45 @@ async fn accept_loop(listener: Listener, shared: Arc<Shared>, shutdown: watch::R
     let guard = shared.broker.guard().clone();
     let broker = shared.broker.clone();
     let refused = move |why, addr| broker.connection_refused(label, why, addr);
-    fjord_auth::listener::accept_loop(tcp, label, stop, guard, refused, move |socket, addr| {
-        let (shared, shutdown) = (shared.clone(), shutdown.clone());
-        let (tls, advertised) = (tls.clone(), advertised.clone());
-        async move {
-            let metrics = shared.broker.metrics();
-            metrics.connections_total.with_label_values(&[label]).inc();
-            let gauge = metrics.connections.with_label_values(&[label]);
-            gauge.inc();
-            let opened = fjord_auth::listener::open(
-                socket,
-                addr,
-                tls.as_ref().as_ref(),
-                &[],
-                HANDSHAKE_TIMEOUT,
-                None,
-            )
-            .await;
-            let result = match opened {
-                Ok((stream, peer)) => serve(stream, peer, &advertised, &shared, shutdown).await,
-                Err(e) => {
-                    count_error(&shared, "tls_handshake");
-                    Err(ConnError::Tls(e))
+    fjord_auth::listener::accept_loop(
+        tcp,
+        label,
+        stop,
+        guard,
+        refused,
+        move |socket, addr, permit| {
+            let (shared, shutdown) = (shared.clone(), shutdown.clone());
+            let (tls, advertised) = (tls.clone(), advertised.clone());
+            async move {
+                // The connection's place in the node's limits, until it ends.
+                let _permit = permit;
+                let metrics = shared.broker.metrics();
+                metrics.connections_total.with_label_values(&[label]).inc();
+                let gauge = metrics.connections.with_label_values(&[label]);
+                gauge.inc();
+                let opened = fjord_auth::listener::open(
+                    socket,
+                    addr,
+                    tls.as_ref().as_ref(),
+                    &[],
+                    HANDSHAKE_TIMEOUT,
+                    None,
+                )
+                .await;
+                let result = match opened {
+                    Ok((stream, peer)) => serve(stream, peer, &advertised, &shared, shutdown).await,
+                    Err(e) => {
+                        count_error(&shared, "tls_handshake");
+                        Err(ConnError::Tls(e))
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(peer = %addr, error = %e, "kafka connection ended");
                 }
-            };
-            if let Err(e) = result {
-                tracing::debug!(peer = %addr, error = %e, "kafka connection ended");
+                gauge.dec();
             }
-            gauge.dec();
-        }
-    })
+        },
+    )
     .await;
 }
 

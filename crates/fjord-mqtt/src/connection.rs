@@ -252,7 +252,7 @@ async fn admit<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     };
     let admitted = Admitted {
         space,
-        principal: Arc::new(principal),
+        principal,
         auth_data,
         quota,
     };

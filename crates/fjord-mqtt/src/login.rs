@@ -25,7 +25,7 @@ use crate::server::Shared;
 /// How the CONNECT's authentication ended.
 pub(crate) enum Login {
     /// Admitted; for enhanced authentication, the data CONNACK carries.
-    Admitted(Principal, Option<Bytes>),
+    Admitted(std::sync::Arc<Principal>, Option<Bytes>),
     /// Refused: CONNACK sent, the connection ends.
     Refused,
 }
@@ -140,7 +140,7 @@ pub(crate) async fn login<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         return match scram_exchange(shared, mech, c, rd, wr, inbuf).await? {
             Ok((p, server_final)) => {
                 admitted(shared, peer, &p);
-                Ok(Login::Admitted(p, Some(server_final)))
+                Ok(Login::Admitted(std::sync::Arc::new(p), Some(server_final)))
             }
             Err(e) => refuse(shared, c, peer, wr, e).await,
         };
@@ -149,19 +149,24 @@ pub(crate) async fn login<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         (Some(user), Some(password)) => {
             let password = String::from_utf8_lossy(password).into_owned();
             if fjord_auth::jwt::looks_like_jwt(&password) {
-                broker.authenticate_token(&password)
+                broker
+                    .authenticate_token(&password)
+                    .map(std::sync::Arc::new)
             } else {
                 let (broker, user) = (broker.clone(), user.clone());
                 tokio::task::spawn_blocking(move || broker.authenticate(&user, &password))
                     .await
                     .map_err(|e| std::io::Error::other(format!("authentication task: {e}")))?
+                    .map(std::sync::Arc::new)
             }
         }
         _ => match (&peer.cert_identity, &c.username) {
-            (Some(id), _) => broker.authenticate_certificate(id),
+            (Some(id), _) => broker.authenticate_certificate(id).map(std::sync::Arc::new),
             // A user name without a password proves nothing.
             (None, Some(_)) => Err(AuthError::BadCredentials),
-            (None, None) => broker.anonymous_public(),
+            // One shared principal for every anonymous client (idle
+            // connections stay small).
+            (None, None) => broker.anonymous_public().map(|_| shared.anonymous.clone()),
         },
     };
     match outcome {

@@ -212,6 +212,8 @@ pub struct Shared {
     opening: tokio::sync::Mutex<()>,
     shutting_down: std::sync::atomic::AtomicBool,
     pub stats: Stats,
+    /// The principal of every anonymous client (of `public`).
+    pub anonymous: Arc<fjord_auth::Principal>,
 }
 
 impl Shared {
@@ -302,6 +304,9 @@ pub async fn start(
         opening: tokio::sync::Mutex::new(()),
         shutting_down: std::sync::atomic::AtomicBool::new(false),
         stats: Stats::default(),
+        anonymous: Arc::new(fjord_auth::Principal::anonymous(
+            TenantName::new(fjord_core::names::PUBLIC_TENANT).expect("valid"),
+        )),
     });
     // `public` (home of `$SYS`), and every tenant with stored sessions,
     // whose wills and expiries must run without waiting for a client.
@@ -420,28 +425,37 @@ async fn serve(listener: Listener, shared: Arc<Shared>, shutdown: watch::Receive
     let guard = shared.broker.guard().clone();
     let broker = shared.broker.clone();
     let refused = move |why, addr| broker.connection_refused(label, why, addr);
-    fjord_auth::listener::accept_loop(tcp, label, shutdown, guard, refused, move |socket, addr| {
-        let (shared, tls) = (shared.clone(), tls.clone());
-        async move {
-            let gauge = {
-                let metrics = shared.broker.metrics();
-                metrics.connections_total.with_label_values(&[label]).inc();
-                metrics.connections.with_label_values(&[label])
-            };
-            gauge.inc();
-            // Boxed: a plain TCP connection's task is then only as large as
-            // its own session (idle connections).
-            let result = if tls.is_none() && !websocket {
-                connection::run(socket, Peer::plain(addr), shared).await
-            } else {
-                Box::pin(secured(socket, addr, &tls, websocket, shared)).await
-            };
-            if let Err(e) = result {
-                tracing::debug!(peer = %addr, error = %e, "mqtt connection ended");
+    fjord_auth::listener::accept_loop(
+        tcp,
+        label,
+        shutdown,
+        guard,
+        refused,
+        move |socket, addr, permit| {
+            let (shared, tls) = (shared.clone(), tls.clone());
+            async move {
+                // The connection's place in the node's limits, until it ends.
+                let _permit = permit;
+                let gauge = {
+                    let metrics = shared.broker.metrics();
+                    metrics.connections_total.with_label_values(&[label]).inc();
+                    metrics.connections.with_label_values(&[label])
+                };
+                gauge.inc();
+                // Boxed: a plain TCP connection's task is then only as large as
+                // its own session (idle connections).
+                let result = if tls.is_none() && !websocket {
+                    connection::run(socket, Peer::plain(addr), shared).await
+                } else {
+                    Box::pin(secured(socket, addr, &tls, websocket, shared)).await
+                };
+                if let Err(e) = result {
+                    tracing::debug!(peer = %addr, error = %e, "mqtt connection ended");
+                }
+                gauge.dec();
             }
-            gauge.dec();
-        }
-    })
+        },
+    )
     .await;
 }
 
