@@ -139,7 +139,9 @@ enum End {
 /// runtime).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
-    peer: Peer,
+    // Boxed: only the login needs it, and a parameter stays part of the
+    // connection's future for as long as the connection lives.
+    peer: Box<Peer>,
     shared: Arc<Shared>,
 ) -> Result<(), ConnError> {
     let (mut rd, mut wr) = tokio::io::split(io);
@@ -197,7 +199,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
 /// quotas, and answers CONNACK: the session, or `None` when refused.
 async fn admit<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
-    peer: Peer,
+    peer: Box<Peer>,
     connect: Box<Connect>,
     rd: &mut R,
     wr: &mut W,
@@ -242,7 +244,7 @@ async fn admit<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         }
     }
     let quota = match shared.broker.quota_connect(&principal, "mqtt") {
-        Ok(q) => Box::new(q),
+        Ok(q) => q,
         Err(_) => {
             tracing::info!(principal = %principal.name(), "mqtt connection over quota");
             let codes = (reason::QUOTA_EXCEEDED, reason::v311::SERVER_UNAVAILABLE);
@@ -356,7 +358,7 @@ struct Admitted {
     principal: Arc<Principal>,
     /// Enhanced authentication's last message, for CONNACK.
     auth_data: Option<bytes::Bytes>,
-    quota: Box<QuotaHandle>,
+    quota: QuotaHandle,
 }
 
 /// The state of QoS 1/2 exchanges and topic aliases of a session.
@@ -397,7 +399,7 @@ struct Session {
     /// Who the client proved to be.
     principal: Arc<Principal>,
     /// Its place in its tenant's and its own quotas.
-    quota: Box<QuotaHandle>,
+    quota: QuotaHandle,
     protocol: Protocol,
     /// Shared with the registry's entry.
     client_id: Arc<str>,

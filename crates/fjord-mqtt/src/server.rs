@@ -445,7 +445,7 @@ async fn serve(listener: Listener, shared: Arc<Shared>, shutdown: watch::Receive
                 // Boxed: a plain TCP connection's task is then only as large as
                 // its own session (idle connections).
                 let result = if tls.is_none() && !websocket {
-                    connection::run(socket, Peer::plain(addr), shared).await
+                    connection::run(socket, Box::new(Peer::plain(addr)), shared).await
                 } else {
                     Box::pin(secured(socket, addr, &tls, websocket, shared)).await
                 };
@@ -480,7 +480,7 @@ async fn secured(
     if websocket {
         over_websocket(stream, peer, shared).await
     } else {
-        connection::run(stream, peer, shared).await
+        connection::run(stream, Box::new(peer), shared).await
     }
 }
 
@@ -497,7 +497,7 @@ async fn over_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
     )
     .await
     {
-        Ok(Ok(stream)) => connection::run(ws::WsIo::new(stream), peer, shared).await,
+        Ok(Ok(stream)) => connection::run(ws::WsIo::new(stream), Box::new(peer), shared).await,
         Ok(Err(e)) => Err(std::io::Error::other(e).into()),
         Err(_) => Err(connection::ConnError::ConnectTimeout),
     }
