@@ -53,6 +53,14 @@ struct Usage {
     bytes: Mutex<Option<TokenBucket>>,
 }
 
+/// The bucket for `rate`, made (or remade, when the limit changed) on use.
+fn bucket_for(b: &mut Option<TokenBucket>, rate: u64) -> &mut TokenBucket {
+    if b.as_ref().is_none_or(|x| x.rate() != rate.max(1)) {
+        *b = Some(TokenBucket::new(rate));
+    }
+    b.get_or_insert_with(|| TokenBucket::new(rate))
+}
+
 fn charge(bucket: &Mutex<Option<TokenBucket>>, limit: Option<u64>, n: u64) -> Duration {
     let mut b = bucket.lock();
     match limit {
@@ -60,26 +68,14 @@ fn charge(bucket: &Mutex<Option<TokenBucket>>, limit: Option<u64>, n: u64) -> Du
             *b = None;
             Duration::ZERO
         }
-        Some(rate) => {
-            if b.as_ref().is_none_or(|x| x.rate() != rate.max(1)) {
-                *b = Some(TokenBucket::new(rate));
-            }
-            b.as_mut().map_or(Duration::ZERO, |x| x.charge(n))
-        }
+        Some(rate) => bucket_for(&mut b, rate).charge(n),
     }
 }
 
 fn waiting(bucket: &Mutex<Option<TokenBucket>>, limit: Option<u64>, n: u64) -> Duration {
-    match limit {
-        None => Duration::ZERO,
-        Some(rate) => {
-            let mut b = bucket.lock();
-            if b.as_ref().is_none_or(|x| x.rate() != rate.max(1)) {
-                *b = Some(TokenBucket::new(rate));
-            }
-            b.as_mut().map_or(Duration::ZERO, |x| x.wait_for(n))
-        }
-    }
+    limit.map_or(Duration::ZERO, |rate| {
+        bucket_for(&mut bucket.lock(), rate).wait_for(n)
+    })
 }
 
 /// A tenant (`None`) or one of its users.
