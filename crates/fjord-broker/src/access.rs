@@ -4,6 +4,7 @@
 //! tenant, except node administrators: `admin` role in tenant `system`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fjord_auth::acl::{Acl, AclRule, Action, Effect, Resource, ADMIN_ROLE};
@@ -28,6 +29,9 @@ pub struct AclEntry {
 #[derive(Default)]
 pub(crate) struct AclCache {
     by_tenant: parking_lot::RwLock<HashMap<TenantName, Arc<Acl>>>,
+    /// Bumped whenever any tenant's rules change: long-lived grants (a
+    /// subscription) compare it with the one they were checked under.
+    generation: AtomicU64,
 }
 
 fn parse_default(s: Option<&str>, node: Effect) -> Effect {
@@ -44,6 +48,7 @@ impl Broker {
         if let Some(a) = self.acls.by_tenant.read().get(tenant) {
             return a.clone();
         }
+        let generation = self.acl_generation();
         let default = parse_default(
             self.meta
                 .get_tenant(tenant)
@@ -60,16 +65,28 @@ impl Broker {
             .filter_map(|(_, b)| serde_json::from_slice(b).ok())
             .collect();
         let acl = Arc::new(Acl::new(&rules, default));
-        self.acls
-            .by_tenant
-            .write()
-            .insert(tenant.clone(), acl.clone());
+        let mut cache = self.acls.by_tenant.write();
+        // Rules that changed while these were read are not cached (the
+        // next call reads them again).
+        if self.acl_generation() == generation {
+            cache.insert(tenant.clone(), acl.clone());
+        }
         acl
     }
 
     /// Forgets the tenant's compiled rules (they changed).
     pub(crate) fn acl_changed(&self, tenant: &TenantName) {
-        self.acls.by_tenant.write().remove(tenant);
+        // Both under the lock: a reader filling the cache sees either
+        // neither (and its entry is removed here) or both (and keeps it out).
+        let mut cache = self.acls.by_tenant.write();
+        cache.remove(tenant);
+        self.acls.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes with every change of any tenant's rules (or its default):
+    /// whoever holds a grant checked under an older value checks it again.
+    pub fn acl_generation(&self) -> u64 {
+        self.acls.generation.load(Ordering::Acquire)
     }
 
     /// Connection limits and the failed-login ban.

@@ -11,12 +11,17 @@
 //!   starts, then records as text frames in the JSON of the consume API,
 //!   following the tail live. A slow
 //!   client falls behind in the log, never in server memory.
+//!
+//! Either way the grant the socket was opened under is checked again when
+//! the ACL rules change: once revoked, the socket gets a `forbidden` error
+//! (per pending frame when publishing) and is closed with 1008.
 
 use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
+use fjord_auth::{Action, Principal, Resource};
 use fjord_broker::{Broker, BrokerError, Followed, Position};
 use fjord_core::{RecordInput, StreamRef};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -30,6 +35,67 @@ use crate::codec::{record_out, RecordIn, ValueFormat};
 use crate::error::{ApiError, ApiResult};
 use crate::records::position_of;
 use crate::{AppState, BODY_BYTES_MAX};
+
+/// The right a socket was opened with, re-checked under changed rules: a
+/// long-lived connection must not outlive the rule that let it in.
+struct Grant {
+    principal: Arc<Principal>,
+    action: Action,
+    /// The ACL generation it was last checked under.
+    checked: u64,
+}
+
+impl Grant {
+    fn new(broker: &Broker, principal: Arc<Principal>, action: Action) -> Self {
+        // Checked just now, by the access layer, before the upgrade.
+        Grant {
+            principal,
+            action,
+            checked: broker.acl_generation(),
+        }
+    }
+
+    /// Whether the grant still holds on `r`: one atomic load unless the
+    /// rules changed.
+    fn holds(&mut self, broker: &Broker, r: &StreamRef) -> bool {
+        let generation = broker.acl_generation();
+        if generation == self.checked {
+            return true;
+        }
+        let ok = broker.authorize_for(
+            "http",
+            &self.principal,
+            &r.tenant,
+            self.action,
+            Resource::Stream {
+                namespace: r.namespace.as_str(),
+                stream: r.stream.as_str(),
+                topic: None,
+            },
+        );
+        if ok {
+            self.checked = generation;
+        }
+        ok
+    }
+
+    fn revoked(&self, r: &StreamRef) -> Value {
+        json!({"error": {
+            "code": "forbidden",
+            "message": format!("{} may no longer {} {r}", self.principal.name(), self.action.as_str()),
+        }})
+    }
+}
+
+/// Closes a socket whose grant was revoked (1008: policy violation).
+async fn close_revoked<S: SinkExt<Message> + Unpin>(tx: &mut S) {
+    let _ = tx
+        .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+            code: 1008,
+            reason: Utf8Bytes::from_static("access revoked"),
+        })))
+        .await;
+}
 
 /// Frames appended as one group at most.
 const PUBLISH_GROUP_MAX: usize = 500;
@@ -117,7 +183,20 @@ pub async fn upgrade(
         }
     };
     let broker = s.broker.clone();
-    let quota = who.map(|p| broker.quota_request(&p));
+    // The access layer puts the principal on every route but the open ones.
+    let Some(axum::Extension(principal)) = who else {
+        return Err(ApiError::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "no principal",
+        ));
+    };
+    let quota = broker.quota_request(&principal);
+    let action = match mode {
+        Mode::Publish => Action::Publish,
+        Mode::Subscribe { .. } => Action::Subscribe,
+    };
+    let grant = Grant::new(&broker, principal, action);
     Ok(ws
         .max_message_size(BODY_BYTES_MAX)
         .on_upgrade(move |socket| async move {
@@ -132,12 +211,12 @@ pub async fn upgrade(
                 .inc();
             gauge.inc();
             match mode {
-                Mode::Publish => publish(socket, broker, r, quota).await,
+                Mode::Publish => publish(socket, broker, r, quota, grant).await,
                 Mode::Subscribe {
                     partitions,
                     from,
                     format,
-                } => subscribe(socket, broker, r, partitions, from, format).await,
+                } => subscribe(socket, broker, r, grant, partitions, from, format).await,
             }
             gauge.dec();
         }))
@@ -159,7 +238,8 @@ async fn publish(
     socket: WebSocket,
     broker: Arc<Broker>,
     r: StreamRef,
-    quota: Option<fjord_broker::quotas::QuotaHandle>,
+    quota: fjord_broker::quotas::QuotaHandle,
+    mut grant: Grant,
 ) {
     let (mut tx, mut rx) = socket.split();
     let mut seq: u64 = 0;
@@ -216,13 +296,24 @@ async fn publish(
             items.push((seq, parsed.0, parsed.1));
             seq += 1;
         }
-        if let Some(q) = &quota {
-            // Over the publish rate: flow control, as MQTT's (the socket is
-            // not read until the debt is paid).
-            let wait = q.publish("websocket", items.len() as u64, bytes as u64);
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+        if !grant.holds(&broker, &r) {
+            let error = grant.revoked(&r);
+            for (seq, id, _) in items {
+                let mut e = error.clone();
+                e["seq"] = json!(seq);
+                e["id"] = id;
+                if tx.send(text(e)).await.is_err() {
+                    return;
+                }
             }
+            close_revoked(&mut tx).await;
+            return;
+        }
+        // Over the publish rate: flow control, as MQTT's (the socket is not
+        // read until the debt is paid).
+        let wait = quota.publish("websocket", items.len() as u64, bytes as u64);
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
         let acks = produce_group(&broker, &r, items).await;
         for ack in acks {
@@ -300,6 +391,7 @@ async fn subscribe(
     socket: WebSocket,
     broker: Arc<Broker>,
     r: StreamRef,
+    mut grant: Grant,
     partitions: Vec<u32>,
     from: Position,
     format: ValueFormat,
@@ -339,6 +431,11 @@ async fn subscribe(
     loop {
         tokio::select! {
             out = out_rx.recv() => match out {
+                Some(_) if !grant.holds(&broker, &r) => {
+                    let _ = tx.send(text(grant.revoked(&r))).await;
+                    close_revoked(&mut tx).await;
+                    break;
+                }
                 Some(v) => if tx.send(text(v)).await.is_err() { break },
                 None => break,
             },

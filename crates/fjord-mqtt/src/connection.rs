@@ -5,10 +5,11 @@
 //! says), follows the partitions its subscriptions select and delivers
 //! matching records, and keeps the protocol's per-connection state.
 //!
-//! Scope today (issue 3 in progress, see docs/design-mqtt.md): clean
-//! sessions only (a session ends with its connection), no retained-message
-//! store, no shared subscriptions; all three are refused or advertised as
-//! unavailable rather than silently ignored.
+//! Sessions may outlive their connection (stored in the metadata store,
+//! see `session_store`); retained messages and shared subscriptions live in
+//! the tenant's `Space`. Every publish and subscription is authorised by
+//! the broker's ACLs, and live subscriptions are checked again when the
+//! rules change (see docs/design-mqtt.md and docs/security.md).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -390,6 +391,8 @@ struct Subscribed {
     /// Offsets below which a record was sent before the session resumed
     /// (redeliveries carry DUP).
     resent_below: HashMap<(StreamName, u32), i64>,
+    /// The ACL generation the subscriptions were last checked under.
+    acl_checked: u64,
 }
 
 struct Session {
@@ -448,7 +451,13 @@ impl Session {
 
     /// The subscription state, allocated on first use.
     fn st(&mut self) -> &mut Subscribed {
-        self.subscribed.get_or_insert_with(Box::default)
+        self.subscribed.get_or_insert_with(|| {
+            // No subscription yet: none to check under older rules.
+            Box::new(Subscribed {
+                acl_checked: self.shared.broker.acl_generation(),
+                ..Default::default()
+            })
+        })
     }
 
     /// Checks CONNECT, answers CONNACK; `None` when the connection was
@@ -686,6 +695,14 @@ impl Session {
             let Some(qos) = QoS::from_u8(sub.qos) else {
                 continue;
             };
+            // The session may be resumed by another principal of the
+            // tenant, or under rules changed since: its subscriptions are
+            // granted again like new ones (and count against the quota).
+            if !self.may_subscribe(&sub.filter) || !self.quota.subscribe("mqtt") {
+                tracing::info!(client_id = %self.client_id, filter = %sub.filter,
+                    "stored subscription not resumed: not allowed (ACL or quota)");
+                continue;
+            }
             let opts = SubOpts {
                 qos,
                 no_local: sub.no_local,
@@ -1487,26 +1504,14 @@ impl Session {
             .filters
             .iter()
             .map(|f| {
-                if self.st().subs.remove(f).is_some() {
-                    self.st().tree.remove(f, &Arc::from(f.as_str()));
-                    self.quota.unsubscribe();
-                    reason::SUCCESS
-                } else if self.st().shared_subs.remove(f).is_some() {
-                    self.space.groups.leave(f, self.token);
-                    self.quota.unsubscribe();
+                if self.remove_subscription(f) {
                     reason::SUCCESS
                 } else {
                     reason::NO_SUBSCRIPTION_EXISTED
                 }
             })
             .collect();
-        if self.st().subs.is_empty() {
-            for (_, handles) in self.st().followed.drain() {
-                handles.iter().for_each(AbortHandle::abort);
-            }
-            self.follow_all = false;
-            self.st().progress.clear();
-        }
+        self.stop_following_if_unsubscribed();
         self.save(None);
         let codes = if self.v5() { codes } else { Vec::new() };
         self.send(&Packet::UnsubAck(UnsubAck {
@@ -1514,6 +1519,65 @@ impl Session {
             codes,
             properties: Properties::default(),
         }));
+    }
+
+    /// Removes the subscription to `filter`; false when there was none.
+    fn remove_subscription(&mut self, f: &str) -> bool {
+        if self.st().subs.remove(f).is_some() {
+            self.st().tree.remove(f, &Arc::from(f));
+        } else if self.st().shared_subs.remove(f).is_some() {
+            self.space.groups.leave(f, self.token);
+        } else {
+            return false;
+        }
+        self.quota.unsubscribe();
+        true
+    }
+
+    /// With no (non-shared) subscription left, nothing is read any more.
+    fn stop_following_if_unsubscribed(&mut self) {
+        if self.st().subs.is_empty() {
+            for (_, handles) in self.st().followed.drain() {
+                handles.iter().for_each(AbortHandle::abort);
+            }
+            self.follow_all = false;
+            self.st().progress.clear();
+        }
+    }
+
+    /// Drops the subscriptions the ACL no longer allows, once per change
+    /// of the rules: a revoked grant stops deliveries at once, not at the
+    /// client's next SUBSCRIBE. Called before every delivery (one atomic
+    /// load when nothing changed). MQTT has no packet for "subscription
+    /// withdrawn"; the denial is counted and audited like any other.
+    fn recheck_subscriptions(&mut self) {
+        let generation = self.shared.broker.acl_generation();
+        let Some(st) = self.subscribed.as_deref_mut() else {
+            return;
+        };
+        if st.acl_checked == generation {
+            return;
+        }
+        st.acl_checked = generation;
+        let filters: Vec<String> = st
+            .subs
+            .keys()
+            .chain(st.shared_subs.keys())
+            .cloned()
+            .collect();
+        let revoked: Vec<String> = filters
+            .into_iter()
+            .filter(|f| !self.may_subscribe(f))
+            .collect();
+        if revoked.is_empty() {
+            return;
+        }
+        for f in &revoked {
+            tracing::info!(client_id = %self.client_id, filter = %f, "subscription revoked by an ACL change");
+            self.remove_subscription(f);
+        }
+        self.stop_following_if_unsubscribed();
+        self.save(None);
     }
 
     /// Starts reading every stream `filter` can match: partitions with a
@@ -1640,6 +1704,7 @@ impl Session {
         dup: bool,
         source: Option<Source>,
     ) -> bool {
+        self.recheck_subscriptions();
         let msg = from_record(stream.as_str(), rec, now_ms());
         if !msg.live {
             return false;
@@ -1676,6 +1741,7 @@ impl Session {
 
     /// A record a shared subscription's group handed this member.
     fn deliver_shared(&mut self, (filter, stream, p, rec): SharedDelivery) {
+        self.recheck_subscriptions();
         let Some(o) = self.st().shared_subs.get(&filter).copied() else {
             // Unsubscribed meanwhile: another member gets it.
             self.space.groups.give_back(&filter, stream, p, rec);

@@ -114,6 +114,22 @@ async fn v5_until(ev: &mut rumqttc::v5::EventLoop, mut f: impl FnMut(&rumqttc::v
     }
 }
 
+/// Polls until a SUBACK; its reason codes, printed.
+async fn v5_suback(ev: &mut rumqttc::v5::EventLoop) -> String {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let mut code = String::new();
+    v5_until(ev, |e| {
+        if let rumqttc::v5::Event::Incoming(Packet::SubAck(a)) = e {
+            code = format!("{:?}", a.return_codes);
+            true
+        } else {
+            false
+        }
+    })
+    .await;
+    code
+}
+
 /// Polls until the loop fails; its error, printed.
 async fn v5_error(ev: &mut rumqttc::v5::EventLoop) -> String {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -128,11 +144,11 @@ async fn v5_error(ev: &mut rumqttc::v5::EventLoop) -> String {
     }
 }
 
-/// Values stored in acme's `plant` stream, read as `acme:root`.
-async fn plant_values(node: &Node) -> Vec<String> {
+/// Values stored in partition 0 of acme's `stream`, read as `acme:root`.
+async fn stored_values(node: &Node, stream: &str) -> Vec<String> {
     let r = http()
         .get(format!(
-            "{}/v1/streams/acme/default/plant/records?partition=0&offset=0",
+            "{}/v1/streams/acme/default/{stream}/records?partition=0&offset=0",
             node.url
         ))
         .basic_auth("acme:root", Some("root-password"))
@@ -215,21 +231,13 @@ async fn mqtt_acls_refuse_with_the_protocols_own_signals() {
     .await;
     assert!(code.contains("Failure"), "{code}");
     // Only the allowed publication was stored.
-    assert_eq!(plant_values(&node).await, ["plant/l1/temp"]);
+    assert_eq!(stored_values(&node, "plant").await, ["plant/l1/temp"]);
     // The dashboard may subscribe to the stream.
     let (d, mut dev) = rumqttc::v5::AsyncClient::new(v5_opts(&node, "dash", "acme:dash"), 10);
     d.subscribe("plant/#", QoS::AtLeastOnce).await.unwrap();
-    let mut code = String::new();
-    v5_until(&mut dev, |e| {
-        if let Event::Incoming(Packet::SubAck(a)) = e {
-            code = format!("{:?}", a.return_codes);
-            true
-        } else {
-            false
-        }
-    })
-    .await;
+    let code = v5_suback(&mut dev).await;
     assert!(code.contains("Success"), "{code}");
+    revoking_a_rule_stops_a_live_subscription(&node, &d, &mut dev).await;
     let metrics = common::metrics_as(&node.url, Some(("system:admin", ADMIN))).await;
     let series = "fjord_authorization_denials_total{action=\"publish\",protocol=\"mqtt\"} ";
     let denied: f64 = metrics
@@ -238,6 +246,97 @@ async fn mqtt_acls_refuse_with_the_protocols_own_signals() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {series} in {metrics}"));
     assert!(denied >= 2.0, "{denied}");
+}
+
+/// The dashboard (`dash`, subscribed to `plant/#`) receives plant
+/// readings until the rule that let it subscribe is deleted; from then on
+/// it receives none, while what it may still read keeps arriving.
+async fn revoking_a_rule_stops_a_live_subscription(
+    node: &Node,
+    dash: &rumqttc::v5::AsyncClient,
+    dev: &mut rumqttc::v5::EventLoop,
+) {
+    use reqwest::Method as M;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::Event;
+    let (s, b) = admin(
+        node,
+        M::POST,
+        "/v1/tenants/acme/acls",
+        json!({"principal": "user:dash", "resource": "stream:default/alerts", "actions": ["subscribe"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    dash.subscribe("alerts/#", QoS::AtLeastOnce).await.unwrap();
+    let code = v5_suback(dev).await;
+    assert!(code.contains("Success"), "{code}");
+    // Published by an administrator (role admin may do anything).
+    let (root, mut rev) = rumqttc::v5::AsyncClient::new(v5_opts(node, "root", "acme:root"), 10);
+    let publish = |topic: &'static str| {
+        let root = root.clone();
+        async move {
+            root.publish(topic, QoS::AtLeastOnce, false, topic)
+                .await
+                .unwrap()
+        }
+    };
+    let mut received = Vec::new();
+    let mut record = |e: &Event, until: &str| {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            received.push(String::from_utf8_lossy(&p.payload).to_string());
+        }
+        received.last().is_some_and(|l| l == until)
+    };
+    publish("plant/l3/temp").await;
+    tokio::spawn(async move { while rev.poll().await.is_ok() {} });
+    v5_until(dev, |e| record(e, "plant/l3/temp")).await;
+    // Revoke: the stream rule goes.
+    let (_, list) = admin(node, M::GET, "/v1/tenants/acme/acls", Value::Null).await;
+    let id = list["acls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["principal"] == "user:dash" && r["resource"] == "stream:default/plant")
+        .and_then(|r| r["id"].as_str())
+        .unwrap_or_else(|| panic!("the dashboard's rule in {list}"))
+        .to_string();
+    let (s, _) = admin(
+        node,
+        M::DELETE,
+        &format!("/v1/tenants/acme/acls/{id}"),
+        Value::Null,
+    )
+    .await;
+    assert!(s == 200 || s == 204, "{s}");
+    publish("plant/l4/temp").await;
+    // Stored, hence published, before the alert.
+    poll_until_stored(node, "plant/l4/temp").await;
+    publish("alerts/a1").await;
+    v5_until(dev, |e| record(e, "alerts/a1")).await;
+    // Different streams are read apart: give a wrongly delivered reading
+    // time to arrive after the alert.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            if let Ok(e) = dev.poll().await {
+                record(&e, "");
+            }
+        }
+    })
+    .await;
+    assert_eq!(received, ["plant/l3/temp", "alerts/a1"]);
+}
+
+async fn poll_until_stored(node: &Node, value: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !stored_values(node, "plant")
+        .await
+        .iter()
+        .any(|v| v == value)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{value} not stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn scram(node: &Node, login: &str) -> ClientConfig {
@@ -461,4 +560,121 @@ async fn kafka_and_http_acls_and_tenant_isolation() {
         .unwrap();
     let event: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
     assert!(event["kind"].is_string(), "{event}");
+}
+
+/// A WebSocket opened under a rule is cut when the rule goes: the
+/// subscriber gets `forbidden` instead of the next record, the publisher
+/// `forbidden` for its next frame; both are closed with 1008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_lose_a_revoked_grant() {
+    use futures_util::SinkExt;
+    use reqwest::Method as M;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = node(tmp.path());
+    setup(&node).await;
+    for name in ["plant", "notes"] {
+        let (s, b) = admin(
+            &node,
+            M::POST,
+            "/v1/streams/acme/default",
+            json!({ "name": name }),
+        )
+        .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    let (s, b) = admin(
+        &node,
+        M::POST,
+        "/v1/tenants/acme/acls",
+        json!({"principal": "user:dash", "resource": "stream:default/notes", "actions": ["publish"]}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (h, p) = node.addr.rsplit_once(':').unwrap();
+    let open = |path: &str| {
+        let mut req = format!("ws://{h}:{p}/v1/streams/acme/default/{path}")
+            .into_client_request()
+            .unwrap();
+        use base64::Engine;
+        let basic = base64::engine::general_purpose::STANDARD.encode("acme:dash:dash-password");
+        req.headers_mut()
+            .insert("authorization", format!("Basic {basic}").parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+    };
+    let (mut sub, _) = open("plant/ws?from=earliest").await.unwrap();
+    let (mut publ, _) = open("notes/ws?mode=publish").await.unwrap();
+    assert!(next_json(&mut sub).await["subscribed"].is_array());
+    let produce = |value: &'static str| {
+        let url = format!("{}/v1/streams/acme/default/plant/records", node.url);
+        async move {
+            let r = http()
+                .post(url)
+                .basic_auth("acme:root", Some("root-password"))
+                .json(&json!({"records": [{"value": value}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    produce("before").await;
+    assert_eq!(next_json(&mut sub).await["value"], "before");
+    publ.send(Message::text(r#"{"value": "n1", "id": 1}"#))
+        .await
+        .unwrap();
+    let ack = next_json(&mut publ).await;
+    assert_eq!(ack["ack"]["id"], 1, "{ack}");
+    // Revoke both of dash's stream rules.
+    let (_, list) = admin(&node, M::GET, "/v1/tenants/acme/acls", Value::Null).await;
+    for rule in list["acls"].as_array().unwrap() {
+        if rule["principal"] == "user:dash"
+            && rule["resource"].as_str().unwrap().starts_with("stream:")
+        {
+            let path = format!("/v1/tenants/acme/acls/{}", rule["id"].as_str().unwrap());
+            let (s, _) = admin(&node, M::DELETE, &path, Value::Null).await;
+            assert!(s == 200 || s == 204, "{s}");
+        }
+    }
+    produce("after").await;
+    let e = next_json(&mut sub).await;
+    assert_eq!(e["error"]["code"], "forbidden", "{e}");
+    match next_frame(&mut sub).await {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 1008),
+        other => panic!("a close frame, not {other:?}"),
+    }
+    publ.send(Message::text(r#"{"value": "n2", "id": 2}"#))
+        .await
+        .unwrap();
+    let e = next_json(&mut publ).await;
+    assert_eq!(
+        (&e["error"]["code"], &e["id"]),
+        (&json!("forbidden"), &json!(2)),
+        "{e}"
+    );
+    // Nothing of the refused frame was stored.
+    assert_eq!(stored_values(&node, "notes").await, ["n1"]);
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn next_frame(
+    ws: &mut Ws,
+) -> Option<Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>>
+{
+    use futures_util::StreamExt;
+    tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .expect("a frame in time")
+}
+
+async fn next_json(ws: &mut Ws) -> Value {
+    match next_frame(ws).await {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+            serde_json::from_str(t.as_str()).unwrap()
+        }
+        other => panic!("a text frame, not {other:?}"),
+    }
 }
