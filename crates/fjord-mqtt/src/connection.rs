@@ -871,7 +871,7 @@ impl Session {
     ) -> End {
         let max = self.shared.config.max_packet_bytes as usize;
         let mut created = self.shared.broker.stream_created();
-        let mut deadline = Instant::now() + self.keep_alive;
+        self.signal.heard(self.keep_alive);
         // Bytes asked of each read: grows while reads fill it (a publisher
         // streaming: big reads make big produce runs), shrinks when they
         // do not, so an idle connection holds a small buffer.
@@ -952,7 +952,6 @@ impl Session {
                 }
                 continue;
             }
-            let keep_alive = !self.keep_alive.is_zero();
             let room = self.out_window.available() > 0;
             let event = tokio::select! {
                 n = rd.read_buf(&mut inbuf) => Event::Read(n.unwrap_or(0)),
@@ -965,17 +964,18 @@ impl Session {
                     Event::Shared
                 }
                 Ok(s) = created.recv() => Event::Created(Box::new(s)),
-                _ = tokio::time::sleep_until(deadline), if keep_alive => Event::KeepAliveExpired,
-                why = self.signal.ended() => if why == crate::server::END_TAKEN_OVER {
-                    Event::TakenOver
-                } else {
-                    Event::Shutdown
+                // Keep alive too: the server's sweep tells a silent
+                // client's connection to end.
+                why = self.signal.ended() => match why {
+                    crate::server::END_TAKEN_OVER => Event::TakenOver,
+                    crate::server::END_KEEP_ALIVE => Event::KeepAliveExpired,
+                    _ => Event::Shutdown,
                 },
             };
             match event {
                 Event::Read(0) => return End::Abnormal,
                 Event::Read(n) => {
-                    deadline = Instant::now() + self.keep_alive;
+                    self.signal.heard(self.keep_alive);
                     if n >= spare {
                         read_size = (read_size * 2).min(READ_SIZE_MAX);
                     } else if n < read_size / 4 {

@@ -72,22 +72,56 @@ struct Claim {
 }
 
 /// How a connection learns that it must end (another connection took its
-/// client id over, or the server is shutting down) and how its successor
-/// learns that it has saved its session. One small allocation per
-/// connection: idle connections stay cheap.
+/// client id over, the server is shutting down, or the client fell silent
+/// beyond its keep alive) and how its successor learns that it has saved
+/// its session. One small allocation per connection: idle connections stay
+/// cheap.
 #[derive(Default)]
 pub struct ConnSignal {
-    /// 0 running, else why it must end ([`END_TAKEN_OVER`], [`END_SHUTDOWN`]).
+    /// 0 running, else why it must end ([`END_TAKEN_OVER`], [`END_SHUTDOWN`],
+    /// [`END_KEEP_ALIVE`]).
     end: std::sync::atomic::AtomicU8,
     end_notify: tokio::sync::Notify,
     done: std::sync::atomic::AtomicBool,
     done_notify: tokio::sync::Notify,
+    /// When (on [`clock_ms`]) the client will have been silent too long; 0
+    /// for no keep alive. Checked by [`sweep_keep_alives`]: one timer for
+    /// the node instead of one per connection (a timer entry is larger than
+    /// the rest of an idle connection's wait).
+    silent_after_ms: std::sync::atomic::AtomicU64,
 }
 
 pub const END_TAKEN_OVER: u8 = 1;
 pub const END_SHUTDOWN: u8 = 2;
+pub const END_KEEP_ALIVE: u8 = 3;
+
+/// How often keep alives are checked: a silent client is cut between 1.5
+/// and 1.5 times its keep alive plus this.
+pub const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
+
+/// Milliseconds on a monotonic clock that starts with the process.
+pub fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    // Starts at 1: 0 means "no keep alive".
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
 
 impl ConnSignal {
+    /// The client was heard from: it may stay silent for `keep_alive` (zero:
+    /// for ever).
+    pub fn heard(&self, keep_alive: Duration) {
+        if !keep_alive.is_zero() {
+            self.silent_after_ms.store(
+                clock_ms() + keep_alive.as_millis() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
     /// Tells the connection to end (the first reason given stays).
     pub fn end(&self, why: u8) {
         use std::sync::atomic::Ordering;
@@ -194,6 +228,17 @@ impl Registry {
         }
     }
 
+    /// Ends every connection silent beyond its keep alive at `now_ms`.
+    fn sweep_keep_alives(&self, now_ms: u64) {
+        use std::sync::atomic::Ordering;
+        for c in self.clients.lock().values() {
+            let after = c.signal.silent_after_ms.load(Ordering::Relaxed);
+            if after != 0 && now_ms >= after && c.signal.end.load(Ordering::Acquire) == 0 {
+                c.signal.end(END_KEEP_ALIVE);
+            }
+        }
+    }
+
     pub fn is_connected(&self, client_id: &str) -> bool {
         self.clients.lock().contains_key(client_id)
     }
@@ -261,6 +306,26 @@ impl Shared {
     }
 }
 
+/// Ends connections whose clients fell silent (MQTT-3.1.2-24), every
+/// [`KEEP_ALIVE_SWEEP`], until the server stops.
+async fn sweep_keep_alives(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(KEEP_ALIVE_SWEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = clock_ms();
+        for space in shared.spaces() {
+            space.registry.sweep_keep_alives(now);
+        }
+    }
+}
+
 /// Counters behind the `$SYS` topics.
 #[derive(Default)]
 pub struct Stats {
@@ -322,6 +387,7 @@ pub async fn start(
             shared.space(&t.name).await?;
         }
     }
+    tokio::spawn(sweep_keep_alives(Arc::downgrade(&shared), shutdown.clone()));
     tokio::spawn(publish_sys(
         Arc::downgrade(&shared),
         sys_space,

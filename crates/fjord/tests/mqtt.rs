@@ -1218,3 +1218,87 @@ async fn puback_waits_for_the_fsync_the_durability_policy_asks_for() {
         counts[1]
     );
 }
+
+/// MQTT-3.1.2-24: a client silent for 1.5 × its keep alive is cut (its
+/// will published, as for a network failure); one that keeps pinging stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_cut_after_one_and_a_half_keep_alives() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let (host, port) = host_port(&node);
+    let mut o = MqttOptions::new("watcher", host.clone(), port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let (watcher, mut wev) = AsyncClient::new(o, 100);
+    watcher
+        .subscribe("wills/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    poll_until(&mut wev, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await;
+    // A well-behaved client with a 1 s keep alive (rumqttc pings).
+    let mut o = MqttOptions::new("pinger", host.clone(), port);
+    o.set_keep_alive(Duration::from_secs(1));
+    let (_pinger, mut pev) = AsyncClient::new(o, 10);
+    poll_until(&mut pev, |e| {
+        matches!(e, Event::Incoming(Packet::ConnAck(_)))
+    })
+    .await;
+    let pinging = tokio::spawn(async move {
+        let mut pongs = 0;
+        loop {
+            match pev.poll().await {
+                Ok(Event::Incoming(Packet::PingResp)) => pongs += 1,
+                Ok(_) => {}
+                Err(e) => return (pongs, Some(e.to_string())),
+            }
+            if pongs == 4 {
+                return (pongs, None);
+            }
+        }
+    });
+    // A silent one: CONNECT with keep alive 1 s and a will, then nothing.
+    let mut connect = vec![0x10, 0];
+    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0b0000_0110, 0, 1]);
+    for field in [&b"silent"[..], b"wills/silent", b"gone quiet"] {
+        connect.extend_from_slice(&(field.len() as u16).to_be_bytes());
+        connect.extend_from_slice(field);
+    }
+    connect[1] = (connect.len() - 2) as u8;
+    let silent = tokio::task::spawn_blocking({
+        let mqtt = node.mqtt.clone();
+        move || {
+            let mut s = std::net::TcpStream::connect(mqtt).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(&connect).unwrap();
+            let mut connack = [0u8; 4];
+            s.read_exact(&mut connack).unwrap();
+            assert_eq!(connack, [0x20, 2, 0, 0]);
+            let since = std::time::Instant::now();
+            // Blocks until the server closes the socket.
+            let rest = closed(s);
+            (since.elapsed(), rest)
+        }
+    });
+    let (silent_for, rest) = silent.await.unwrap();
+    assert!(
+        rest.is_empty(),
+        "3.1.1 has no DISCONNECT from the server: {rest:?}"
+    );
+    assert!(
+        silent_for >= Duration::from_millis(1400) && silent_for < Duration::from_secs(5),
+        "cut after {silent_for:?}, not 1.5 s (+ the sweep)"
+    );
+    poll_until(&mut wev, |e| {
+        matches!(e, Event::Incoming(Packet::Publish(p)) if p.topic == "wills/silent" && &p.payload[..] == b"gone quiet")
+    })
+    .await;
+    // The pinger saw four PINGRESPs (over 3 s and more) and was never cut.
+    let (pongs, error) = tokio::time::timeout(Duration::from_secs(20), pinging)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((pongs, error), (4, None));
+}
