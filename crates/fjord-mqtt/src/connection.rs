@@ -28,7 +28,7 @@ use crate::codec::{
     self, reason, topic, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, Packet,
     Properties, Protocol, Publish, QoS, SubAck, UnsubAck,
 };
-use crate::groups::SharedDelivery;
+use crate::groups::{Inbound, SharedDelivery};
 use crate::mapping::{Selection, TopicMap, RESERVED_STREAMS};
 use crate::record::{from_record, to_record};
 use crate::server::Shared;
@@ -120,7 +120,6 @@ enum Event {
     /// an event held across an await is part of the connection's future
     /// (idle connections stay small).
     Delivered,
-    Shared,
     Created(Box<StreamRef>),
     KeepAliveExpired,
     TakenOver,
@@ -420,8 +419,7 @@ struct Session {
     follow_all: bool,
     /// Created with the first subscription: an idle connection holds no
     /// queue (each costs a block of slots up front).
-    deliveries: Option<(mpsc::Sender<Delivery>, mpsc::Receiver<Delivery>)>,
-    shared_queue: Option<(mpsc::Sender<SharedDelivery>, mpsc::Receiver<SharedDelivery>)>,
+    inbound: Option<(mpsc::Sender<Inbound>, mpsc::Receiver<Inbound>)>,
     persistence: Persistence,
     /// Packet ids, QoS exchanges and topic aliases, allocated with the
     /// first exchange that needs them.
@@ -618,8 +616,7 @@ impl Session {
             map,
             subscribed: None,
             follow_all: false,
-            deliveries: None,
-            shared_queue: None,
+            inbound: None,
             flight: None,
             alias_max: (
                 if v5 { cfg.topic_alias_maximum } else { 0 },
@@ -711,7 +708,7 @@ impl Session {
             };
             if topic::shared(&sub.filter).is_some() {
                 self.st().shared_subs.insert(sub.filter.clone(), opts);
-                let tx = self.shared_sender();
+                let tx = self.inbound_sender();
                 let persistent = self.persistent();
                 self.space
                     .groups
@@ -833,8 +830,15 @@ impl Session {
         self.persistence.dirty = true;
     }
 
-    fn shared_sender(&mut self) -> mpsc::Sender<SharedDelivery> {
-        self.shared_queue
+    fn take_inbound(&mut self, d: Inbound) {
+        match d {
+            Inbound::Read(stream, p, rec) => self.deliver_read((stream, p, rec)),
+            Inbound::Shared(d) => self.deliver_shared(d),
+        }
+    }
+
+    fn inbound_sender(&mut self) -> mpsc::Sender<Inbound> {
+        self.inbound
             .get_or_insert_with(|| mpsc::channel(DELIVERY_QUEUE))
             .0
             .clone()
@@ -955,13 +959,9 @@ impl Session {
             let room = self.out_window.available() > 0;
             let event = tokio::select! {
                 n = rd.read_buf(&mut inbuf) => Event::Read(n.unwrap_or(0)),
-                Some(d) = recv_opt(&mut self.deliveries), if room => {
-                    self.deliver_read(d);
+                Some(d) = recv_opt(&mut self.inbound), if room => {
+                    self.take_inbound(d);
                     Event::Delivered
-                }
-                Some(d) = recv_opt(&mut self.shared_queue), if room => {
-                    self.deliver_shared(d);
-                    Event::Shared
                 }
                 Ok(s) = created.recv() => Event::Created(Box::new(s)),
                 // Keep alive too: the server's sweep tells a silent
@@ -985,14 +985,13 @@ impl Session {
                 Event::Delivered => {
                     // Drain what is queued, as far as the window allows.
                     while self.out_window.available() > 0 && self.out.len() < 64 * 1024 {
-                        match self.deliveries.as_mut().map(|(_, rx)| rx.try_recv()) {
-                            Some(Ok(d)) => self.deliver_read(d),
+                        match self.inbound.as_mut().map(|(_, rx)| rx.try_recv()) {
+                            Some(Ok(d)) => self.take_inbound(d),
                             _ => break,
                         }
                     }
                     self.save_if_due();
                 }
-                Event::Shared => {}
                 Event::Created(s) => Box::pin(self.on_stream_created(*s)).await,
                 Event::KeepAliveExpired => {
                     self.disconnect(reason::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
@@ -1453,7 +1452,7 @@ impl Session {
                 self.st().shared_subs.insert(req.filter.clone(), opts);
                 // Retained messages are not sent for shared subscriptions
                 // (MQTT 5.0 §4.8.2).
-                let tx = self.shared_sender();
+                let tx = self.inbound_sender();
                 self.space
                     .groups
                     .join(
@@ -1642,11 +1641,7 @@ impl Session {
                     next: start,
                     ..Default::default()
                 });
-            let tx = self
-                .deliveries
-                .get_or_insert_with(|| mpsc::channel(DELIVERY_QUEUE))
-                .0
-                .clone();
+            let tx = self.inbound_sender();
             let broker = broker.clone();
             let sref = sref.clone();
             let task = tokio::spawn(async move {
@@ -1656,7 +1651,9 @@ impl Session {
                         let stream = sref.stream.clone();
                         async move {
                             match item {
-                                Followed::Record(rec) => tx.send((stream, p, rec)).await.is_ok(),
+                                Followed::Record(rec) => {
+                                    tx.send(Inbound::Read(stream, p, rec)).await.is_ok()
+                                }
                                 Followed::Skipped { .. } => true,
                             }
                         }
@@ -1891,10 +1888,10 @@ impl Session {
             .filter_map(|p| p.shared)
             .collect();
         let mut queued = Vec::new();
-        if let Some((_, rx)) = self.shared_queue.as_mut() {
+        if let Some((_, rx)) = self.inbound.as_mut() {
             rx.close();
             while let Ok(d) = rx.try_recv() {
-                queued.push(d);
+                queued.extend(d.into_shared());
             }
         }
         for (f, stream, p, rec) in unfinished.into_iter().chain(queued) {

@@ -28,6 +28,25 @@ use crate::record::from_record;
 /// record with the partition it came from.
 pub type SharedDelivery = (String, StreamName, u32, Record);
 
+/// What reaches a session from the tasks reading for it, in one queue (one
+/// wait in the session's loop, which idle connections hold too): a record
+/// of a partition it follows, or one a shared subscription's group hands it.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Stream, partition, record.
+    Read(StreamName, u32, Record),
+    Shared(SharedDelivery),
+}
+
+impl Inbound {
+    pub fn into_shared(self) -> Option<SharedDelivery> {
+        match self {
+            Inbound::Shared(d) => Some(d),
+            Inbound::Read(..) => None,
+        }
+    }
+}
+
 /// What the group's readers feed its dispatcher.
 type Fed = (StreamName, u32, Record);
 
@@ -50,7 +69,7 @@ impl GroupProgress {
 const GROUP_QUEUE: usize = 256;
 
 struct Group {
-    members: Vec<(u64, mpsc::Sender<SharedDelivery>)>,
+    members: Vec<(u64, mpsc::Sender<Inbound>)>,
     next: usize,
     tasks: Vec<AbortHandle>,
     feed: mpsc::Sender<Fed>,
@@ -100,7 +119,7 @@ impl Groups {
         shared_filter: &str,
         map: &TopicMap,
         member: u64,
-        tx: mpsc::Sender<SharedDelivery>,
+        tx: mpsc::Sender<Inbound>,
         persistent: bool,
         resume: bool,
     ) {
@@ -404,7 +423,7 @@ async fn dispatch(
         }
         let mut item = (shared_filter.clone(), stream, p, rec);
         loop {
-            let candidates: Vec<mpsc::Sender<SharedDelivery>> = {
+            let candidates: Vec<mpsc::Sender<Inbound>> = {
                 let mut g = groups.lock();
                 let Some(group) = g.get_mut(&shared_filter) else {
                     return;
@@ -421,17 +440,19 @@ async fn dispatch(
             };
             let mut pending = Some(item);
             for tx in &candidates {
-                match tx.try_send(pending.take().expect("an item")) {
-                    Ok(()) => break,
-                    Err(mpsc::error::TrySendError::Full(back))
-                    | Err(mpsc::error::TrySendError::Closed(back)) => pending = Some(back),
+                let Some(d) = pending.take() else { break };
+                if let Err(e) = tx.try_send(Inbound::Shared(d)) {
+                    pending = e.into_inner().into_shared();
                 }
             }
             let Some(back) = pending else { break };
             // Everyone is busy: wait for the first member to take it.
-            match candidates[0].send(back).await {
+            match candidates[0].send(Inbound::Shared(back)).await {
                 Ok(()) => break,
-                Err(mpsc::error::SendError(back)) => item = back,
+                Err(mpsc::error::SendError(back)) => match back.into_shared() {
+                    Some(back) => item = back,
+                    None => break,
+                },
             }
         }
     }
