@@ -143,6 +143,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // connection's future for as long as the connection lives.
     peer: Box<Peer>,
     shared: Arc<Shared>,
+    // Released when the connection ends, however it ends.
+    _held: Held,
 ) -> Result<(), ConnError> {
     let (mut rd, mut wr) = tokio::io::split(io);
     let mut inbuf = BytesMut::new();
@@ -193,6 +195,29 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     let end = session.run(&mut rd, &mut wr, inbuf).await;
     Box::pin(session.finish(end)).await;
     Ok(())
+}
+
+/// What a connection holds for as long as it lives: its place in the
+/// node's connection limits and in its listener's connection gauge.
+pub struct Held {
+    _permit: fjord_auth::guard::Permit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Held {
+    pub fn new(permit: fjord_auth::guard::Permit, gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Held {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// Authenticates CONNECT, opens the tenant's space, checks the will and the

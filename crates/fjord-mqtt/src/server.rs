@@ -9,6 +9,7 @@ use std::time::Duration;
 use fjord_auth::{Peer, TlsListen};
 use fjord_broker::{Broker, BrokerError};
 use fjord_core::{NamespaceName, TenantName};
+use futures_util::future::{Either, FutureExt};
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -498,31 +499,35 @@ async fn serve(listener: Listener, shared: Arc<Shared>, shutdown: watch::Receive
         guard,
         refused,
         move |socket, addr, permit| {
-            let (shared, tls) = (shared.clone(), tls.clone());
-            async move {
-                // The connection's place in the node's limits, until it ends.
-                let _permit = permit;
-                let gauge = {
-                    let metrics = shared.broker.metrics();
-                    metrics.connections_total.with_label_values(&[label]).inc();
-                    metrics.connections.with_label_values(&[label])
-                };
-                gauge.inc();
-                // Boxed: a plain TCP connection's task is then only as large as
-                // its own session (idle connections).
-                let result = if tls.is_none() && !websocket {
-                    connection::run(socket, Box::new(Peer::plain(addr)), shared).await
-                } else {
-                    Box::pin(secured(socket, addr, &tls, websocket, shared)).await
-                };
-                if let Err(e) = result {
-                    tracing::debug!(peer = %addr, error = %e, "mqtt connection ended");
-                }
-                gauge.dec();
+            let gauge = {
+                let metrics = shared.broker.metrics();
+                metrics.connections_total.with_label_values(&[label]).inc();
+                metrics.connections.with_label_values(&[label])
+            };
+            let held = connection::Held::new(permit, gauge);
+            let shared = shared.clone();
+            // A plain TCP connection's task is its connection's future
+            // itself: a wrapping `async` block would keep room for the
+            // socket and the rest of its arguments twice (idle connections
+            // stay small). The rest is boxed.
+            if tls.is_none() && !websocket {
+                let run = connection::run(socket, Box::new(Peer::plain(addr)), shared, held);
+                Either::Left(run.map(log_end))
+            } else {
+                let tls = tls.clone();
+                Either::Right(Box::pin(async move {
+                    log_end(secured(socket, addr, &tls, websocket, shared, held).await)
+                }))
             }
         },
     )
     .await;
+}
+
+fn log_end(result: Result<(), connection::ConnError>) {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "mqtt connection ended");
+    }
 }
 
 /// The TLS handshake (within the connect timeout) when the listener has
@@ -533,6 +538,7 @@ async fn secured(
     tls: &Option<TlsListen>,
     websocket: bool,
     shared: Arc<Shared>,
+    held: connection::Held,
 ) -> Result<(), connection::ConnError> {
     let timeout = shared.config.connect_timeout;
     let (stream, peer) =
@@ -544,9 +550,9 @@ async fn secured(
             }
         };
     if websocket {
-        over_websocket(stream, peer, shared).await
+        over_websocket(stream, peer, shared, held).await
     } else {
-        connection::run(stream, Box::new(peer), shared).await
+        connection::run(stream, Box::new(peer), shared, held).await
     }
 }
 
@@ -555,6 +561,7 @@ async fn over_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
     io: S,
     peer: Peer,
     shared: Arc<Shared>,
+    held: connection::Held,
 ) -> Result<(), connection::ConnError> {
     let timeout = shared.config.connect_timeout;
     match tokio::time::timeout(
@@ -563,7 +570,9 @@ async fn over_websocket<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>
     )
     .await
     {
-        Ok(Ok(stream)) => connection::run(ws::WsIo::new(stream), Box::new(peer), shared).await,
+        Ok(Ok(stream)) => {
+            connection::run(ws::WsIo::new(stream), Box::new(peer), shared, held).await
+        }
         Ok(Err(e)) => Err(std::io::Error::other(e).into()),
         Err(_) => Err(connection::ConnError::ConnectTimeout),
     }
