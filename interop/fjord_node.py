@@ -33,7 +33,8 @@ class Node:
 
     def start(self):
         for _ in range(5):
-            self.http, self.mqtt, self.ws, self.kafka = (free_port() for _ in range(4))
+            self.http, self.mqtt, self.ws, self.kafka, self.pg = (free_port() for _ in range(5))
+            self.env["FJORD_SQL__PG_ADDR"] = f"127.0.0.1:{self.pg}"
             self.proc = subprocess.Popen(
                 [BIN, "serve", "--data-dir", self.data_dir,
                  "--http-addr", f"127.0.0.1:{self.http}",

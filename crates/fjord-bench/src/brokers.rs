@@ -112,7 +112,8 @@ impl Broker {
                     .arg("--kafka-addr")
                     .arg(kafka.map(|a| a.to_string()).unwrap_or_default())
                     .arg("--log-level")
-                    .arg("warn");
+                    .arg("warn")
+                    .env("FJORD_SQL__PG_ADDR", format!("127.0.0.1:{}", free_port()?));
                 c
             }
             Kind::Mosquitto => {

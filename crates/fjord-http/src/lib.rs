@@ -14,6 +14,7 @@ mod memory;
 mod ops;
 mod records;
 pub mod security_api;
+pub mod sql;
 mod ws;
 
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// The node's TLS material and listeners, for the admin API.
     pub tls: Option<security_api::TlsAdmin>,
+    /// SQL, when the node runs it (`POST /v1/sql`).
+    pub sql: Option<Arc<dyn sql::SqlService>>,
 }
 
 /// The whole HTTP API.
@@ -46,7 +49,16 @@ pub fn router(broker: Arc<Broker>) -> Router {
 /// The whole HTTP API, with the node's TLS listeners shown and reloadable
 /// through `/v1/admin/tls`.
 pub fn router_with_tls(broker: Arc<Broker>, tls: Option<security_api::TlsAdmin>) -> Router {
-    let state = AppState { broker, tls };
+    router_with(broker, tls, None)
+}
+
+/// The whole HTTP API, with TLS administration and SQL when given.
+pub fn router_with(
+    broker: Arc<Broker>,
+    tls: Option<security_api::TlsAdmin>,
+    sql: Option<Arc<dyn sql::SqlService>>,
+) -> Router {
+    let state = AppState { broker, tls, sql };
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -117,6 +129,7 @@ pub fn router_with_tls(broker: Arc<Broker>, tls: Option<security_api::TlsAdmin>)
             "/v1/streams/{tenant}/{namespace}/{stream}/ws",
             get(ws::upgrade),
         )
+        .route("/v1/sql", post(sql::run))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))

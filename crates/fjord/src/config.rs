@@ -32,6 +32,7 @@ pub struct Config {
     pub encryption: EncryptionConfig,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
+    pub sql: SqlConfig,
     /// Node-wide policy defaults; namespaces and streams override them.
     pub defaults: Policy,
 }
@@ -187,6 +188,19 @@ pub struct MemoryConfig {
     pub inflight_bytes_max: u64,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlConfig {
+    /// The PostgreSQL wire protocol (psql, psycopg, JDBC, Grafana); TLS on
+    /// the same port when `[tls]` is set (clients ask with `sslmode`).
+    pub pg_addr: Listen,
+    /// Client certificates on the PostgreSQL listener's TLS.
+    pub pg_tls_client_auth: ClientAuth,
+    /// Memory all SQL queries of the node may hold together; a query that
+    /// needs more fails ("resources exhausted") instead of growing the node.
+    pub memory_bytes: u64,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -234,6 +248,11 @@ impl Default for Config {
             },
             memory: MemoryConfig {
                 inflight_bytes_max: 512 * 1024 * 1024,
+            },
+            sql: SqlConfig {
+                pg_addr: on("0.0.0.0:5433"),
+                pg_tls_client_auth: ClientAuth::None,
+                memory_bytes: fjord_sql::MEMORY_DEFAULT as u64,
             },
             defaults: Policy::default(),
         }

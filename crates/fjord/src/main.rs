@@ -8,6 +8,7 @@ mod alloc;
 mod client;
 mod config;
 mod serve;
+mod sql_http;
 
 #[global_allocator]
 static ALLOCATOR: alloc::ReserveLarge = alloc::ReserveLarge;

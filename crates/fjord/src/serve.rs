@@ -140,6 +140,19 @@ pub async fn run(config: Config) -> Result<()> {
         config.kafka.tls_client_auth,
     )
     .await?;
+    let pg = bind_on("PostgreSQL", config.sql.pg_addr, "sql.pg_addr").await?;
+    let pg_tls = match (&tls, &pg) {
+        (Some(ctx), Some(_)) => {
+            ctx.check_mode(config.sql.pg_tls_client_auth)
+                .context("sql.pg_tls_client_auth")?;
+            Some(fjord_auth::TlsListen {
+                ctx: ctx.clone(),
+                client_auth: config.sql.pg_tls_client_auth,
+            })
+        }
+        _ => None,
+    };
+    let pg_at = local(&pg);
     let tls_reloader = tls.as_ref().map(|t| t.spawn_reloader());
     let mut bc = BrokerConfig::new(&config.data_dir);
     bc.defaults = config.resolved_defaults();
@@ -233,6 +246,7 @@ pub async fn run(config: Config) -> Result<()> {
         mqtt_wss = %mqtt_wss_at,
         kafka = %kafka_at,
         kafka_tls = %kafka_tls_at,
+        postgres = %pg_at,
         data_dir = %config.data_dir.display(),
         version = env!("CARGO_PKG_VERSION"),
         "fjord is ready"
@@ -259,7 +273,21 @@ pub async fn run(config: Config) -> Result<()> {
             .collect(),
         }
     });
-    let app = fjord_http::router_with_tls(broker.clone(), tls_admin);
+    let sql = fjord_sql::SqlEngine::with_memory(broker.clone(), config.sql.memory_bytes as usize);
+    let pg_server = pg.map(|tcp| {
+        tokio::spawn(fjord_sql::pg::serve(
+            tcp,
+            sql.clone(),
+            broker.clone(),
+            pg_tls,
+            stop_rx.clone(),
+        ))
+    });
+    let app = fjord_http::router_with(
+        broker.clone(),
+        tls_admin,
+        Some(Arc::new(crate::sql_http::HttpSql(sql.clone()))),
+    );
     let mut servers = tokio::task::JoinSet::new();
     if let Some(http) = http {
         let listener = axum::serve::ListenerExt::tap_io(
@@ -323,6 +351,9 @@ pub async fn run(config: Config) -> Result<()> {
     }
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, mqtt_server).await;
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, kafka_server).await;
+    if let Some(pg) = pg_server {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, pg).await;
+    }
     // Events of the last moments reach the audit stream before it closes
     // (they are in the log either way).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);

@@ -18,6 +18,8 @@ pub struct Node {
     /// host:port of the MQTT over WebSocket listener.
     pub mqtt_ws: String,
     pub kafka: String,
+    /// host:port of the PostgreSQL wire protocol listener.
+    pub pg: String,
     pub data_dir: PathBuf,
 }
 
@@ -50,6 +52,7 @@ impl Node {
             let mqtt = format!("127.0.0.1:{}", free_port());
             let mqtt_ws = format!("127.0.0.1:{}", free_port());
             let kafka = format!("127.0.0.1:{}", free_port());
+            let pg = format!("127.0.0.1:{}", free_port());
             let mut cmd = Command::new(bin());
             cmd.args(["serve", "--data-dir"])
                 .arg(data_dir)
@@ -70,6 +73,7 @@ impl Node {
                 })
                 .args(extra)
                 .env_remove("FJORD_URL")
+                .env("FJORD_SQL__PG_ADDR", &pg)
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit());
             tweak(&mut cmd);
@@ -81,6 +85,7 @@ impl Node {
                 mqtt,
                 mqtt_ws,
                 kafka,
+                pg,
                 data_dir: data_dir.to_path_buf(),
             };
             if node.wait_ready() {

@@ -1,0 +1,143 @@
+//! `POST /v1/sql`: one SQL statement, its result as JSON, CSV or Arrow IPC.
+//!
+//! The engine (fjord-sql, on DataFusion) is behind [`SqlService`], wired by
+//! the binary, so this crate builds without DataFusion.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fjord_auth::Principal;
+use serde::Deserialize;
+
+use crate::error::{ApiError, ApiResult};
+use crate::memory::RawBody;
+use crate::AppState;
+
+/// A result, written in the format asked for.
+pub struct SqlOutput {
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// Why a statement failed, and where in it.
+#[derive(Debug)]
+pub struct SqlFailure {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// 1-based line and column in the statement, when known.
+    pub line: Option<u64>,
+    pub column: Option<u64>,
+}
+
+pub type SqlFuture = Pin<Box<dyn Future<Output = Result<SqlOutput, SqlFailure>> + Send>>;
+
+/// Runs SQL for a principal.
+pub trait SqlService: Send + Sync + 'static {
+    /// `format`: `json`, `csv` or `arrow` (checked before this is called).
+    fn execute(&self, principal: Arc<Principal>, sql: String, format: &'static str) -> SqlFuture;
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SqlQuery {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlBody {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+fn format_of(s: &str) -> Result<&'static str, ApiError> {
+    match s {
+        "json" => Ok("json"),
+        "csv" => Ok("csv"),
+        "arrow" => Ok("arrow"),
+        other => Err(ApiError::bad_request(
+            "invalid_argument",
+            format!("`format` must be json, csv or arrow, not {other:?}"),
+        )),
+    }
+}
+
+/// The body is `{"sql": "...", "format": "..."}` (JSON), or the statement
+/// itself as text; `?format=` or `Accept` choose the format otherwise.
+pub async fn run(
+    State(s): State<AppState>,
+    who: Option<axum::Extension<Arc<Principal>>>,
+    query: Result<Query<SqlQuery>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: RawBody,
+) -> ApiResult<Response> {
+    let body = crate::memory::body_bytes(body)?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_argument", e.body_text()))?;
+    let Some(service) = s.sql.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_enabled",
+            "SQL is not enabled on this node",
+        ));
+    };
+    let Some(axum::Extension(principal)) = who else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "no principal",
+        ));
+    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let (sql, body_format) = if is_json {
+        let b: SqlBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))?;
+        (b.sql, b.format)
+    } else {
+        let text = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::bad_request("invalid_argument", "the statement is not UTF-8"))?;
+        (text, None)
+    };
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| {
+            if a.contains("text/csv") {
+                Some("csv")
+            } else if a.contains("application/vnd.apache.arrow.stream") {
+                Some("arrow")
+            } else {
+                None
+            }
+        });
+    let format = match body_format.or(q.format) {
+        Some(f) => format_of(&f)?,
+        None => accept.unwrap_or("json"),
+    };
+    if sql.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_argument",
+            "no SQL statement",
+        ));
+    }
+    match service.execute(principal, sql, format).await {
+        Ok(out) => Ok(([(header::CONTENT_TYPE, out.content_type)], out.body).into_response()),
+        Err(f) => {
+            let mut error = serde_json::json!({"code": f.code, "message": f.message});
+            if let (Some(l), Some(c)) = (f.line, f.column) {
+                error["line"] = l.into();
+                error["column"] = c.into();
+            }
+            Ok((f.status, axum::Json(serde_json::json!({ "error": error }))).into_response())
+        }
+    }
+}

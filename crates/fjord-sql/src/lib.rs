@@ -1,0 +1,131 @@
+//! `fjord-sql`: SQL on Fjord's streams with Apache DataFusion.
+//!
+//! Every stream is a table (see [`columns`] for its columns): tenant =
+//! catalog, namespace = schema, stream = table, and a query sees only what
+//! its principal may read ([`catalog`]). Ad-hoc queries read a snapshot of
+//! the stored data, narrowed by their time, offset and partition
+//! predicates ([`bounds`], [`scan`]). JSON payloads are read with the
+//! `json_get*` functions of `datafusion-functions-json`.
+
+pub mod bounds;
+pub mod catalog;
+pub mod columns;
+pub mod error;
+pub mod output;
+pub mod pg;
+pub mod scan;
+pub mod table;
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use fjord_auth::Principal;
+use fjord_broker::Broker;
+
+/// The DataFusion (and Arrow) this crate is built on, for its users' types.
+pub use datafusion;
+pub use error::{SqlError, SqlErrorKind};
+pub use output::Format;
+
+use catalog::Catalogs;
+use table::BrokerRef;
+
+/// The namespace an unqualified table name resolves in.
+pub const DEFAULT_SCHEMA: &str = "default";
+
+/// Memory all queries of a node may hold at once, by default.
+pub const MEMORY_DEFAULT: usize = 512 << 20;
+
+/// Queries only: DataFusion's own DDL, DML and COPY would reach the node's
+/// files (CREATE EXTERNAL TABLE, COPY … TO).
+pub fn query_options() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// SQL for one node.
+pub struct SqlEngine {
+    broker: Arc<BrokerRef>,
+    /// Shared by every query: its memory pool bounds them together.
+    runtime: Arc<RuntimeEnv>,
+}
+
+/// A query's result, collected.
+#[derive(Debug)]
+pub struct QueryResult {
+    pub schema: SchemaRef,
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryResult {
+    pub fn rows(&self) -> usize {
+        self.batches.iter().map(|b| b.num_rows()).sum()
+    }
+}
+
+impl SqlEngine {
+    pub fn new(broker: Arc<Broker>) -> Arc<Self> {
+        Self::with_memory(broker, MEMORY_DEFAULT)
+    }
+
+    /// With `memory_bytes` for all queries together: a query that needs
+    /// more fails with "resources exhausted" instead of growing the node.
+    pub fn with_memory(broker: Arc<Broker>, memory_bytes: usize) -> Arc<Self> {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
+            .build_arc()
+            .unwrap_or_else(|_| Arc::new(RuntimeEnv::default()));
+        Arc::new(SqlEngine {
+            broker: Arc::new(BrokerRef(broker)),
+            runtime,
+        })
+    }
+
+    /// A session for `principal`: its tenant is the default catalog,
+    /// `default` the default schema; only what it may read is there.
+    pub fn context(&self, principal: Arc<Principal>) -> SessionContext {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(principal.tenant.as_str(), DEFAULT_SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true);
+        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        ctx.register_catalog_list(Arc::new(Catalogs::new(self.broker.clone(), principal)));
+        let mut ctx = ctx;
+        if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
+            // Registration only fails on a name clash between built-ins.
+            tracing::error!(error = %e, "JSON functions not registered");
+        }
+        ctx
+    }
+
+    /// Runs one statement and streams its rows.
+    pub async fn stream(
+        &self,
+        principal: Arc<Principal>,
+        sql: &str,
+    ) -> Result<SendableRecordBatchStream, SqlError> {
+        let ctx = self.context(principal);
+        let df = ctx.sql_with_options(sql, query_options()).await?;
+        Ok(df.execute_stream().await?)
+    }
+
+    /// Runs one statement and collects its rows.
+    pub async fn query(
+        &self,
+        principal: Arc<Principal>,
+        sql: &str,
+    ) -> Result<QueryResult, SqlError> {
+        use futures_util::TryStreamExt;
+        let stream = self.stream(principal, sql).await?;
+        let schema = stream.schema();
+        let batches: Vec<RecordBatch> = stream.try_collect().await?;
+        Ok(QueryResult { schema, batches })
+    }
+}

@@ -1,0 +1,684 @@
+//! The PostgreSQL wire protocol (pgwire): `psql`, `psycopg`, JDBC and
+//! Grafana's PostgreSQL data source run SQL on Fjord's streams.
+//!
+//! * The database name is the tenant (a client that names none reaches the
+//!   one its user name names, as PostgreSQL does).
+//! * A user of the tenant proves itself with its Fjord password
+//!   (cleartext, which is why TLS should be on); a name that is no user of
+//!   a tenant that admits anonymous clients (`public` in the embedded
+//!   default) connects anonymously, as anonymous MQTT does.
+//! * Simple and extended query protocols; `$n` parameters are typed from
+//!   the query (DataFusion infers them) and bound from text or binary.
+//! * Session statements clients send on their own (`SET`, `BEGIN`,
+//!   `COMMIT`, `SHOW transaction_isolation`, `DISCARD ALL`) are answered;
+//!   there are no transactions to speak of (every query reads a snapshot).
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use fjord_auth::Principal;
+use fjord_broker::Broker;
+use fjord_core::TenantName;
+use futures_util::sink::{Sink, SinkExt};
+use futures_util::{stream, StreamExt};
+use pgwire::api::auth::{
+    finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
+    DefaultServerParameterProvider, StartupHandler,
+};
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{
+    DescribePortalResponse, DescribeStatementResponse, FieldInfo, QueryResponse, Response, Tag,
+};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{
+    ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers,
+    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::startup::Authentication;
+use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
+
+use crate::{SqlEngine, SqlError};
+
+/// One connection's handlers.
+pub struct PgHandlers {
+    engine: Arc<SqlEngine>,
+    broker: Arc<Broker>,
+}
+
+impl PgHandlers {
+    pub fn new(engine: Arc<SqlEngine>, broker: Arc<Broker>) -> Arc<Self> {
+        Arc::new(PgHandlers { engine, broker })
+    }
+}
+
+impl PgWireServerHandlers for PgHandlers {
+    fn simple_query_handler(&self) -> Arc<impl SimpleQueryHandler> {
+        Arc::new(Queries {
+            parser: Arc::new(Parser),
+        })
+    }
+
+    fn extended_query_handler(&self) -> Arc<impl ExtendedQueryHandler> {
+        Arc::new(Queries {
+            parser: Arc::new(Parser),
+        })
+    }
+
+    fn startup_handler(&self) -> Arc<impl StartupHandler> {
+        Arc::new(Login {
+            broker: self.broker.clone(),
+            engine: self.engine.clone(),
+        })
+    }
+}
+
+/// What a logged-in connection holds: who, and its SQL session (one per
+/// connection, so `SET`s of DataFusion settings last).
+struct PgSession {
+    ctx: SessionContext,
+}
+
+fn session<C: ClientInfo>(client: &C) -> PgWireResult<Arc<PgSession>> {
+    client
+        .session_extensions()
+        .get::<PgSession>()
+        .ok_or_else(|| user_error("28000", "not logged in"))
+}
+
+fn user_error(code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        "ERROR".to_owned(),
+        code.to_owned(),
+        message.into(),
+    )))
+}
+
+fn sql_error(e: SqlError, sql: &str) -> PgWireError {
+    let mut info = ErrorInfo::new(
+        "ERROR".to_owned(),
+        e.sqlstate().to_owned(),
+        e.message.clone(),
+    );
+    info.position = e.position_in(sql).map(|p| p.to_string());
+    PgWireError::UserError(Box::new(info))
+}
+
+// ---- login --------------------------------------------------------------
+
+struct Login {
+    broker: Arc<Broker>,
+    engine: Arc<SqlEngine>,
+}
+
+impl Login {
+    /// The tenant (database) and user the client named.
+    fn names<C: ClientInfo>(client: &C) -> PgWireResult<(TenantName, String)> {
+        let meta = client.metadata();
+        let user = meta.get("user").cloned().unwrap_or_default();
+        let database = meta
+            .get("database")
+            .filter(|d| !d.is_empty())
+            .cloned()
+            .unwrap_or_else(|| user.clone());
+        let tenant = TenantName::new(database.as_str())
+            .map_err(|_| user_error("3D000", format!("database \"{database}\" does not exist")))?;
+        Ok((tenant, user))
+    }
+
+    async fn admit<C>(&self, client: &mut C, principal: Principal) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let principal = Arc::new(principal);
+        client.session_extensions().insert(PgSession {
+            ctx: self.engine.context(principal),
+        });
+        let (pid, secret) = RandomPidSecretKeyGenerator::default().generate(client);
+        client.set_pid_and_secret_key(pid, secret);
+        finish_authentication(client, &DefaultServerParameterProvider::default()).await
+    }
+}
+
+#[async_trait]
+impl StartupHandler for Login {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                let (tenant, user) = Self::names(client)?;
+                if self.broker.get_tenant(&tenant).is_err() {
+                    return Err(user_error(
+                        "3D000",
+                        format!("database \"{tenant}\" does not exist"),
+                    ));
+                }
+                let is_user = self
+                    .broker
+                    .meta()
+                    .get_user(&tenant, &user)
+                    .is_ok_and(|u| u.is_some());
+                if !is_user {
+                    if let Ok(p) = self.broker.anonymous(&tenant) {
+                        return self.admit(client, p).await;
+                    }
+                }
+                client.set_state(PgWireConnectionState::AuthenticationInProgress);
+                client
+                    .send(PgWireBackendMessage::Authentication(
+                        Authentication::CleartextPassword,
+                    ))
+                    .await?;
+                Ok(())
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
+                let password = pwd.into_password()?.password;
+                let (tenant, user) = Self::names(client)?;
+                let login = format!("{tenant}:{user}");
+                let broker = self.broker.clone();
+                let checked =
+                    tokio::task::spawn_blocking(move || broker.authenticate(&login, &password))
+                        .await
+                        .map_err(|e| user_error("XX000", e.to_string()))?;
+                match checked {
+                    Ok(p) => self.admit(client, p).await,
+                    Err(e) => {
+                        self.broker
+                            .login_failed(client.socket_addr().ip(), "postgres");
+                        tracing::warn!(peer = %client.socket_addr(), error = %e, "postgres login refused");
+                        Err(user_error(
+                            "28P01",
+                            format!("password authentication failed for user \"{user}\""),
+                        ))
+                    }
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+// ---- queries --------------------------------------------------------------
+
+/// A statement as the extended protocol keeps it.
+#[derive(Debug, Clone)]
+pub struct PgStatement {
+    sql: String,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    /// Answered by Fjord itself: the command tag, and for `SHOW` a value.
+    Session(&'static str, Option<(String, String)>),
+    Query(Box<LogicalPlan>),
+    Empty,
+}
+
+/// Classifies session statements clients send unasked; `None` for SQL.
+fn session_statement(sql: &str) -> Option<Kind> {
+    let words: Vec<String> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    let first = words.first()?.as_str();
+    let tag = match first {
+        "set" | "reset" => {
+            // DataFusion's own settings (`SET datafusion.…`) are its.
+            if words.get(1).is_some_and(|w| w.starts_with("datafusion.")) {
+                return None;
+            }
+            if first == "set" {
+                "SET"
+            } else {
+                "RESET"
+            }
+        }
+        "begin" | "start" => "BEGIN",
+        "commit" | "end" => "COMMIT",
+        "rollback" | "abort" => "ROLLBACK",
+        "discard" => "DISCARD ALL",
+        "deallocate" => "DEALLOCATE",
+        "show" => {
+            let name = words[1..].join(" ");
+            let value = match name.as_str() {
+                "transaction isolation level" | "transaction_isolation" => "read committed",
+                "server_version" => "16.0",
+                "server_encoding" | "client_encoding" => "UTF8",
+                "standard_conforming_strings" => "on",
+                "datestyle" => "ISO, MDY",
+                "timezone" => "UTC",
+                "integer_datetimes" => "on",
+                _ => return None,
+            };
+            let column = words[1..].join("_");
+            return Some(Kind::Session("SHOW", Some((column, value.to_string()))));
+        }
+        _ => return None,
+    };
+    Some(Kind::Session(tag, None))
+}
+
+struct Parser;
+
+impl Parser {
+    async fn plan(ctx: &SessionContext, sql: &str) -> Result<Kind, SqlError> {
+        if sql.trim().trim_matches(';').trim().is_empty() {
+            return Ok(Kind::Empty);
+        }
+        if let Some(k) = session_statement(sql) {
+            return Ok(k);
+        }
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        crate::query_options().verify_plan(&plan)?;
+        Ok(Kind::Query(Box::new(plan)))
+    }
+}
+
+#[async_trait]
+impl QueryParser for Parser {
+    type Statement = PgStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        _types: &[Option<Type>],
+    ) -> PgWireResult<Option<PgStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let s = session(client)?;
+        let kind = Self::plan(&s.ctx, sql)
+            .await
+            .map_err(|e| sql_error(e, sql))?;
+        Ok(Some(PgStatement {
+            sql: sql.to_string(),
+            kind,
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &PgStatement) -> PgWireResult<Vec<Type>> {
+        parameter_types(stmt)
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &PgStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        Queries::fields(stmt, format.unwrap_or(&Format::UnifiedText))
+    }
+}
+
+/// The types of `$1…$n`, as DataFusion inferred them.
+fn parameter_types(stmt: &PgStatement) -> PgWireResult<Vec<Type>> {
+    let Kind::Query(plan) = &stmt.kind else {
+        return Ok(Vec::new());
+    };
+    let types = plan
+        .get_parameter_types()
+        .map_err(|e| sql_error(e.into(), &stmt.sql))?;
+    let mut ordered: Vec<(usize, Option<DataType>)> = types
+        .into_iter()
+        .filter_map(|(name, t)| {
+            let n: usize = name.trim_start_matches('$').parse().ok()?;
+            Some((n, t))
+        })
+        .collect();
+    ordered.sort_by_key(|(n, _)| *n);
+    Ok(ordered
+        .into_iter()
+        .map(|(_, t)| {
+            t.and_then(|t| arrow_pg::datatypes::into_pg_type(&t).ok())
+                .unwrap_or(Type::UNKNOWN)
+        })
+        .collect())
+}
+
+/// A parameter of `portal` as a DataFusion value of the type `want`.
+fn parameter(portal: &Portal<PgStatement>, i: usize, pg: &Type) -> PgWireResult<ScalarValue> {
+    Ok(match *pg {
+        Type::BOOL => ScalarValue::Boolean(portal.parameter::<bool>(i, pg)?),
+        Type::INT2 => ScalarValue::Int16(portal.parameter::<i16>(i, pg)?),
+        Type::INT4 => ScalarValue::Int32(portal.parameter::<i32>(i, pg)?),
+        Type::INT8 => ScalarValue::Int64(portal.parameter::<i64>(i, pg)?),
+        Type::FLOAT4 => ScalarValue::Float32(portal.parameter::<f32>(i, pg)?),
+        Type::FLOAT8 => ScalarValue::Float64(portal.parameter::<f64>(i, pg)?),
+        Type::TIMESTAMP => ScalarValue::TimestampMicrosecond(
+            portal
+                .parameter::<chrono::NaiveDateTime>(i, pg)?
+                .map(|t| t.and_utc().timestamp_micros()),
+            None,
+        ),
+        Type::TIMESTAMPTZ => ScalarValue::TimestampMicrosecond(
+            portal
+                .parameter::<chrono::DateTime<chrono::FixedOffset>>(i, pg)?
+                .map(|t| t.timestamp_micros()),
+            Some("UTC".into()),
+        ),
+        Type::BYTEA => ScalarValue::Binary(portal.parameter::<Vec<u8>>(i, pg)?),
+        // Text, and types the query did not pin: the client's text.
+        _ => ScalarValue::Utf8(portal.parameter::<String>(i, &Type::TEXT)?),
+    })
+}
+
+struct Queries {
+    parser: Arc<Parser>,
+}
+
+impl Queries {
+    async fn run(
+        &self,
+        ctx: &SessionContext,
+        stmt: &PgStatement,
+        params: Option<ParamValues>,
+        format: &Format,
+    ) -> PgWireResult<Response> {
+        match &stmt.kind {
+            Kind::Empty => Ok(Response::EmptyQuery),
+            Kind::Session(tag, None) => Ok(match *tag {
+                "BEGIN" => Response::TransactionStart(Tag::new(tag)),
+                "COMMIT" | "ROLLBACK" => Response::TransactionEnd(Tag::new(tag)),
+                _ => Response::Execution(Tag::new(tag)),
+            }),
+            Kind::Session(_, Some((column, value))) => {
+                let fields = Arc::new(vec![FieldInfo::new(
+                    column.clone(),
+                    None,
+                    None,
+                    Type::TEXT,
+                    format.format_for(0),
+                )]);
+                let mut enc = pgwire::api::results::DataRowEncoder::new(fields.clone());
+                enc.encode_field(&Some(value.as_str()))?;
+                let row = enc.take_row();
+                Ok(Response::Query(QueryResponse::new(
+                    fields,
+                    stream::iter(vec![Ok(row)]),
+                )))
+            }
+            Kind::Query(plan) => {
+                let plan = match params {
+                    Some(p) => (**plan)
+                        .clone()
+                        .with_param_values(p)
+                        .map_err(|e| sql_error(e.into(), &stmt.sql))?,
+                    None => (**plan).clone(),
+                };
+                let df = ctx
+                    .execute_logical_plan(plan)
+                    .await
+                    .map_err(|e| sql_error(e.into(), &stmt.sql))?;
+                let schema = df.schema().as_arrow().clone();
+                let batches = df
+                    .execute_stream()
+                    .await
+                    .map_err(|e| sql_error(e.into(), &stmt.sql))?;
+                let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(
+                    &schema, format, None,
+                )?);
+                let sql = stmt.sql.clone();
+                let rows_fields = fields.clone();
+                let rows = batches.flat_map(move |b| match b {
+                    Ok(b) => stream::iter(
+                        arrow_pg::datatypes::encode_recordbatch(rows_fields.clone(), b)
+                            .collect::<Vec<_>>(),
+                    ),
+                    Err(e) => stream::iter(vec![Err(sql_error(e.into(), &sql))]),
+                });
+                Ok(Response::Query(QueryResponse::new(fields, rows)))
+            }
+        }
+    }
+
+    fn fields(stmt: &PgStatement, format: &Format) -> PgWireResult<Vec<FieldInfo>> {
+        match &stmt.kind {
+            Kind::Query(plan) => {
+                let schema = plan.schema().as_arrow().clone();
+                Ok(arrow_pg::datatypes::arrow_schema_to_pg_fields(
+                    &schema, format, None,
+                )?)
+            }
+            Kind::Session(_, Some((column, _))) => Ok(vec![FieldInfo::new(
+                column.clone(),
+                None,
+                None,
+                Type::TEXT,
+                format.format_for(0),
+            )]),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl SimpleQueryHandler for Queries {
+    async fn do_query<C>(&self, client: &mut C, query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let s = session(client)?;
+        let mut out = Vec::new();
+        for sql in split_statements(query).map_err(|e| sql_error(e, query))? {
+            let kind = Parser::plan(&s.ctx, &sql)
+                .await
+                .map_err(|e| sql_error(e, &sql))?;
+            let stmt = PgStatement { sql, kind };
+            out.push(self.run(&s.ctx, &stmt, None, &Format::UnifiedText).await?);
+        }
+        Ok(out)
+    }
+}
+
+/// The statements of a simple query, in order.
+fn split_statements(query: &str) -> Result<Vec<String>, SqlError> {
+    use datafusion::sql::parser::DFParser;
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    if query.trim().trim_matches(';').trim().is_empty() {
+        return Ok(vec![String::new()]);
+    }
+    // Session statements may not be in DataFusion's grammar: one alone is
+    // taken as it is.
+    if session_statement(query).is_some() && !query.trim().trim_end_matches(';').contains(';') {
+        return Ok(vec![query.to_string()]);
+    }
+    let stmts = DFParser::parse_sql_with_dialect(query, &PostgreSqlDialect {})
+        .map_err(|e| SqlError::from(datafusion::error::DataFusionError::from(e)))?;
+    Ok(stmts.into_iter().map(|s| s.to_string()).collect())
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for Queries {
+    type Statement = PgStatement;
+    type QueryParser = Parser;
+
+    fn query_parser(&self) -> Arc<Parser> {
+        self.parser.clone()
+    }
+
+    async fn do_describe_statement<C>(
+        &self,
+        _client: &mut C,
+        target: &StoredStatement<PgStatement>,
+    ) -> PgWireResult<DescribeStatementResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let params = parameter_types(&target.statement)?;
+        let fields = Self::fields(&target.statement, &Format::UnifiedText)?;
+        Ok(DescribeStatementResponse::new(params, fields))
+    }
+
+    async fn do_describe_portal<C>(
+        &self,
+        _client: &mut C,
+        target: &Portal<PgStatement>,
+    ) -> PgWireResult<DescribePortalResponse>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let fields = Self::fields(&target.statement.statement, &target.result_column_format)?;
+        Ok(DescribePortalResponse::new(fields))
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PgStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = PgStatement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let s = session(client)?;
+        let stmt = &portal.statement.statement;
+        let inferred = parameter_types(stmt)?;
+        let params = if portal.parameter_len() == 0 {
+            None
+        } else {
+            let mut values = Vec::with_capacity(portal.parameter_len());
+            for i in 0..portal.parameter_len() {
+                // The client's declared type, else the inferred one.
+                let t = portal
+                    .statement
+                    .parameter_types
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .filter(|t| *t != Type::UNKNOWN)
+                    .or_else(|| inferred.get(i).cloned())
+                    .unwrap_or(Type::UNKNOWN);
+                values.push(parameter(portal, i, &t)?);
+            }
+            Some(ParamValues::List(
+                values.into_iter().map(Into::into).collect(),
+            ))
+        };
+        self.run(&s.ctx, stmt, params, &portal.result_column_format)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_statements_clients_send() {
+        assert!(matches!(
+            session_statement("SET extra_float_digits = 3"),
+            Some(Kind::Session("SET", None))
+        ));
+        assert!(matches!(
+            session_statement("BEGIN"),
+            Some(Kind::Session("BEGIN", None))
+        ));
+        assert!(session_statement("SET datafusion.execution.batch_size = 10").is_none());
+        match session_statement("SHOW TRANSACTION ISOLATION LEVEL") {
+            Some(Kind::Session("SHOW", Some((c, v)))) => {
+                assert_eq!(c, "transaction_isolation_level");
+                assert_eq!(v, "read committed");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(session_statement("SELECT 1").is_none());
+    }
+
+    #[test]
+    fn simple_queries_split_into_statements() {
+        assert_eq!(split_statements("SELECT 1; SELECT 2;").unwrap().len(), 2);
+        assert_eq!(
+            split_statements("SET application_name = 'x'")
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(split_statements("SELEC 1").is_err());
+    }
+}
+
+/// Serves the PostgreSQL protocol on `tcp` until `shutdown`: TLS when the
+/// client asks for it (`sslmode=require`) and the node has certificates.
+pub async fn serve(
+    tcp: tokio::net::TcpListener,
+    engine: Arc<SqlEngine>,
+    broker: Arc<Broker>,
+    tls: Option<fjord_auth::TlsListen>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let handlers = PgHandlers::new(engine, broker.clone());
+    let guard = broker.guard().clone();
+    let refused_broker = broker.clone();
+    let refused = move |why, addr| refused_broker.connection_refused("postgres", why, addr);
+    fjord_auth::listener::accept_loop(
+        tcp,
+        "postgres",
+        shutdown,
+        guard,
+        refused,
+        move |socket, addr, permit| {
+            let handlers = handlers.clone();
+            let broker = broker.clone();
+            // The certificate files may have been reloaded: the acceptor is
+            // made per connection from the current ones.
+            let acceptor =
+                tls.as_ref()
+                    .and_then(|t| match t.ctx.server_config(t.client_auth, &[]) {
+                        Ok(c) => Some(tokio_rustls::TlsAcceptor::from(c)),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "postgres TLS unavailable");
+                            None
+                        }
+                    });
+            async move {
+                let _permit = permit;
+                let metrics = broker.metrics();
+                metrics
+                    .connections_total
+                    .with_label_values(&["postgres"])
+                    .inc();
+                let gauge = metrics.connections.with_label_values(&["postgres"]);
+                gauge.inc();
+                if let Err(e) = pgwire::tokio::process_socket(socket, acceptor, handlers).await {
+                    tracing::debug!(peer = %addr, error = %e, "postgres connection ended");
+                }
+                gauge.dec();
+            }
+        },
+    )
+    .await;
+}

@@ -1,0 +1,183 @@
+//! The PostgreSQL wire protocol with a client nobody here wrote
+//! (`tokio-postgres`): simple and extended queries, typed parameters,
+//! logins (anonymous in `public`, a tenant's user with its password, wrong
+//! passwords and unknown databases refused), errors with SQLSTATEs.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fjord_broker::{Broker, BrokerConfig};
+use fjord_core::{Policy, RecordInput, StreamRef, TenantName};
+use fjord_sql::SqlEngine;
+use tokio_postgres::{NoTls, SimpleQueryMessage};
+
+struct Server {
+    port: u16,
+    _stop: tokio::sync::watch::Sender<bool>,
+    broker: Arc<Broker>,
+}
+
+async fn server(dir: &std::path::Path) -> Server {
+    let mut config = BrokerConfig::new(dir);
+    config.auth.anonymous_admin = false;
+    let broker = Broker::open(config).await.unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let engine = SqlEngine::new(broker.clone());
+    tokio::spawn(fjord_sql::pg::serve(
+        tcp,
+        engine,
+        broker.clone(),
+        None,
+        shutdown,
+    ));
+    Server {
+        port,
+        _stop: stop,
+        broker,
+    }
+}
+
+async fn connect(port: u16, params: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) =
+        tokio_postgres::connect(&format!("host=127.0.0.1 port={port} {params}"), NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn readings(b: &Broker, tenant: &str, n: usize) {
+    let s = StreamRef::new(tenant, "default", "plant1").unwrap();
+    b.create_stream(&s, Some(1), Policy::default()).unwrap();
+    let records = (0..n)
+        .map(|i| RecordInput {
+            key: Some(Bytes::from(format!("dev-{}", i % 4))),
+            value: Some(Bytes::from(format!(r#"{{"temp":{}}}"#, i as f64 / 2.0))),
+            headers: vec![],
+            event_ts: Some(1_700_000_000_000 + i as i64 * 1000),
+        })
+        .collect();
+    b.produce(&s, records, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_and_extended_queries_with_parameters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path()).await;
+    readings(&srv.broker, "public", 40).await;
+    // Anonymous in `public`: any user name that is no user there.
+    let c = connect(srv.port, "user=grafana dbname=public")
+        .await
+        .unwrap();
+    // Simple protocol, several statements, and what drivers send unasked.
+    let msgs = c
+        .simple_query("SET application_name = 'test'; SELECT count(*) AS n FROM plant1; SHOW transaction_isolation")
+        .await
+        .unwrap();
+    let values: Vec<String> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, ["40", "read committed"]);
+    // Extended protocol with typed parameters.
+    let rows = c
+        .query(
+            "SELECT _key, count(*) AS n, avg(json_get_float(value, 'temp')) AS t \
+             FROM plant1 WHERE _offset >= $1 AND _key <> $2 GROUP BY _key ORDER BY _key",
+            &[&10i64, &"dev-3"],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    // Offsets 10–39, key = offset % 4, dev-3 left out.
+    let expect: Vec<(String, i64)> = (0..3)
+        .map(|k| {
+            (
+                format!("dev-{k}"),
+                (10..40).filter(|i| i % 4 == k).count() as i64,
+            )
+        })
+        .collect();
+    assert_eq!(got, expect);
+    let avg: f64 = rows[0].get(2);
+    // dev-0 from offset 10: offsets 12, 16, …, 36, temperature offset / 2.
+    let expect: Vec<f64> = (10..40)
+        .filter(|i| i % 4 == 0)
+        .map(|i| i as f64 / 2.0)
+        .collect();
+    assert!((avg - expect.iter().sum::<f64>() / expect.len() as f64).abs() < 1e-9);
+    // Timestamps come back as timestamps.
+    let row = c
+        .query_one("SELECT _event_ts FROM plant1 WHERE _offset = $1", &[&0i64])
+        .await
+        .unwrap();
+    let ts: chrono::DateTime<chrono::Utc> = row.get(0);
+    assert_eq!(ts.timestamp_millis(), 1_700_000_000_000);
+    // A prepared statement reused with other values.
+    let st = c
+        .prepare("SELECT count(*) FROM plant1 WHERE _offset < $1")
+        .await
+        .unwrap();
+    for (bound, n) in [(5i64, 5i64), (20, 20), (100, 40)] {
+        let r = c.query_one(&st, &[&bound]).await.unwrap();
+        assert_eq!(r.get::<_, i64>(0), n);
+    }
+    // Errors carry SQLSTATEs (and the connection stays usable).
+    let e = c.simple_query("SELECT * FROM nowhere").await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42P01"), "{e:?}");
+    let e = c.simple_query("SELEC 1").await.unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42601"), "{e:?}");
+    assert_eq!(
+        c.query_one("SELECT 1::BIGINT", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_follow_the_identity_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path()).await;
+    let acme = TenantName::new("acme").unwrap();
+    srv.broker.create_tenant(&acme).unwrap();
+    srv.broker
+        .set_user(&acme, "dash", "dash-password", None, None)
+        .unwrap();
+    readings(&srv.broker, "acme", 3).await;
+    // acme admits no anonymous clients: a user and its password.
+    let c = connect(srv.port, "user=dash password=dash-password dbname=acme")
+        .await
+        .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM plant1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    let e = connect(srv.port, "user=dash password=wrong dbname=acme")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("28P01"), "{e:?}");
+    let e = connect(srv.port, "user=nobody password=x dbname=acme")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("28P01"), "{e:?}");
+    let e = connect(srv.port, "user=x dbname=nosuchtenant")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("3D000"), "{e:?}");
+    // From public, acme's stream is not there.
+    let c = connect(srv.port, "user=someone dbname=public")
+        .await
+        .unwrap();
+    let e = c
+        .simple_query(r#"SELECT * FROM acme."default".plant1"#)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("42P01"), "{e:?}");
+}
