@@ -73,19 +73,17 @@ impl Bounds {
                     self.compare(c, Operator::LtEq, hi);
                 }
             }
-            Expr::InList(l) if !l.negated => {
-                if column(&l.expr) == Some(Column::Partition) {
-                    let values: Option<BTreeSet<u32>> = l
-                        .list
-                        .iter()
-                        .map(|v| match literal(v) {
-                            Some((v, true)) => u32::try_from(v).ok(),
-                            _ => None,
-                        })
-                        .collect();
-                    if let Some(set) = values {
-                        self.only_partitions(set);
-                    }
+            Expr::InList(l) if !l.negated && column(&l.expr) == Some(Column::Partition) => {
+                let values: Option<BTreeSet<u32>> = l
+                    .list
+                    .iter()
+                    .map(|v| match literal(v) {
+                        Some((v, true)) => u32::try_from(v).ok(),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(set) = values {
+                    self.only_partitions(set);
                 }
             }
             _ => {}

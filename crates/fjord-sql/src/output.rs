@@ -131,15 +131,19 @@ mod tests {
     #[test]
     fn json_csv_and_arrow() {
         let (schema, b) = batch();
-        let j: serde_json::Value =
-            serde_json::from_slice(&encode(Format::Json, &schema, &[b.clone()]).unwrap()).unwrap();
+        let j: serde_json::Value = serde_json::from_slice(
+            &encode(Format::Json, &schema, std::slice::from_ref(&b)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(j["columns"][1]["name"], "n");
         assert_eq!(j["rows"][0]["device"], "a,b");
         assert_eq!(j["rows"][1]["n"], 2);
         assert!(j["rows"][1].as_object().unwrap().contains_key("device"));
-        let csv = String::from_utf8(encode(Format::Csv, &schema, &[b.clone()]).unwrap()).unwrap();
+        let csv =
+            String::from_utf8(encode(Format::Csv, &schema, std::slice::from_ref(&b)).unwrap())
+                .unwrap();
         assert_eq!(csv, "device,n\n\"a,b\",1\n,2\n");
-        let ipc = encode(Format::Arrow, &schema, &[b.clone()]).unwrap();
+        let ipc = encode(Format::Arrow, &schema, std::slice::from_ref(&b)).unwrap();
         let r = datafusion::arrow::ipc::reader::StreamReader::try_new(&ipc[..], None).unwrap();
         let back: Vec<RecordBatch> = r.map(|b| b.unwrap()).collect();
         assert_eq!(back, vec![b]);

@@ -507,8 +507,8 @@ fn split_statements(query: &str) -> Result<Vec<String>, SqlError> {
     if session_statement(query).is_some() && !query.trim().trim_end_matches(';').contains(';') {
         return Ok(vec![query.to_string()]);
     }
-    let stmts = DFParser::parse_sql_with_dialect(query, &PostgreSqlDialect {})
-        .map_err(|e| SqlError::from(datafusion::error::DataFusionError::from(e)))?;
+    let stmts =
+        DFParser::parse_sql_with_dialect(query, &PostgreSqlDialect {}).map_err(SqlError::from)?;
     Ok(stmts.into_iter().map(|s| s.to_string()).collect())
 }
 
@@ -593,44 +593,6 @@ impl ExtendedQueryHandler for Queries {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn session_statements_clients_send() {
-        assert!(matches!(
-            session_statement("SET extra_float_digits = 3"),
-            Some(Kind::Session("SET", None))
-        ));
-        assert!(matches!(
-            session_statement("BEGIN"),
-            Some(Kind::Session("BEGIN", None))
-        ));
-        assert!(session_statement("SET datafusion.execution.batch_size = 10").is_none());
-        match session_statement("SHOW TRANSACTION ISOLATION LEVEL") {
-            Some(Kind::Session("SHOW", Some((c, v)))) => {
-                assert_eq!(c, "transaction_isolation_level");
-                assert_eq!(v, "read committed");
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(session_statement("SELECT 1").is_none());
-    }
-
-    #[test]
-    fn simple_queries_split_into_statements() {
-        assert_eq!(split_statements("SELECT 1; SELECT 2;").unwrap().len(), 2);
-        assert_eq!(
-            split_statements("SET application_name = 'x'")
-                .unwrap()
-                .len(),
-            1
-        );
-        assert!(split_statements("SELEC 1").is_err());
-    }
-}
-
 /// Serves the PostgreSQL protocol on `tcp` until `shutdown`: TLS when the
 /// client asks for it (`sslmode=require`) and the node has certificates.
 pub async fn serve(
@@ -681,4 +643,42 @@ pub async fn serve(
         },
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_statements_clients_send() {
+        assert!(matches!(
+            session_statement("SET extra_float_digits = 3"),
+            Some(Kind::Session("SET", None))
+        ));
+        assert!(matches!(
+            session_statement("BEGIN"),
+            Some(Kind::Session("BEGIN", None))
+        ));
+        assert!(session_statement("SET datafusion.execution.batch_size = 10").is_none());
+        match session_statement("SHOW TRANSACTION ISOLATION LEVEL") {
+            Some(Kind::Session("SHOW", Some((c, v)))) => {
+                assert_eq!(c, "transaction_isolation_level");
+                assert_eq!(v, "read committed");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(session_statement("SELECT 1").is_none());
+    }
+
+    #[test]
+    fn simple_queries_split_into_statements() {
+        assert_eq!(split_statements("SELECT 1; SELECT 2;").unwrap().len(), 2);
+        assert_eq!(
+            split_statements("SET application_name = 'x'")
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(split_statements("SELEC 1").is_err());
+    }
 }
