@@ -241,6 +241,39 @@ impl Client {
     }
 }
 
+impl Client {
+    /// POSTs `body` as text; the status and the raw answer (any format).
+    pub(crate) async fn post_raw(
+        &self,
+        path: &str,
+        body: String,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes)> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .http
+            .post(&url)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(body);
+        if let Some((u, p)) = &self.user {
+            req = req.basic_auth(u, Some(p));
+        } else if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow::anyhow!(
+                    "no Fjord node answers at {} ({e}); start one with `fjord serve` or pass --url",
+                    self.base
+                )
+            } else {
+                anyhow::anyhow!("request to {url} failed: {e}")
+            }
+        })?;
+        let status = resp.status();
+        Ok((status, resp.bytes().await.context("reading the response")?))
+    }
+}
+
 pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }

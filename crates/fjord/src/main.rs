@@ -8,6 +8,7 @@ mod alloc;
 mod client;
 mod config;
 mod serve;
+mod sql_cli;
 mod sql_http;
 
 #[global_allocator]
@@ -71,6 +72,9 @@ enum Command {
         #[command(subcommand)]
         cmd: client::StreamCmd,
     },
+    /// Run SQL on a node's streams: `-c 'SELECT …'`, statements on stdin,
+    /// or an interactive shell.
+    Sql(sql_cli::SqlArgs),
     /// Produce records: one per line of stdin (or --file).
     Produce(client::ProduceArgs),
     /// Consume records, optionally following the tail.
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
             Some(Command::Serve(a)) => serve_cmd(a).await,
             Some(Command::Stream { conn, cmd }) => client::stream(conn, cmd).await,
             Some(Command::Produce(a)) => client::produce(a).await,
+            Some(Command::Sql(a)) => sql_cli::sql(a).await,
             Some(Command::Consume(a)) => client::consume(a).await,
             Some(Command::Mqtt { conn, cmd }) => client::mqtt(conn, cmd).await,
             Some(Command::User { conn, cmd }) => admin_cli::user(conn, cmd).await,

@@ -294,3 +294,41 @@ fn security_administration_from_the_cli() {
     assert!(tls.contains("\"enabled\": false"), "{tls}");
     ok(&fjord_as(u, admin, &["user", "delete", "acme:alice"], None));
 }
+
+/// `fjord sql`: one command, statements from stdin, CSV, and an error that
+/// points at its place.
+#[test]
+fn sql_from_the_cli() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    let u = node.url.as_str();
+    ok(&fjord(u, &["stream", "create", "readings"], None));
+    ok(&fjord(
+        u,
+        &["produce", "readings", "--key", "dev-1"],
+        Some("{\"t\": 20}\n{\"t\": 22}\n{\"t\": 24}\n"),
+    ));
+    let table = ok(&fjord(
+        u,
+        &[
+            "sql",
+            "-c",
+            "SELECT _key, avg(json_get_float(value, 't')) AS avg_t FROM readings GROUP BY _key",
+        ],
+        None,
+    ));
+    assert!(
+        table.contains("avg_t") && table.contains("22.0") && table.contains("(1 row)"),
+        "{table}"
+    );
+    let csv = ok(&fjord(
+        u,
+        &["sql", "--format", "csv"],
+        Some("SELECT count(*) AS n FROM readings; -- two statements\nSELECT max(_offset) AS last FROM readings;"),
+    ));
+    assert_eq!(csv, "n\n3\nlast\n2\n");
+    let bad = fjord(u, &["sql", "-c", "SELECT nope FROM readings"], None);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("ERROR:") && err.contains("nope"), "{err}");
+}
