@@ -202,26 +202,11 @@ impl Client {
         body: Option<Value>,
     ) -> Result<Value> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url);
-        if let Some((u, p)) = &self.user {
-            // Basic: `tenant:user:password` (the login holds a colon).
-            req = req.basic_auth(u, Some(p));
-        } else if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let mut req = self.authorized(self.http.request(method, &url));
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| {
-            if e.is_connect() {
-                anyhow::anyhow!(
-                    "no Fjord node answers at {} ({e}); start one with `fjord serve` or pass --url",
-                    self.base
-                )
-            } else {
-                anyhow::anyhow!("request to {url} failed: {e}")
-            }
-        })?;
+        let resp = self.send(req, &url).await?;
         let status = resp.status();
         let text = resp.text().await.context("reading the response")?;
         let v: Value = if text.is_empty() {
@@ -242,24 +227,21 @@ impl Client {
 }
 
 impl Client {
-    /// POSTs `body` as text; the status and the raw answer (any format).
-    pub(crate) async fn post_raw(
-        &self,
-        path: &str,
-        body: String,
-    ) -> Result<(reqwest::StatusCode, bytes::Bytes)> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self
-            .http
-            .post(&url)
-            .header("content-type", "text/plain; charset=utf-8")
-            .body(body);
+    /// `req` with the credentials given: Basic `tenant:user:password` (the
+    /// login holds a colon) or a bearer token.
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         if let Some((u, p)) = &self.user {
-            req = req.basic_auth(u, Some(p));
+            req.basic_auth(u, Some(p))
         } else if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
+            req.bearer_auth(t)
+        } else {
+            req
         }
-        let resp = req.send().await.map_err(|e| {
+    }
+
+    /// Sends `req`; a node that does not answer is said so plainly.
+    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<reqwest::Response> {
+        req.send().await.map_err(|e| {
             if e.is_connect() {
                 anyhow::anyhow!(
                     "no Fjord node answers at {} ({e}); start one with `fjord serve` or pass --url",
@@ -268,7 +250,23 @@ impl Client {
             } else {
                 anyhow::anyhow!("request to {url} failed: {e}")
             }
-        })?;
+        })
+    }
+
+    /// POSTs `body` as text; the status and the raw answer (any format).
+    pub(crate) async fn post_raw(
+        &self,
+        path: &str,
+        body: String,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes)> {
+        let url = format!("{}{}", self.base, path);
+        let req = self.authorized(
+            self.http
+                .post(&url)
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(body),
+        );
+        let resp = self.send(req, &url).await?;
         let status = resp.status();
         Ok((status, resp.bytes().await.context("reading the response")?))
     }
