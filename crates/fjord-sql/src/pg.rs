@@ -403,14 +403,8 @@ impl Queries {
                 "COMMIT" | "ROLLBACK" => Response::TransactionEnd(Tag::new(tag)),
                 _ => Response::Execution(Tag::new(tag)),
             }),
-            Kind::Session(_, Some((column, value))) => {
-                let fields = Arc::new(vec![FieldInfo::new(
-                    column.clone(),
-                    None,
-                    None,
-                    Type::TEXT,
-                    format.format_for(0),
-                )]);
+            Kind::Session(_, Some((_, value))) => {
+                let fields = Arc::new(Self::fields(stmt, format)?);
                 let mut enc = pgwire::api::results::DataRowEncoder::new(fields.clone());
                 enc.encode_field(&Some(value.as_str()))?;
                 let row = enc.take_row();
