@@ -24,6 +24,10 @@ const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// Key `tenant/client id` → opaque session state.
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const ACLS: TableDefinition<&str, &[u8]> = TableDefinition::new("acls");
+/// Key `tenant/query` → opaque query definition.
+const QUERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("queries");
+/// Key `tenant/query` → the query's latest checkpoint.
+const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 
 pub struct EmbeddedStore {
     db: Database,
@@ -66,6 +70,8 @@ impl EmbeddedStore {
         tx.open_table(SESSIONS)?;
         tx.open_table(USERS)?;
         tx.open_table(ACLS)?;
+        tx.open_table(QUERIES)?;
+        tx.open_table(CHECKPOINTS)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -185,7 +191,7 @@ impl MetaStore for EmbeddedStore {
                 });
             }
             // Its namespaces, users, rules and sessions go with it.
-            for table in [NAMESPACES, USERS, ACLS, SESSIONS] {
+            for table in [NAMESPACES, USERS, ACLS, SESSIONS, QUERIES, CHECKPOINTS] {
                 let mut n = tx.open_table(table)?;
                 let keys: Vec<String> = n
                     .range(a.as_str()..b.as_str())?
@@ -612,6 +618,76 @@ impl MetaStore for EmbeddedStore {
 
     fn list_acls(&self, tenant: &TenantName) -> Result<Vec<(String, Vec<u8>)>, MetaError> {
         self.list_raw(ACLS, tenant)
+    }
+
+    fn put_query(&self, tenant: &TenantName, name: &str, def: &[u8]) -> Result<(), MetaError> {
+        let tx = self.db.begin_write()?;
+        {
+            if tx.open_table(TENANTS)?.get(tenant.as_str())?.is_none() {
+                return Err(MetaError::NotFound {
+                    kind: "tenant",
+                    name: tenant.to_string(),
+                });
+            }
+            tx.open_table(QUERIES)?
+                .insert(format!("{tenant}/{name}").as_str(), def)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn delete_query(&self, tenant: &TenantName, name: &str) -> Result<(), MetaError> {
+        let key = format!("{tenant}/{name}");
+        let tx = self.db.begin_write()?;
+        {
+            let removed = tx.open_table(QUERIES)?.remove(key.as_str())?.is_some();
+            if !removed {
+                return Err(MetaError::NotFound {
+                    kind: "query",
+                    name: name.to_string(),
+                });
+            }
+            tx.open_table(CHECKPOINTS)?.remove(key.as_str())?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn list_queries(&self, tenant: &TenantName) -> Result<Vec<(String, Vec<u8>)>, MetaError> {
+        self.list_raw(QUERIES, tenant)
+    }
+
+    fn put_checkpoint(
+        &self,
+        tenant: &TenantName,
+        name: &str,
+        checkpoint: &[u8],
+    ) -> Result<(), MetaError> {
+        let key = format!("{tenant}/{name}");
+        let tx = self.db.begin_write()?;
+        {
+            if tx.open_table(QUERIES)?.get(key.as_str())?.is_none() {
+                return Err(MetaError::NotFound {
+                    kind: "query",
+                    name: name.to_string(),
+                });
+            }
+            tx.open_table(CHECKPOINTS)?
+                .insert(key.as_str(), checkpoint)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn get_checkpoint(
+        &self,
+        tenant: &TenantName,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, MetaError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(CHECKPOINTS)?;
+        let key = format!("{tenant}/{name}");
+        Ok(t.get(key.as_str())?.map(|v| v.value().to_vec()))
     }
 }
 

@@ -113,6 +113,24 @@ pub trait MetaStore: Send + Sync {
     fn delete_acl(&self, tenant: &TenantName, id: &str) -> Result<(), MetaError>;
     /// Every rule of `tenant`: `(id, rule)`, by id.
     fn list_acls(&self, tenant: &TenantName) -> Result<Vec<(String, Vec<u8>)>, MetaError>;
+
+    /// A tenant's continuous queries, stored opaquely under `(tenant,
+    /// name)`; the tenant must exist.
+    fn put_query(&self, tenant: &TenantName, name: &str, def: &[u8]) -> Result<(), MetaError>;
+    /// Removes a query and its checkpoint.
+    fn delete_query(&self, tenant: &TenantName, name: &str) -> Result<(), MetaError>;
+    /// Every query of `tenant`: `(name, definition)`, by name.
+    fn list_queries(&self, tenant: &TenantName) -> Result<Vec<(String, Vec<u8>)>, MetaError>;
+    /// A query's latest checkpoint (its state with its source offsets),
+    /// replaced atomically; the query must exist.
+    fn put_checkpoint(
+        &self,
+        tenant: &TenantName,
+        name: &str,
+        checkpoint: &[u8],
+    ) -> Result<(), MetaError>;
+    fn get_checkpoint(&self, tenant: &TenantName, name: &str)
+        -> Result<Option<Vec<u8>>, MetaError>;
 }
 
 /// Creates tenant `public` with namespace `default` if they are missing.

@@ -20,6 +20,14 @@ pub enum SqlErrorKind {
     Execution,
     /// The node's memory budget for queries is spent.
     ResourcesExhausted,
+    /// The principal may not do this.
+    InsufficientPrivilege,
+    /// A stream or query of that name exists already.
+    DuplicateObject,
+    /// No such query.
+    UndefinedObject,
+    /// The name is something else (a plain stream, a view).
+    WrongObjectType,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,7 +60,23 @@ impl SqlError {
             SqlErrorKind::NotSupported => "0A000",
             SqlErrorKind::Execution => "XX000",
             SqlErrorKind::ResourcesExhausted => "53200",
+            SqlErrorKind::InsufficientPrivilege => "42501",
+            SqlErrorKind::DuplicateObject => "42P07",
+            SqlErrorKind::UndefinedObject => "42704",
+            SqlErrorKind::WrongObjectType => "42809",
         }
+    }
+
+    /// Places an error of a part of a statement that starts at `at` (line,
+    /// column) in the whole statement.
+    pub fn shifted(mut self, at: (u64, u64)) -> Self {
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            if line == 1 {
+                self.column = Some(column + at.1 - 1);
+            }
+            self.line = Some(line + at.0 - 1);
+        }
+        self
     }
 
     /// The 1-based character position in `sql` (PostgreSQL's error

@@ -10,6 +10,7 @@
 pub mod bounds;
 pub mod catalog;
 pub mod columns;
+pub mod continuous;
 pub mod error;
 pub mod output;
 pub mod pg;
@@ -55,6 +56,15 @@ pub struct SqlEngine {
     broker: Arc<BrokerRef>,
     /// Shared by every query: its memory pool bounds them together.
     runtime: Arc<RuntimeEnv>,
+    queries: continuous::Registry,
+}
+
+/// What a statement answers.
+pub enum Outcome {
+    /// Rows (a query, `SHOW QUERIES`).
+    Rows(SendableRecordBatchStream),
+    /// A command done: its tag (`CREATE STREAM`, `DROP STREAM`).
+    Done(&'static str),
 }
 
 /// A query's result, collected.
@@ -85,6 +95,7 @@ impl SqlEngine {
         Arc::new(SqlEngine {
             broker: Arc::new(BrokerRef(broker)),
             runtime,
+            queries: continuous::Registry::default(),
         })
     }
 
@@ -95,7 +106,30 @@ impl SqlEngine {
             .with_default_catalog_and_schema(principal.tenant.as_str(), DEFAULT_SCHEMA)
             .with_create_default_catalog_and_schema(false)
             .with_information_schema(true);
+        self.context_with(config, principal)
+    }
+
+    /// A session planning a continuous query: one partition (the query
+    /// runs as one task), and DISTINCT aggregates kept as aggregates (not
+    /// rewritten into a second grouping, which windows cannot follow).
+    pub(crate) fn continuous_context(&self, principal: Arc<Principal>) -> SessionContext {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(principal.tenant.as_str(), DEFAULT_SCHEMA)
+            .with_create_default_catalog_and_schema(false)
+            .with_target_partitions(1);
+        let ctx = self.context_with(config, principal);
+        ctx.remove_optimizer_rule("single_distinct_aggregation_to_group_by");
+        ctx
+    }
+
+    fn context_with(&self, mut config: SessionConfig, principal: Arc<Principal>) -> SessionContext {
+        // Names keep their place in the text, so planning errors (unknown
+        // columns, tables) say where they are.
+        config.options_mut().sql_parser.collect_spans = true;
         let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
+        for f in continuous::window::functions() {
+            ctx.register_udf((*f).clone());
+        }
         ctx.register_catalog_list(Arc::new(Catalogs::new(self.broker.clone(), principal)));
         let mut ctx = ctx;
         if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
@@ -105,7 +139,48 @@ impl SqlEngine {
         ctx
     }
 
-    /// Runs one statement and streams its rows.
+    /// Runs one statement: a query, or a statement of continuous queries.
+    pub async fn execute(&self, principal: Arc<Principal>, sql: &str) -> Result<Outcome, SqlError> {
+        use continuous::statement::{self, QueryKind, Statement};
+        let tag = |k: QueryKind, create: bool| match (k, create) {
+            (QueryKind::Stream, true) => "CREATE STREAM",
+            (QueryKind::Stream, false) => "DROP STREAM",
+            (QueryKind::MaterializedView, true) => "CREATE MATERIALIZED VIEW",
+            (QueryKind::MaterializedView, false) => "DROP MATERIALIZED VIEW",
+        };
+        match statement::parse(sql)? {
+            Statement::Other => Ok(Outcome::Rows(self.stream(principal, sql).await?)),
+            Statement::Create {
+                kind,
+                name,
+                options,
+                query,
+                query_at,
+            } => {
+                self.create_query(principal, kind, name, options, query, query_at)
+                    .await?;
+                Ok(Outcome::Done(tag(kind, true)))
+            }
+            Statement::Drop {
+                kind,
+                name,
+                if_exists,
+            } => {
+                self.drop_query(principal, kind, name, if_exists).await?;
+                Ok(Outcome::Done(tag(kind, false)))
+            }
+            Statement::ShowQueries => {
+                let batch = self.show_queries(&principal).await?;
+                let schema = batch.schema();
+                let rows = futures_util::stream::iter(vec![Ok(batch)]);
+                Ok(Outcome::Rows(Box::pin(
+                    datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, rows),
+                )))
+            }
+        }
+    }
+
+    /// Runs one query and streams its rows.
     pub async fn stream(
         &self,
         principal: Arc<Principal>,
@@ -116,14 +191,22 @@ impl SqlEngine {
         Ok(df.execute_stream().await?)
     }
 
-    /// Runs one statement and collects its rows.
+    /// Runs one statement and collects its rows (none for a command).
     pub async fn query(
         &self,
         principal: Arc<Principal>,
         sql: &str,
     ) -> Result<QueryResult, SqlError> {
         use futures_util::TryStreamExt;
-        let stream = self.stream(principal, sql).await?;
+        let stream = match self.execute(principal, sql).await? {
+            Outcome::Rows(s) => s,
+            Outcome::Done(_) => {
+                return Ok(QueryResult {
+                    schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),
+                    batches: Vec::new(),
+                })
+            }
+        };
         let schema = stream.schema();
         let batches: Vec<RecordBatch> = stream.try_collect().await?;
         Ok(QueryResult { schema, batches })

@@ -45,7 +45,8 @@ use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
-use crate::{SqlEngine, SqlError};
+use crate::continuous::statement::Statement;
+use crate::{Outcome, SqlEngine, SqlError};
 
 /// One connection's handlers.
 pub struct PgHandlers {
@@ -84,6 +85,8 @@ impl PgWireServerHandlers for PgHandlers {
 /// connection, so `SET`s of DataFusion settings last).
 struct PgSession {
     ctx: SessionContext,
+    principal: Arc<Principal>,
+    engine: Arc<SqlEngine>,
 }
 
 fn session<C: ClientInfo>(client: &C) -> PgWireResult<Arc<PgSession>> {
@@ -141,7 +144,9 @@ impl Login {
     {
         let principal = Arc::new(principal);
         client.session_extensions().insert(PgSession {
-            ctx: self.engine.context(principal),
+            ctx: self.engine.context(principal.clone()),
+            principal,
+            engine: self.engine.clone(),
         });
         let (pid, secret) = RandomPidSecretKeyGenerator::default().generate(client);
         client.set_pid_and_secret_key(pid, secret);
@@ -231,6 +236,9 @@ enum Kind {
     /// Answered by Fjord itself: the command tag, and for `SHOW` a value.
     Session(&'static str, Option<(String, String)>),
     Query(Box<LogicalPlan>),
+    /// A statement of continuous queries (`CREATE STREAM … AS`, `DROP`,
+    /// `SHOW QUERIES`), run by the engine.
+    Continuous(Statement),
     Empty,
 }
 
@@ -289,6 +297,10 @@ impl Parser {
         }
         if let Some(k) = session_statement(sql) {
             return Ok(k);
+        }
+        let continuous = crate::continuous::statement::parse(sql)?;
+        if continuous != Statement::Other {
+            return Ok(Kind::Continuous(continuous));
         }
         let plan = ctx.state().create_logical_plan(sql).await?;
         crate::query_options().verify_plan(&plan)?;
@@ -391,7 +403,7 @@ struct Queries {
 impl Queries {
     async fn run(
         &self,
-        ctx: &SessionContext,
+        session: &PgSession,
         stmt: &PgStatement,
         params: Option<ParamValues>,
         format: &Format,
@@ -413,7 +425,19 @@ impl Queries {
                     stream::iter(vec![Ok(row)]),
                 )))
             }
+            Kind::Continuous(_) => {
+                let outcome = session
+                    .engine
+                    .execute(session.principal.clone(), &stmt.sql)
+                    .await
+                    .map_err(|e| sql_error(e, &stmt.sql))?;
+                match outcome {
+                    Outcome::Done(tag) => Ok(Response::Execution(Tag::new(tag))),
+                    Outcome::Rows(batches) => Ok(rows_response(batches, format, &stmt.sql)?),
+                }
+            }
             Kind::Query(plan) => {
+                let ctx = &session.ctx;
                 let plan = match params {
                     Some(p) => (**plan)
                         .clone()
@@ -425,24 +449,11 @@ impl Queries {
                     .execute_logical_plan(plan)
                     .await
                     .map_err(|e| sql_error(e.into(), &stmt.sql))?;
-                let schema = df.schema().as_arrow().clone();
                 let batches = df
                     .execute_stream()
                     .await
                     .map_err(|e| sql_error(e.into(), &stmt.sql))?;
-                let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(
-                    &schema, format, None,
-                )?);
-                let sql = stmt.sql.clone();
-                let rows_fields = fields.clone();
-                let rows = batches.flat_map(move |b| match b {
-                    Ok(b) => stream::iter(
-                        arrow_pg::datatypes::encode_recordbatch(rows_fields.clone(), b)
-                            .collect::<Vec<_>>(),
-                    ),
-                    Err(e) => stream::iter(vec![Err(sql_error(e.into(), &sql))]),
-                });
-                Ok(Response::Query(QueryResponse::new(fields, rows)))
+                rows_response(batches, format, &stmt.sql)
             }
         }
     }
@@ -453,6 +464,13 @@ impl Queries {
                 let schema = plan.schema().as_arrow().clone();
                 Ok(arrow_pg::datatypes::arrow_schema_to_pg_fields(
                     &schema, format, None,
+                )?)
+            }
+            Kind::Continuous(Statement::ShowQueries) => {
+                Ok(arrow_pg::datatypes::arrow_schema_to_pg_fields(
+                    &crate::continuous::show_queries_schema(),
+                    format,
+                    None,
                 )?)
             }
             Kind::Session(_, Some((column, _))) => Ok(vec![FieldInfo::new(
@@ -483,27 +501,39 @@ impl SimpleQueryHandler for Queries {
                 .await
                 .map_err(|e| sql_error(e, &sql))?;
             let stmt = PgStatement { sql, kind };
-            out.push(self.run(&s.ctx, &stmt, None, &Format::UnifiedText).await?);
+            out.push(self.run(&s, &stmt, None, &Format::UnifiedText).await?);
         }
         Ok(out)
     }
 }
 
+/// A query's rows as a PostgreSQL result.
+fn rows_response(
+    batches: datafusion::execution::SendableRecordBatchStream,
+    format: &Format,
+    sql: &str,
+) -> PgWireResult<Response> {
+    let schema = batches.schema();
+    let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(
+        &schema, format, None,
+    )?);
+    let sql = sql.to_string();
+    let rows_fields = fields.clone();
+    let rows = batches.flat_map(move |b| match b {
+        Ok(b) => stream::iter(
+            arrow_pg::datatypes::encode_recordbatch(rows_fields.clone(), b).collect::<Vec<_>>(),
+        ),
+        Err(e) => stream::iter(vec![Err(sql_error(e.into(), &sql))]),
+    });
+    Ok(Response::Query(QueryResponse::new(fields, rows)))
+}
+
 /// The statements of a simple query, in order.
 fn split_statements(query: &str) -> Result<Vec<String>, SqlError> {
-    use datafusion::sql::parser::DFParser;
-    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
     if query.trim().trim_matches(';').trim().is_empty() {
         return Ok(vec![String::new()]);
     }
-    // Session statements may not be in DataFusion's grammar: one alone is
-    // taken as it is.
-    if session_statement(query).is_some() && !query.trim().trim_end_matches(';').contains(';') {
-        return Ok(vec![query.to_string()]);
-    }
-    let stmts =
-        DFParser::parse_sql_with_dialect(query, &PostgreSqlDialect {}).map_err(SqlError::from)?;
-    Ok(stmts.into_iter().map(|s| s.to_string()).collect())
+    Ok(crate::continuous::statement::split(query))
 }
 
 #[async_trait]
@@ -582,7 +612,7 @@ impl ExtendedQueryHandler for Queries {
                 values.into_iter().map(Into::into).collect(),
             ))
         };
-        self.run(&s.ctx, stmt, params, &portal.result_column_format)
+        self.run(&s, stmt, params, &portal.result_column_format)
             .await
     }
 }
@@ -673,6 +703,5 @@ mod tests {
                 .len(),
             1
         );
-        assert!(split_statements("SELEC 1").is_err());
     }
 }

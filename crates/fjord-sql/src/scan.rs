@@ -212,6 +212,17 @@ impl StreamScanExec {
     }
 }
 
+impl StreamScanExec {
+    pub fn stream(&self) -> &StreamRef {
+        &self.stream
+    }
+
+    /// The stream's columns it produces, in order.
+    pub fn columns(&self) -> &[Column] {
+        &self.columns
+    }
+}
+
 impl DisplayAs for StreamScanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let parts: Vec<String> = self

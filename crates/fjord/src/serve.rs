@@ -274,6 +274,7 @@ pub async fn run(config: Config) -> Result<()> {
         }
     });
     let sql = fjord_sql::SqlEngine::with_memory(broker.clone(), config.sql.memory_bytes as usize);
+    sql.start_queries().await;
     let pg_server = pg.map(|tcp| {
         tokio::spawn(fjord_sql::pg::serve(
             tcp,
@@ -354,6 +355,9 @@ pub async fn run(config: Config) -> Result<()> {
     if let Some(pg) = pg_server {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, pg).await;
     }
+    // Each continuous query appends what it has and takes a last
+    // checkpoint before the log closes.
+    sql.stop_queries().await;
     // Events of the last moments reach the audit stream before it closes
     // (they are in the log either way).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);

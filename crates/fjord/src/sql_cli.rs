@@ -116,6 +116,14 @@ async fn run(client: &Client, stmt: &str, format: &str) -> Result<()> {
         }
         bail!(out);
     }
+    // A command (CREATE STREAM, DROP …) answers with its tag.
+    if let Some(tag) = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["command"].as_str().map(str::to_string))
+    {
+        println!("{tag}");
+        return Ok(());
+    }
     match format {
         "table" => {
             let reader =

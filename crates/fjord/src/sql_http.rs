@@ -6,7 +6,8 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use fjord_auth::Principal;
 use fjord_http::sql::{SqlFailure, SqlFuture, SqlOutput, SqlService};
-use fjord_sql::{Format, SqlEngine, SqlError, SqlErrorKind};
+use fjord_sql::{Format, Outcome, SqlEngine, SqlError, SqlErrorKind};
+use futures_util::TryStreamExt;
 
 pub struct HttpSql(pub Arc<SqlEngine>);
 
@@ -15,8 +16,24 @@ impl SqlService for HttpSql {
         let engine = self.0.clone();
         Box::pin(async move {
             let format = Format::parse(format).unwrap_or_default();
-            let result = engine.query(principal, &sql).await.map_err(failure)?;
-            let body = fjord_sql::output::encode(format, &result.schema, &result.batches)
+            let outcome = engine.execute(principal, &sql).await.map_err(failure)?;
+            let batches = match outcome {
+                // A command: its tag, whatever the format asked for rows.
+                Outcome::Done(tag) => {
+                    return Ok(SqlOutput {
+                        content_type: "application/json",
+                        body: serde_json::to_vec(&serde_json::json!({ "command": tag }))
+                            .unwrap_or_default(),
+                    })
+                }
+                Outcome::Rows(batches) => batches,
+            };
+            let schema = batches.schema();
+            let batches: Vec<_> = batches
+                .try_collect()
+                .await
+                .map_err(|e| failure(SqlError::from(e)))?;
+            let body = fjord_sql::output::encode(format, &schema, &batches)
                 .map_err(|e| failure(SqlError::new(SqlErrorKind::Execution, e.to_string())))?;
             Ok(SqlOutput {
                 content_type: format.content_type(),
@@ -37,6 +54,10 @@ fn failure(e: SqlError) -> SqlFailure {
         SqlErrorKind::ResourcesExhausted => {
             (StatusCode::SERVICE_UNAVAILABLE, "resources_exhausted")
         }
+        SqlErrorKind::InsufficientPrivilege => (StatusCode::FORBIDDEN, "forbidden"),
+        SqlErrorKind::DuplicateObject => (StatusCode::CONFLICT, "already_exists"),
+        SqlErrorKind::UndefinedObject => (StatusCode::NOT_FOUND, "not_found"),
+        SqlErrorKind::WrongObjectType => (StatusCode::BAD_REQUEST, "wrong_object_type"),
     };
     SqlFailure {
         status,

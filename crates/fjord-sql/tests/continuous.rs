@@ -1,0 +1,424 @@
+//! Continuous queries on an embedded broker: windowed aggregates over
+//! out-of-order and late readings checked against a brute-force
+//! computation, late rows in a side stream, alerts from a filter, restart
+//! from a checkpoint, and the errors of statements that cannot run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::UInt64Type;
+use fjord_auth::Principal;
+use fjord_broker::{Broker, BrokerConfig, Position};
+use fjord_core::{Policy, Record, RecordInput, StreamRef, TenantName};
+use fjord_sql::{SqlEngine, SqlErrorKind};
+
+async fn broker(dir: &std::path::Path) -> Arc<Broker> {
+    Broker::open(BrokerConfig::new(dir)).await.unwrap()
+}
+
+fn anonymous() -> Arc<Principal> {
+    Arc::new(Principal::anonymous(TenantName::new("public").unwrap()))
+}
+
+fn stream(name: &str) -> StreamRef {
+    StreamRef::new("public", "default", name).unwrap()
+}
+
+fn reading(device: u32, temp: f64, event_ts: i64) -> RecordInput {
+    RecordInput {
+        key: Some(Bytes::from(format!("dev-{device}"))),
+        value: Some(Bytes::from(format!(
+            r#"{{"device":"dev-{device}","temp":{temp}}}"#
+        ))),
+        headers: Vec::new(),
+        event_ts: Some(event_ts),
+    }
+}
+
+/// Every record of a stream, partition by partition.
+async fn read_all(b: &Broker, s: &StreamRef) -> Vec<Record> {
+    let mut out = Vec::new();
+    for p in 0..b.partition_count(s).unwrap() {
+        let mut at = b.resolve(s, p, Position::Earliest).await.unwrap();
+        loop {
+            let f = b
+                .fetch(s, p, Position::Offset(at), 10_000, 16 << 20, Duration::ZERO)
+                .await
+                .unwrap();
+            if f.records.is_empty() {
+                break;
+            }
+            at = f.next_offset;
+            out.extend(f.records);
+        }
+    }
+    out
+}
+
+fn json(r: &Record) -> serde_json::Value {
+    serde_json::from_slice(r.value.as_deref().unwrap()).unwrap()
+}
+
+/// `SHOW QUERIES`' counter `column` of query `name`.
+async fn counter(sql: &SqlEngine, name: &str, column: &str) -> u64 {
+    let r = sql.query(anonymous(), "SHOW QUERIES").await.unwrap();
+    let b = &r.batches[0];
+    let names = b.column_by_name("name").unwrap().as_string::<i32>();
+    let row = (0..b.num_rows())
+        .find(|&i| names.value(i) == name)
+        .unwrap_or_else(|| panic!("no query {name}"));
+    b.column_by_name(column)
+        .unwrap()
+        .as_primitive::<UInt64Type>()
+        .value(row)
+}
+
+async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A small deterministic generator (no dependency, same data every run).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+#[derive(Default, Debug, PartialEq)]
+struct Agg {
+    n: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tumbling_averages_match_a_brute_force_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    let src = stream("readings");
+    b.create_stream(&src, Some(2), Policy::default()).unwrap();
+    sql.query(
+        anonymous(),
+        "CREATE STREAM avg_temp WITH (out_of_orderness = '2 seconds', start = 'earliest', \
+         late_rows = 'late_readings', idle_timeout = 'none') AS \
+         SELECT tumble(_event_ts, INTERVAL '1 second') AS window_start, \
+                json_get_str(value, 'device') AS device, \
+                count(*) AS n, avg(json_get_float(value, 'temp')) AS avg_temp, \
+                min(json_get_float(value, 'temp')) AS min_temp, \
+                max(json_get_float(value, 'temp')) AS max_temp \
+         FROM readings \
+         GROUP BY tumble(_event_ts, INTERVAL '1 second'), json_get_str(value, 'device')",
+    )
+    .await
+    .unwrap();
+
+    // Six devices, a reading every 50 ms each for 20 s, arriving up to
+    // 1.9 s out of order (within the 2 s bound: never late).
+    let base = 1_700_000_000_000i64;
+    let mut rng = Lcg(7);
+    let mut events: Vec<(u32, f64, i64)> = Vec::new();
+    for step in 0..400i64 {
+        for d in 0..6u32 {
+            let temp = (rng.next() % 4000) as f64 / 100.0;
+            events.push((d, temp, base + step * 50));
+        }
+    }
+    // Shuffle locally: each reading moves later by up to 1.9 s of arrival.
+    let mut arrival: Vec<(i64, usize)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.2 + (rng.next() % 1900) as i64, i))
+        .collect();
+    arrival.sort();
+    let mut max_seen = i64::MIN;
+    for chunk in arrival.chunks(37) {
+        let batch: Vec<(u32, RecordInput)> = chunk
+            .iter()
+            .map(|&(_, i)| {
+                let (d, t, ts) = events[i];
+                (d, reading(d, t, ts))
+            })
+            .collect();
+        for (_, r) in &batch {
+            let ts = r.event_ts.unwrap();
+            assert!(
+                ts > max_seen.saturating_sub(2000),
+                "the data itself keeps the bound"
+            );
+            max_seen = max_seen.max(ts);
+        }
+        for p in 0..2u32 {
+            let part: Vec<RecordInput> = batch
+                .iter()
+                .filter(|(d, _)| d % 2 == p)
+                .map(|(_, r)| r.clone())
+                .collect();
+            b.produce(&src, part, Some(p)).await.unwrap();
+        }
+    }
+    let on_time = events.len() as u64;
+    wait_for("the readings to be read", async || {
+        counter(&sql, "default.avg_temp", "rows_in").await == on_time
+    })
+    .await;
+    // Now late: readings for windows long closed (the watermark is at
+    // about base + 20 s - 2 s), in both partitions.
+    let late = vec![
+        reading(0, 99.0, base + 1_000),
+        reading(1, 98.0, base + 5_500),
+        reading(2, 97.0, base + 15_999),
+    ];
+    for r in &late {
+        let d: u32 = std::str::from_utf8(&r.key.clone().unwrap()[4..])
+            .unwrap()
+            .parse()
+            .unwrap();
+        b.produce(&src, vec![r.clone()], Some(d % 2)).await.unwrap();
+    }
+    // Then time moves on in both partitions: every window of the readings
+    // closes (the flush rows' own windows stay open).
+    for p in 0..2u32 {
+        b.produce(&src, vec![reading(100 + p, 0.0, base + 60_000)], Some(p))
+            .await
+            .unwrap();
+    }
+
+    // Brute force: every on-time reading, by window and device.
+    let mut expected: BTreeMap<(i64, String), Agg> = BTreeMap::new();
+    for &(d, t, ts) in &events {
+        let a = expected
+            .entry((ts - ts.rem_euclid(1000), format!("dev-{d}")))
+            .or_insert(Agg {
+                min: f64::MAX,
+                max: f64::MIN,
+                ..Agg::default()
+            });
+        a.n += 1;
+        a.sum += t;
+        a.min = a.min.min(t);
+        a.max = a.max.max(t);
+    }
+    let out = stream("avg_temp");
+    wait_for("every window's results", async || {
+        read_all(&b, &out).await.len() == expected.len()
+    })
+    .await;
+    let results = read_all(&b, &out).await;
+    let mut seen = BTreeMap::new();
+    for r in &results {
+        let v = json(r);
+        let start = chrono::DateTime::parse_from_rfc3339(v["window_start"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{v}: {e}"))
+            .timestamp_millis();
+        let device = v["device"].as_str().unwrap().to_string();
+        // A window's result carries its last millisecond as event time.
+        assert_eq!(r.event_ts, start + 999);
+        let key = (start, device);
+        let want = expected
+            .get(&key)
+            .unwrap_or_else(|| panic!("unexpected result {v}"));
+        assert_eq!(v["n"].as_u64(), Some(want.n), "{v}");
+        let avg = v["avg_temp"].as_f64().unwrap();
+        assert!(
+            (avg - want.sum / want.n as f64).abs() < 1e-9,
+            "{v} vs {want:?}"
+        );
+        assert_eq!(v["min_temp"].as_f64(), Some(want.min), "{v}");
+        assert_eq!(v["max_temp"].as_f64(), Some(want.max), "{v}");
+        assert!(seen.insert(key, ()).is_none(), "duplicate result {v}");
+    }
+    assert_eq!(seen.len(), expected.len());
+
+    // The late readings: counted, and in the side stream as published.
+    assert_eq!(counter(&sql, "default.avg_temp", "late_rows").await, 3);
+    let side = read_all(&b, &stream("late_readings")).await;
+    let mut temps: Vec<f64> = side
+        .iter()
+        .map(|r| json(r)["temp"].as_f64().unwrap())
+        .collect();
+    temps.sort_by(f64::total_cmp);
+    assert_eq!(temps, vec![97.0, 98.0, 99.0]);
+    sql.stop_queries().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hopping_windows_with_a_having_alert_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = stream("vibration");
+    let base = 1_800_000_000_000i64;
+    // Readings every 100 ms for 12 s from one device: 10 per second.
+    // Device 2 exceeds 50 in seconds 3 and 7 only.
+    let level = |ts: i64| {
+        let s = (ts - base) / 1000;
+        if s == 3 || s == 7 {
+            80.0
+        } else {
+            10.0
+        }
+    };
+    let query = "CREATE STREAM shaking WITH (start = 'earliest', idle_timeout = 'none') AS \
+        SELECT hop(_event_ts, INTERVAL '2 seconds', INTERVAL '4 seconds') AS window_start, \
+               count(*) FILTER (WHERE json_get_float(value, 'temp') > 50) AS hot, \
+               count(*) AS n \
+        FROM vibration GROUP BY 1 HAVING count(*) FILTER (WHERE json_get_float(value, 'temp') > 50) >= 5";
+    {
+        let b = broker(dir.path()).await;
+        let sql = SqlEngine::new(b.clone());
+        b.create_stream(&src, Some(1), Policy::default()).unwrap();
+        sql.query(anonymous(), query).await.unwrap();
+        let first: Vec<RecordInput> = (0..60)
+            .map(|i| reading(2, level(base + i * 100), base + i * 100))
+            .collect();
+        b.produce(&src, first, None).await.unwrap();
+        wait_for("the first half", async || {
+            counter(&sql, "default.shaking", "rows_in").await == 60
+        })
+        .await;
+        // Stopped mid-way: windows are open, state is in the checkpoint.
+        sql.stop_queries().await;
+        b.shutdown().await;
+    }
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    sql.start_queries().await;
+    let rest: Vec<RecordInput> = (60..120)
+        .map(|i| reading(2, level(base + i * 100), base + i * 100))
+        .collect();
+    b.produce(&src, rest, None).await.unwrap();
+    b.produce(&src, vec![reading(2, 0.0, base + 30_000)], None)
+        .await
+        .unwrap();
+    // Hopping windows of 4 s every 2 s holding a hot second: starting at
+    // base+0 and +2 (second 3), +4 and +6 (second 7).
+    let out = stream("shaking");
+    wait_for("the alerts", async || read_all(&b, &out).await.len() >= 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let results = read_all(&b, &out).await;
+    let starts: Vec<i64> = results
+        .iter()
+        .map(|r| {
+            let v = json(r);
+            assert_eq!(v["hot"].as_u64(), Some(10), "{v}");
+            assert_eq!(v["n"].as_u64(), Some(40), "{v}");
+            chrono::DateTime::parse_from_rfc3339(v["window_start"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+                - base
+        })
+        .collect();
+    assert_eq!(starts, vec![0, 2000, 4000, 6000]);
+    assert_eq!(counter(&sql, "default.shaking", "rows_in").await, 121);
+    sql.stop_queries().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_passes_matching_records_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    let src = stream("plant1");
+    b.create_stream(&src, Some(2), Policy::default()).unwrap();
+    // Before the query: not read (it starts at the end by default).
+    b.produce(&src, vec![reading(1, 90.0, 1)], None)
+        .await
+        .unwrap();
+    sql.query(
+        anonymous(),
+        "CREATE STREAM too_hot AS SELECT _key, _event_ts, value FROM plant1 \
+         WHERE json_get_float(value, 'temp') > 30",
+    )
+    .await
+    .unwrap();
+    let batch: Vec<RecordInput> = (0..100)
+        .map(|i| reading(i % 7, (i % 50) as f64, 1000 + i as i64))
+        .collect();
+    b.produce(&src, batch.clone(), None).await.unwrap();
+    let want: Vec<&RecordInput> = batch
+        .iter()
+        .filter(|r| {
+            let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+            v["temp"].as_f64().unwrap() > 30.0
+        })
+        .collect();
+    let out = stream("too_hot");
+    wait_for("the hot readings", async || {
+        read_all(&b, &out).await.len() >= want.len()
+    })
+    .await;
+    let got = read_all(&b, &out).await;
+    assert_eq!(got.len(), want.len());
+    let mut got_values: Vec<(Option<Bytes>, Option<Bytes>, i64)> = got
+        .iter()
+        .map(|r| (r.key.clone(), r.value.clone(), r.event_ts))
+        .collect();
+    let mut want_values: Vec<(Option<Bytes>, Option<Bytes>, i64)> = want
+        .iter()
+        .map(|r| (r.key.clone(), r.value.clone(), r.event_ts.unwrap()))
+        .collect();
+    got_values.sort();
+    want_values.sort();
+    assert_eq!(got_values, want_values, "passed through unchanged");
+    sql.stop_queries().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statements_that_cannot_run_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    b.create_stream(&stream("a"), Some(1), Policy::default())
+        .unwrap();
+    b.create_stream(&stream("b"), Some(1), Policy::default())
+        .unwrap();
+    let fails = |q: &'static str| {
+        let sql = sql.clone();
+        async move { sql.query(anonymous(), q).await.expect_err(q) }
+    };
+    let e = fails("CREATE STREAM x AS SELECT count(*) FROM a").await;
+    assert!(e.message.contains("window"), "{e}");
+    let e = fails("CREATE STREAM x AS SELECT * FROM a ORDER BY _offset").await;
+    assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
+    let e = fails("CREATE STREAM x AS SELECT * FROM a JOIN b ON a._key = b._key").await;
+    assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
+    let e = fails("CREATE STREAM b AS SELECT value FROM a").await;
+    assert_eq!(e.kind, SqlErrorKind::DuplicateObject, "{e}");
+    let e = fails("CREATE STREAM x WITH (colour = 'red') AS SELECT value FROM a").await;
+    assert!(e.message.contains("unknown option colour"), "{e}");
+    // A mistake in the SELECT is placed in the whole statement.
+    let e = fails("CREATE STREAM x AS\nSELECT nope FROM a").await;
+    assert_eq!(e.kind, SqlErrorKind::UndefinedColumn, "{e}");
+    assert_eq!(e.line, Some(2), "{e:?}");
+    let e = fails("DROP STREAM a").await;
+    assert_eq!(e.kind, SqlErrorKind::WrongObjectType, "{e}");
+    let e = fails("DROP STREAM nothing_here").await;
+    assert_eq!(e.kind, SqlErrorKind::UndefinedObject, "{e}");
+    sql.query(anonymous(), "DROP STREAM IF EXISTS nothing_here")
+        .await
+        .unwrap();
+    // Nothing was created by the failures.
+    assert!(!b.stream_exists(&stream("x")));
+    // A query, dropped: its stream goes with it.
+    sql.query(anonymous(), "CREATE STREAM copy AS SELECT value FROM a")
+        .await
+        .unwrap();
+    assert!(b.stream_exists(&stream("copy")));
+    sql.query(anonymous(), "DROP STREAM copy").await.unwrap();
+    assert!(!b.stream_exists(&stream("copy")));
+    let r = sql.query(anonymous(), "SHOW QUERIES").await.unwrap();
+    assert_eq!(r.rows(), 0);
+}
