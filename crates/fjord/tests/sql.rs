@@ -116,3 +116,245 @@ async fn mqtt_readings_are_queryable_once_acknowledged() {
     let r = sql(&node, json!({"sql": "SELECT 1", "format": "xml"}), None).await;
     assert_eq!(r.status(), 400);
 }
+
+/// Runs one statement over HTTP and fails the test if it fails.
+async fn exec(node: &Node, q: &str) -> Value {
+    let r = sql(node, json!({ "sql": q }), None).await;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{q}: {body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_of_a_continuous_query_reach_mqtt_and_kafka_subscribers() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::Message;
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    common::create_stream(&node, "plant1", 2).await;
+
+    // Created over the PostgreSQL protocol, as an analyst would.
+    let (pg, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=analyst dbname=public",
+            node.pg.rsplit_once(':').unwrap().1
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    pg.batch_execute(
+        "CREATE STREAM too_hot AS SELECT json_get_str(value, 'device') AS _key, value \
+         FROM plant1 WHERE json_get_float(value, 'temp') > 30",
+    )
+    .await
+    .unwrap();
+    // Three hot readings of one device within a second: a windowed alert.
+    pg.batch_execute(
+        "CREATE STREAM hot_3x WITH (idle_timeout = '300 ms') AS \
+         SELECT tumble(_event_ts, INTERVAL '2 seconds') AS window_start, \
+                json_get_str(value, 'device') AS device, count(*) AS times \
+         FROM plant1 WHERE json_get_float(value, 'temp') > 30 \
+         GROUP BY 1, 2 HAVING count(*) >= 3",
+    )
+    .await
+    .unwrap();
+    let shown = pg.query("SHOW QUERIES", &[]).await.unwrap();
+    let names: Vec<String> = shown.iter().map(|r| r.get("name")).collect();
+    assert_eq!(names, ["default.hot_3x", "default.too_hot"]);
+
+    // A dashboard subscribes over MQTT before the readings come.
+    let (h, p) = node.mqtt.rsplit_once(':').unwrap();
+    let mut o = MqttOptions::new("dashboard", h, p.parse().unwrap());
+    o.set_keep_alive(Duration::from_secs(5));
+    let (sub, mut sub_ev) = AsyncClient::new(o, 100);
+    sub.subscribe("too_hot/#", QoS::AtLeastOnce).await.unwrap();
+    poll_until(&mut sub_ev, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await;
+
+    // Sensors publish over MQTT: dev-9 is hot three times, others once.
+    let mut o = MqttOptions::new("sensors", h, p.parse().unwrap());
+    o.set_keep_alive(Duration::from_secs(5));
+    let (c, mut ev) = AsyncClient::new(o, 100);
+    let readings = [
+        ("dev-1", 21.0),
+        ("dev-9", 35.5),
+        ("dev-2", 31.0),
+        ("dev-9", 36.0),
+        ("dev-1", 22.0),
+        ("dev-9", 37.5),
+    ];
+    for (d, t) in readings {
+        c.publish(
+            format!("plant1/{d}/temp"),
+            QoS::AtLeastOnce,
+            false,
+            json!({"device": d, "temp": t}).to_string(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut acked = 0;
+    poll_until(&mut ev, |e| {
+        if matches!(e, Event::Incoming(Packet::PubAck(_))) {
+            acked += 1;
+        }
+        acked == readings.len()
+    })
+    .await;
+
+    // Every hot reading reaches the MQTT dashboard, unchanged, on topic
+    // too_hot/<device>.
+    let mut got = Vec::new();
+    poll_until(&mut sub_ev, |e| {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            let v: Value = serde_json::from_slice(&p.payload).unwrap();
+            got.push((p.topic.clone(), v["temp"].as_f64().unwrap()));
+        }
+        got.len() == 4
+    })
+    .await;
+    got.sort_by(|a, b| a.1.total_cmp(&b.1));
+    assert_eq!(
+        got,
+        [
+            ("too_hot/dev-2".to_string(), 31.0),
+            ("too_hot/dev-9".to_string(), 35.5),
+            ("too_hot/dev-9".to_string(), 36.0),
+            ("too_hot/dev-9".to_string(), 37.5)
+        ]
+    );
+
+    // And a Kafka consumer reads the same alerts, then the windowed one.
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &node.kafka)
+        .set("broker.address.family", "v4")
+        .set("group.id", "alerting")
+        .set("auto.offset.reset", "earliest")
+        .set("log_level", "3")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["too_hot", "hot_3x"]).unwrap();
+    let mut hot = 0;
+    let mut windowed = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while hot < 4 || windowed.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "alerts not consumed");
+        let Ok(m) = tokio::time::timeout(Duration::from_millis(500), consumer.recv()).await else {
+            continue;
+        };
+        let m = m.unwrap();
+        let v: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        match m.topic() {
+            "too_hot" => {
+                assert!(v["temp"].as_f64().unwrap() > 30.0, "{v}");
+                hot += 1;
+            }
+            _ => windowed.push(v),
+        }
+    }
+    drop(consumer);
+    // dev-9's three hot readings fell in one or two windows; only a window
+    // with all three alerts (dev-2 was hot once).
+    assert!(
+        windowed
+            .iter()
+            .all(|v| v["device"] == "dev-9" && v["times"] == 3),
+        "{windowed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuous_query_killed_twice_writes_each_result_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut node = Node::start(tmp.path());
+    common::create_stream(&node, "meter", 2).await;
+    exec(
+        &node,
+        "CREATE STREAM per_second WITH (start = 'earliest', idle_timeout = 'none') AS \
+         SELECT tumble(_event_ts, INTERVAL '1 second') AS ws, _key AS device, \
+                count(*) AS n, sum(json_get_int(value, 'v')) AS total \
+         FROM meter GROUP BY 1, 2",
+    )
+    .await;
+    let base = 1_750_000_000_000i64;
+    let mut expected = std::collections::BTreeMap::<(i64, String), (u64, i64)>::new();
+    let mut i = 0i64;
+    for round in 0..3 {
+        for _ in 0..20 {
+            let mut batch = Vec::new();
+            for _ in 0..200 {
+                let device = format!("dev-{}", i % 8);
+                let ts = base + i * 3;
+                let e = expected
+                    .entry((ts - ts.rem_euclid(1000), device.clone()))
+                    .or_default();
+                e.0 += 1;
+                e.1 += i;
+                batch.push(json!({"key": device, "value": {"v": i}, "event_ts": ts}));
+                i += 1;
+            }
+            let r = http()
+                .post(format!(
+                    "{}/v1/streams/public/default/meter/records",
+                    node.url
+                ))
+                .json(&json!({ "records": batch }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+        if round < 2 {
+            // Killed while the query is at work on what was just stored.
+            node.kill9();
+            node = Node::start(tmp.path());
+        }
+    }
+    // Time moves past every window in both partitions.
+    for p in 0..2 {
+        let r = http()
+            .post(format!(
+                "{}/v1/streams/public/default/meter/records?partition={p}",
+                node.url
+            ))
+            .json(&json!({"records": [{"key": "flush", "value": {"v": 0}, "event_ts": base + 600_000}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let count = async |node: &Node| {
+        rows(node, "SELECT count(*) AS n FROM per_second").await[0]["n"]
+            .as_u64()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&node).await < expected.len() as u64 {
+        assert!(std::time::Instant::now() < deadline, "results missing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = rows(&node, "SELECT value FROM per_second").await;
+    assert_eq!(got.len(), expected.len(), "no result twice, none missing");
+    let mut seen = std::collections::BTreeSet::new();
+    for r in got {
+        let v: Value = serde_json::from_str(r["value"].as_str().unwrap()).unwrap();
+        let ws = chrono::DateTime::parse_from_rfc3339(v["ws"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+        let key = (ws, v["device"].as_str().unwrap().to_string());
+        let (n, total) = expected[&key];
+        assert_eq!(v["n"].as_u64(), Some(n), "{v}");
+        assert_eq!(v["total"].as_i64(), Some(total), "{v}");
+        assert!(seen.insert(key), "duplicate {v}");
+    }
+    let shown = exec(&node, "SHOW QUERIES").await;
+    assert_eq!(shown["rows"][0]["state"], "running", "{shown}");
+    assert_eq!(shown["rows"][0]["late_rows"], 0, "{shown}");
+}
