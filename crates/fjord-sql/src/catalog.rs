@@ -12,6 +12,7 @@ use datafusion::error::{DataFusionError, Result};
 use fjord_auth::{Action, Principal, Resource};
 use fjord_core::{NamespaceName, StreamName, StreamRef, TenantName};
 
+use crate::continuous::view::{ViewTable, Views};
 use crate::table::{BrokerRef, StreamTable};
 
 /// The catalogs one principal can see.
@@ -19,11 +20,16 @@ use crate::table::{BrokerRef, StreamTable};
 pub struct Catalogs {
     broker: Arc<BrokerRef>,
     principal: Arc<Principal>,
+    views: Arc<Views>,
 }
 
 impl Catalogs {
-    pub fn new(broker: Arc<BrokerRef>, principal: Arc<Principal>) -> Self {
-        Catalogs { broker, principal }
+    pub fn new(broker: Arc<BrokerRef>, principal: Arc<Principal>, views: Arc<Views>) -> Self {
+        Catalogs {
+            broker,
+            principal,
+            views,
+        }
     }
 
     fn visible(&self, tenant: &TenantName) -> bool {
@@ -60,6 +66,7 @@ impl CatalogProviderList for Catalogs {
         Some(Arc::new(TenantCatalog {
             broker: self.broker.clone(),
             principal: self.principal.clone(),
+            views: self.views.clone(),
             tenant,
         }))
     }
@@ -70,6 +77,7 @@ impl CatalogProviderList for Catalogs {
 pub struct TenantCatalog {
     broker: Arc<BrokerRef>,
     principal: Arc<Principal>,
+    views: Arc<Views>,
     tenant: TenantName,
 }
 
@@ -88,6 +96,7 @@ impl CatalogProvider for TenantCatalog {
         Some(Arc::new(NamespaceSchema {
             broker: self.broker.clone(),
             principal: self.principal.clone(),
+            views: self.views.clone(),
             tenant: self.tenant.clone(),
             namespace,
         }))
@@ -99,6 +108,7 @@ impl CatalogProvider for TenantCatalog {
 pub struct NamespaceSchema {
     broker: Arc<BrokerRef>,
     principal: Arc<Principal>,
+    views: Arc<Views>,
     tenant: TenantName,
     namespace: NamespaceName,
 }
@@ -147,6 +157,14 @@ impl SchemaProvider for NamespaceSchema {
         };
         if !self.broker.0.stream_exists(&sref) || !self.readable(name) {
             return Ok(None);
+        }
+        // A materialized view reads as its rows, not its stream's records.
+        if let Some(info) = self.views.get(&sref) {
+            return Ok(Some(Arc::new(ViewTable {
+                broker: self.broker.clone(),
+                stream: sref,
+                info,
+            })));
         }
         Ok(Some(Arc::new(StreamTable::new(self.broker.clone(), sref))))
     }

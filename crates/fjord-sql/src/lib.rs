@@ -130,7 +130,11 @@ impl SqlEngine {
         for f in continuous::window::functions() {
             ctx.register_udf((*f).clone());
         }
-        ctx.register_catalog_list(Arc::new(Catalogs::new(self.broker.clone(), principal)));
+        ctx.register_catalog_list(Arc::new(Catalogs::new(
+            self.broker.clone(),
+            principal,
+            self.queries.views.clone(),
+        )));
         let mut ctx = ctx;
         if let Err(e) = datafusion_functions_json::register_all(&mut ctx) {
             // Registration only fails on a name clash between built-ins.

@@ -389,8 +389,11 @@ async fn statements_that_cannot_run_say_why() {
         let sql = sql.clone();
         async move { sql.query(anonymous(), q).await.expect_err(q) }
     };
-    let e = fails("CREATE STREAM x AS SELECT count(*) FROM a").await;
-    assert!(e.message.contains("window"), "{e}");
+    let e = fails("CREATE STREAM x AS SELECT row_number() OVER (ORDER BY _offset) FROM a").await;
+    assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
+    assert!(e.message.contains("OVER"), "{e}");
+    let e = fails("CREATE STREAM x AS SELECT 1").await;
+    assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
     let e = fails("CREATE STREAM x AS SELECT * FROM a ORDER BY _offset").await;
     assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
     let e = fails("CREATE STREAM x AS SELECT * FROM a JOIN b ON a._key = b._key").await;
@@ -421,4 +424,110 @@ async fn statements_that_cannot_run_say_why() {
     assert!(!b.stream_exists(&stream("copy")));
     let r = sql.query(anonymous(), "SHOW QUERIES").await.unwrap();
     assert_eq!(r.rows(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn materialized_views_keep_the_newest_row_per_group() {
+    use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    let src = stream("readings");
+    b.create_stream(&src, Some(2), Policy::default()).unwrap();
+    sql.query(
+        anonymous(),
+        "CREATE MATERIALIZED VIEW latest AS \
+         SELECT json_get_str(value, 'device') AS device, \
+                max(json_get_float(value, 'temp')) AS max_temp, count(*) AS n, \
+                last_value(json_get_float(value, 'temp') ORDER BY _event_ts) AS last_temp \
+         FROM readings GROUP BY 1",
+    )
+    .await
+    .unwrap();
+    sql.query(
+        anonymous(),
+        "CREATE MATERIALIZED VIEW per_second WITH (idle_timeout = 'none') AS \
+         SELECT tumble(_event_ts, INTERVAL '1 second') AS second, json_get_str(value, 'device') AS device, \
+                avg(json_get_float(value, 'temp')) AS avg_temp \
+         FROM readings GROUP BY 1, 2",
+    )
+    .await
+    .unwrap();
+    // A changelog: each update of a group as a record keyed by it.
+    sql.query(
+        anonymous(),
+        "CREATE STREAM counts AS SELECT json_get_str(value, 'device') AS device, count(*) AS n \
+         FROM readings GROUP BY 1",
+    )
+    .await
+    .unwrap();
+    let mut want: BTreeMap<String, (f64, i64, f64)> = BTreeMap::new();
+    for round in 0..5i64 {
+        let batch: Vec<RecordInput> = (0..40i64)
+            .map(|i| {
+                let d = (i % 4) as u32;
+                let t = ((i * 7 + round * 13) % 40) as f64;
+                let ts = 10_000 + round * 40 + i;
+                let e = want.entry(format!("dev-{d}")).or_insert((f64::MIN, 0, 0.0));
+                e.0 = e.0.max(t);
+                e.1 += 1;
+                e.2 = t;
+                reading(d, t, ts)
+            })
+            .collect();
+        b.produce(&src, batch, None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let q = "SELECT device, max_temp, n, last_temp FROM latest ORDER BY device";
+    wait_for("the view to catch up", async || {
+        let r = sql.query(anonymous(), q).await.unwrap();
+        r.rows() == 4
+            && r.batches
+                .iter()
+                .flat_map(|b| b.column(2).as_primitive::<Int64Type>().values().to_vec())
+                .sum::<i64>()
+                == 200
+    })
+    .await;
+    let r = sql.query(anonymous(), q).await.unwrap();
+    let b0 = &r.batches[0];
+    for (i, (device, (max, n, last))) in want.iter().enumerate() {
+        assert_eq!(b0.column(0).as_string::<i32>().value(i), device);
+        assert_eq!(b0.column(1).as_primitive::<Float64Type>().value(i), *max);
+        assert_eq!(b0.column(2).as_primitive::<Int64Type>().value(i), *n);
+        assert_eq!(b0.column(3).as_primitive::<Float64Type>().value(i), *last);
+    }
+    // The changelog's newest record per device holds its count.
+    let mut newest: BTreeMap<Bytes, serde_json::Value> = BTreeMap::new();
+    for r in read_all(&b, &stream("counts")).await {
+        newest.insert(r.key.clone().unwrap(), json(&r));
+    }
+    assert_eq!(newest.len(), 4);
+    for (k, v) in &newest {
+        assert_eq!(v["device"].as_str().unwrap().as_bytes(), &k[..]);
+        assert_eq!(v["n"].as_i64(), Some(50), "{v}");
+    }
+    // A windowed view: typed rows per second and device, once the
+    // watermark closes the seconds.
+    b.produce(&src, vec![reading(0, 0.0, 60_000)], Some(0))
+        .await
+        .unwrap();
+    b.produce(&src, vec![reading(1, 0.0, 60_000)], Some(1))
+        .await
+        .unwrap();
+    let q = "SELECT count(*) FROM per_second WHERE second < TIMESTAMP '1970-01-01T00:01:00Z'";
+    wait_for("the windowed view", async || {
+        let r = sql.query(anonymous(), q).await.unwrap();
+        r.batches[0].column(0).as_primitive::<Int64Type>().value(0) == 4
+    })
+    .await;
+    sql.query(anonymous(), "DROP MATERIALIZED VIEW latest")
+        .await
+        .unwrap();
+    let e = sql
+        .query(anonymous(), "SELECT * FROM latest")
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, SqlErrorKind::UndefinedTable);
+    sql.stop_queries().await;
 }

@@ -29,11 +29,13 @@ use super::window::{from_millis, to_millis, WindowSpec};
 /// What the aggregate computes, taken from DataFusion's physical plan.
 #[derive(Debug)]
 pub struct AggSpec {
-    pub window: WindowSpec,
+    /// `None`: no window — groups live for as long as the query, and their
+    /// updated rows are emitted as they change.
+    pub window: Option<WindowSpec>,
     /// Where the window's start sits among the `GROUP BY` columns.
-    pub window_pos: usize,
+    pub window_pos: Option<usize>,
     /// The window's time (its function's first argument).
-    pub time: Arc<dyn PhysicalExpr>,
+    pub time: Option<Arc<dyn PhysicalExpr>>,
     /// The other `GROUP BY` expressions, in order.
     pub keys: Vec<Arc<dyn PhysicalExpr>>,
     pub key_schema: SchemaRef,
@@ -122,7 +124,12 @@ struct Window {
     fired: bool,
     /// Updated by a late row since it fired.
     dirty: bool,
+    /// Without a window: the groups updated since the last emission.
+    touched: Vec<bool>,
 }
+
+/// The only "window" of an aggregate without one.
+const GLOBAL: i64 = 0;
 
 /// One window's results.
 #[derive(Debug)]
@@ -182,7 +189,10 @@ impl WindowedState {
 
     /// Whether the window starting at `start` has closed for good.
     fn closed(&self, start: i64, watermark: i64) -> bool {
-        self.spec.window.end(start) + self.lateness_ms <= watermark
+        match self.spec.window {
+            Some(w) => w.end(start).saturating_add(self.lateness_ms) <= watermark,
+            None => false,
+        }
     }
 
     /// Adds a batch (in the aggregate's input schema) under `watermark`.
@@ -193,10 +203,14 @@ impl WindowedState {
             return Ok(update);
         }
         let spec = self.spec.clone();
-        let time = to_millis(&spec.time.evaluate(batch)?.into_array(rows)?)?;
-        let time = time.as_primitive::<TimestampMillisecondType>();
         // Rows by window, in the order windows first appear.
         let mut by_window: Vec<(i64, Vec<u32>)> = Vec::new();
+        let (Some(window), Some(time)) = (spec.window, &spec.time) else {
+            by_window.push((GLOBAL, (0..rows as u32).collect()));
+            return self.accumulate(batch, by_window).map(|()| update);
+        };
+        let time = to_millis(&time.evaluate(batch)?.into_array(rows)?)?;
+        let time = time.as_primitive::<TimestampMillisecondType>();
         for (i, t) in time.iter().enumerate() {
             let Some(t) = t else {
                 update.untimed += 1;
@@ -204,7 +218,7 @@ impl WindowedState {
             };
             update.max_ts = Some(update.max_ts.map_or(t, |m| m.max(t)));
             let mut starts = std::mem::take(&mut self.starts);
-            spec.window.assign(t, &mut starts);
+            window.assign(t, &mut starts);
             let mut late = false;
             for &s in &starts {
                 if self.closed(s, watermark) {
@@ -224,6 +238,14 @@ impl WindowedState {
         if by_window.is_empty() {
             return Ok(update);
         }
+        self.accumulate(batch, by_window)?;
+        Ok(update)
+    }
+
+    /// Feeds rows (by window) to the windows' groups and accumulators.
+    fn accumulate(&mut self, batch: &RecordBatch, by_window: Vec<(i64, Vec<u32>)>) -> DfResult<()> {
+        let spec = self.spec.clone();
+        let rows = batch.num_rows();
         let keys = evaluate(&spec.keys, batch)?;
         let args: Vec<Vec<ArrayRef>> = spec
             .args
@@ -258,6 +280,7 @@ impl WindowedState {
                     accs: spec.accumulators()?,
                     fired: false,
                     dirty: false,
+                    touched: Vec::new(),
                 }),
             };
             let mut ids = std::mem::take(&mut self.ids);
@@ -272,21 +295,30 @@ impl WindowedState {
                 let filter = filter.as_ref().map(|f| f.as_boolean());
                 acc.update_batch(&values, &ids, filter, total)?;
             }
+            if spec.window.is_none() {
+                w.touched.resize(total, false);
+                for &g in &ids {
+                    w.touched[g] = true;
+                }
+            }
             self.ids = ids;
             if w.fired {
                 w.dirty = true;
             }
         }
-        Ok(update)
+        Ok(())
     }
 
     /// The results of the windows `watermark` closes (first firing, or a
     /// late update), oldest first; windows closed for good are dropped.
     pub fn fire(&mut self, watermark: i64) -> DfResult<Vec<Emission>> {
         let mut out = Vec::new();
+        let Some(window) = self.spec.window else {
+            return self.fire_changed();
+        };
         let starts: Vec<i64> = self.windows.keys().copied().collect();
         for start in starts {
-            let end = self.spec.window.end(start);
+            let end = window.end(start);
             if end > watermark {
                 // Windows only close in order of their ends; for hops and
                 // tumbles that is the order of their starts.
@@ -313,6 +345,35 @@ impl WindowedState {
             }
         }
         Ok(out)
+    }
+
+    /// Without a window: the rows of the groups updated since last time.
+    fn fire_changed(&mut self) -> DfResult<Vec<Emission>> {
+        let Some(w) = self.windows.get_mut(&GLOBAL) else {
+            return Ok(Vec::new());
+        };
+        let touched: Vec<u32> = w
+            .touched
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| **t)
+            .map(|(g, _)| g as u32)
+            .collect();
+        if touched.is_empty() {
+            return Ok(Vec::new());
+        }
+        w.touched.iter_mut().for_each(|t| *t = false);
+        let all = self.evaluate_keeping(GLOBAL)?;
+        let batch = if touched.len() == all.num_rows() {
+            all
+        } else {
+            take_rows(&all, &touched)?
+        };
+        Ok(vec![Emission {
+            start: GLOBAL,
+            end: GLOBAL,
+            batch,
+        }])
     }
 
     /// Evaluates a window whose state is no longer needed.
@@ -366,9 +427,9 @@ impl WindowedState {
         let mut columns = Vec::with_capacity(spec.schema.fields().len());
         let mut keys = keys.into_iter();
         for (i, field) in spec.schema.fields().iter().enumerate() {
-            if i == spec.window_pos {
+            if Some(i) == spec.window_pos {
                 columns.push(from_millis(vec![Some(start); rows], field.data_type())?);
-            } else if i < spec.keys.len() + 1 {
+            } else if i < spec.keys.len() + spec.window_pos.map_or(0, |_| 1) {
                 columns.push(
                     keys.next()
                         .ok_or_else(|| DataFusionError::Internal("group key missing".into()))?,
@@ -444,6 +505,7 @@ impl WindowedState {
             self.windows.insert(
                 s.start,
                 Window {
+                    touched: Vec::new(),
                     groups,
                     accs,
                     fired: s.fired,

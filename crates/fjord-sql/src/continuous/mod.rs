@@ -10,6 +10,7 @@ pub mod plan;
 pub mod records;
 pub mod runner;
 pub mod statement;
+pub mod view;
 pub mod window;
 
 use std::collections::BTreeMap;
@@ -99,6 +100,8 @@ struct Running {
 #[derive(Default)]
 pub struct Registry {
     queries: Mutex<BTreeMap<Key, Running>>,
+    /// The tables of materialized views, for the catalog.
+    pub(crate) views: Arc<view::Views>,
 }
 
 struct MetaCheckpoints {
@@ -154,12 +157,6 @@ impl SqlEngine {
         query: String,
         query_at: (u64, u64),
     ) -> Result<(), SqlError> {
-        if kind == QueryKind::MaterializedView {
-            return Err(err(
-                SqlErrorKind::NotSupported,
-                "CREATE MATERIALIZED VIEW is not available in this version; CREATE STREAM … AS SELECT keeps results in a stream",
-            ));
-        }
         let options = Options::parse(&raw_options)?;
         let out = self.output_ref(&principal, &name)?;
         let broker = self.broker().clone();
@@ -208,8 +205,18 @@ impl SqlEngine {
             )?),
             Late::Drop => None,
         };
+        // A view keeps the newest row per key; its stream need not keep
+        // more.
+        let policy = if kind == QueryKind::MaterializedView && !pipeline.view_key().is_empty() {
+            Policy {
+                compaction: Some(fjord_core::Compaction::LatestPerKey),
+                ..Policy::default()
+            }
+        } else {
+            Policy::default()
+        };
         broker
-            .create_stream(&out, options.partitions, Policy::default())
+            .create_stream(&out, options.partitions, policy)
             .map_err(|e| err(SqlErrorKind::Invalid, e.to_string()))?;
         let created = async {
             if let Some(side) = &side {
@@ -307,6 +314,15 @@ impl SqlEngine {
             Ok((runner_parts, restored)) => {
                 let (stop_tx, stop_rx) = watch::channel(false);
                 running.source = Some(runner_parts.pipeline.source.clone());
+                if running.def.kind == QueryKind::MaterializedView {
+                    self.queries.views.insert(
+                        runner_parts.output.clone(),
+                        view::ViewInfo {
+                            schema: runner_parts.pipeline.output_schema.clone(),
+                            key: runner_parts.pipeline.view_key(),
+                        },
+                    );
+                }
                 let runner = Runner {
                     status: status.clone(),
                     ..runner_parts
@@ -391,6 +407,7 @@ impl SqlEngine {
                     id,
                 }),
                 status: Arc::new(Mutex::new(Status::default())),
+                view: def.kind == QueryKind::MaterializedView,
             },
             restored,
         ))
@@ -492,6 +509,7 @@ impl SqlEngine {
             return Ok(());
         };
         stop(running).await;
+        self.queries.views.remove(&out);
         broker
             .meta()
             .delete_query(

@@ -18,10 +18,12 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::expressions::Literal;
+use datafusion::physical_expr::expressions::{Column as ColumnExpr, Literal};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     replace_children_if_necessary, ChildrenPropertiesMode, DisplayAs, DisplayFormatType,
@@ -82,6 +84,22 @@ pub struct Pipeline {
     pub post: Option<Stage>,
     /// The rows the query produces.
     pub output_schema: SchemaRef,
+    /// Output columns that are `GROUP BY` values (the window's start
+    /// excluded): what identifies a result row.
+    pub key_columns: Vec<usize>,
+    /// The output column holding the window's start, if selected.
+    pub window_column: Option<usize>,
+}
+
+impl Pipeline {
+    /// What identifies a row of a materialized view: its group, window
+    /// included.
+    pub fn view_key(&self) -> Vec<usize> {
+        let mut key = self.key_columns.clone();
+        key.extend(self.window_column);
+        key.sort_unstable();
+        key
+    }
 }
 
 fn unsupported(message: impl Into<String>) -> SqlError {
@@ -162,6 +180,8 @@ fn cut(root: Arc<dyn ExecutionPlan>) -> Result<Pipeline, SqlError> {
             aggregate: None,
             post: None,
             output_schema,
+            key_columns: Vec::new(),
+            window_column: None,
         });
     };
     let top_exec = top
@@ -181,6 +201,8 @@ fn cut(root: Arc<dyn ExecutionPlan>) -> Result<Pipeline, SqlError> {
     check(raw_exec.input(), STATELESS, None)?;
     check_above(&root, &top)?;
     let spec = agg_spec(raw_exec, &top)?;
+    let groups = raw_exec.group_expr().expr().len();
+    let (key_columns, window_column) = group_columns(&root, &top, groups, spec.window_pos);
     let (pre, pre_feed) = feed_in(raw_exec.input(), &|p| is_scan(p))?;
     let post = if Arc::ptr_eq(&root, &top) {
         None
@@ -199,7 +221,58 @@ fn cut(root: Arc<dyn ExecutionPlan>) -> Result<Pipeline, SqlError> {
         aggregate: Some(Arc::new(spec)),
         post,
         output_schema,
+        key_columns,
+        window_column,
     })
+}
+
+/// Which output columns carry the aggregate's `GROUP BY` values (and which
+/// its window): followed through the select list down to the aggregate.
+fn group_columns(
+    root: &Arc<dyn ExecutionPlan>,
+    top: &Arc<dyn ExecutionPlan>,
+    groups: usize,
+    window_pos: Option<usize>,
+) -> (Vec<usize>, Option<usize>) {
+    // An output column as a column of the aggregate, if it is one.
+    fn trace(p: &Arc<dyn ExecutionPlan>, top: &Arc<dyn ExecutionPlan>, i: usize) -> Option<usize> {
+        if Arc::ptr_eq(p, top) {
+            return Some(i);
+        }
+        if let Some(proj) = p.downcast_ref::<ProjectionExec>() {
+            let e = &proj.expr().get(i)?.expr;
+            let col = e.downcast_ref::<ColumnExpr>()?;
+            return trace(p.children().first()?, top, col.index());
+        }
+        let preserves = match p.downcast_ref::<FilterExec>() {
+            Some(f) => f.projection().is_none(),
+            None => matches!(
+                p.name(),
+                "CoalesceBatchesExec"
+                    | "SortExec"
+                    | "SortPreservingMergeExec"
+                    | "GlobalLimitExec"
+                    | "LocalLimitExec"
+                    | "CoalescePartitionsExec"
+                    | "CooperativeExec"
+                    | "RepartitionExec"
+            ),
+        };
+        if !preserves {
+            return None;
+        }
+        trace(p.children().first()?, top, i)
+    }
+    let mut keys = Vec::new();
+    let mut window = None;
+    for i in 0..root.schema().fields().len() {
+        match trace(root, top, i) {
+            Some(g) if Some(g) == window_pos => window = Some(i),
+            Some(g) if g < groups => keys.push(i),
+            _ => {}
+        }
+    }
+    (keys, window)
 }
 
 fn is_scan(p: &Arc<dyn ExecutionPlan>) -> bool {
@@ -340,13 +413,11 @@ fn agg_spec(raw: &AggregateExec, top: &Arc<dyn ExecutionPlan>) -> Result<AggSpec
             key_fields.push(schema.field(i).clone());
         }
     }
-    let Some((window_pos, spec, time)) = window else {
-        return Err(SqlError::new(
-            SqlErrorKind::NotSupported,
-            "a continuous aggregate groups by a window of event time: GROUP BY tumble(_event_ts, INTERVAL '1 minute'), hop(…) or session(…)",
-        ));
+    let (window_pos, spec, time) = match window {
+        Some((pos, spec, time)) => (Some(pos), Some(spec), Some(time)),
+        None => (None, None, None),
     };
-    if matches!(spec, WindowSpec::Session { .. }) {
+    if matches!(spec, Some(WindowSpec::Session { .. })) {
         return Err(unsupported(
             "session() windows are not available in this version; use tumble() or hop()",
         ));

@@ -1,7 +1,9 @@
 //! A continuous query's result rows as records of its output stream
 //! (pure).
 //!
-//! * a column `_key` becomes the record's key (as text);
+//! * a column `_key` becomes the record's key (as text); without one, an
+//!   aggregate's results are keyed by their `GROUP BY` values (the window
+//!   aside), so one group's results stay in one partition, in order;
 //! * a timestamp column `_event_ts` becomes its event time (otherwise a
 //!   window's result carries the window's last millisecond, and a row of a
 //!   query without windows the time it is written);
@@ -22,6 +24,8 @@ use fjord_core::RecordInput;
 #[derive(Debug, Clone)]
 pub struct Shape {
     key: Option<usize>,
+    /// Without `_key`: the columns whose values make the key.
+    key_columns: Vec<usize>,
     event_ts: Option<usize>,
     body: Body,
 }
@@ -35,6 +39,11 @@ enum Body {
 
 impl Shape {
     pub fn of(schema: &Schema) -> Shape {
+        Self::keyed(schema, Vec::new())
+    }
+
+    /// Rows keyed by `key_columns` when they have no `_key`.
+    pub fn keyed(schema: &Schema, key_columns: Vec<usize>) -> Shape {
         let find = |name: &str| schema.fields().iter().position(|f| f.name() == name);
         let key = find("_key");
         let event_ts = find("_event_ts")
@@ -60,8 +69,20 @@ impl Shape {
         };
         Shape {
             key,
+            key_columns,
             event_ts,
             body,
+        }
+    }
+
+    /// Every column in the JSON value (no metadata columns), keyed by
+    /// `key_columns`: a materialized view's rows, read back by their types.
+    pub fn plain(schema: &Schema, key_columns: Vec<usize>) -> Shape {
+        Shape {
+            key: None,
+            key_columns,
+            event_ts: None,
+            body: Body::Json((0..schema.fields().len()).collect()),
         }
     }
 
@@ -74,6 +95,26 @@ impl Shape {
         let n = batch.num_rows();
         let keys = match self.key {
             Some(i) => text(batch.column(i))?,
+            None if !self.key_columns.is_empty() => {
+                let parts: Vec<Vec<Option<String>>> = self
+                    .key_columns
+                    .iter()
+                    .map(|&i| text(batch.column(i)))
+                    .collect::<Result<_, _>>()?;
+                // One column: its text; several: joined by `/` (NULL as
+                // empty), which also reads well as an MQTT topic.
+                (0..n)
+                    .map(|r| {
+                        Some(
+                            parts
+                                .iter()
+                                .map(|p| p[r].clone().unwrap_or_default())
+                                .collect::<Vec<_>>()
+                                .join("/"),
+                        )
+                    })
+                    .collect()
+            }
             None => vec![None; n],
         };
         let times: Vec<Option<i64>> = match self.event_ts {

@@ -44,6 +44,8 @@ const READ_WAIT: Duration = Duration::from_millis(250);
 /// A checkpoint at least this often while input moves and nothing is
 /// emitted (bounds what a restart re-reads).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+/// How often an aggregate without a window emits its changed groups.
+const CHANGES_EVERY: Duration = Duration::from_millis(100);
 /// Results are held at most this long to be appended together.
 const LINGER: Duration = Duration::from_millis(20);
 
@@ -74,6 +76,9 @@ pub struct Runner {
     pub side: Option<StreamRef>,
     pub store: Arc<dyn CheckpointStore>,
     pub status: Arc<Mutex<Status>>,
+    /// A materialized view's query: rows stored whole, keyed by their
+    /// group and window.
+    pub view: bool,
 }
 
 enum Msg {
@@ -108,6 +113,7 @@ struct Run {
     last_rows: Vec<Instant>,
     caught_up: Vec<bool>,
     last_checkpoint: Instant,
+    last_changes: Instant,
     moved: bool,
     round_robin: u32,
 }
@@ -117,7 +123,14 @@ impl Runner {
     /// query fails.
     pub async fn run(self, restored: Checkpoint, mut stop: watch::Receiver<bool>) {
         let status = self.status.clone();
-        let shape = Shape::of(&self.pipeline.output_schema);
+        let shape = if self.view {
+            Shape::plain(&self.pipeline.output_schema, self.pipeline.view_key())
+        } else {
+            Shape::keyed(
+                &self.pipeline.output_schema,
+                self.pipeline.key_columns.clone(),
+            )
+        };
         let state = self
             .pipeline
             .aggregate
@@ -134,6 +147,7 @@ impl Runner {
             last_rows: vec![Instant::now(); n],
             caught_up: vec![false; n],
             last_checkpoint: Instant::now(),
+            last_changes: Instant::now(),
             moved: false,
             round_robin: 0,
         };
@@ -525,7 +539,18 @@ impl Run {
 
     /// After reads (or a tick): close windows, then append what is due.
     async fn step(&mut self, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
-        if self.state.is_some() {
+        let windowed = self
+            .r
+            .pipeline
+            .aggregate
+            .as_ref()
+            .is_some_and(|a| a.window.is_some());
+        // Without a window, changed groups go out at most this often.
+        let due_changes = self.last_changes.elapsed() >= CHANGES_EVERY;
+        if self.state.is_some() && (windowed || due_changes) {
+            if !windowed {
+                self.last_changes = Instant::now();
+            }
             self.advance_watermark();
             let wm = self.header.watermark.unwrap_or(i64::MIN);
             let emissions = match &mut self.state {
@@ -541,9 +566,11 @@ impl Run {
                     None => vec![e.batch],
                 };
                 for out in outs {
+                    // A window's results carry its last millisecond.
+                    let event_ts = windowed.then(|| e.end - 1);
                     let records = self
                         .shape
-                        .records(&out, Some(e.end - 1))
+                        .records(&out, event_ts)
                         .map_err(|e| e.to_string())?;
                     self.add(Target::Output, records);
                 }
