@@ -498,10 +498,23 @@ async fn materialized_views_keep_the_newest_row_per_group() {
         assert_eq!(b0.column(3).as_primitive::<Float64Type>().value(i), *last);
     }
     // The changelog's newest record per device holds its count.
-    let mut newest: BTreeMap<Bytes, serde_json::Value> = BTreeMap::new();
-    for r in read_all(&b, &stream("counts")).await {
-        newest.insert(r.key.clone().unwrap(), json(&r));
-    }
+    let newest = async || {
+        let mut newest: BTreeMap<Bytes, serde_json::Value> = BTreeMap::new();
+        for r in read_all(&b, &stream("counts")).await {
+            newest.insert(r.key.clone().unwrap(), json(&r));
+        }
+        newest
+    };
+    wait_for("the changelog", async || {
+        newest()
+            .await
+            .values()
+            .map(|v| v["n"].as_i64().unwrap())
+            .sum::<i64>()
+            == 200
+    })
+    .await;
+    let newest = newest().await;
     assert_eq!(newest.len(), 4);
     for (k, v) in &newest {
         assert_eq!(v["device"].as_str().unwrap().as_bytes(), &k[..]);
