@@ -115,7 +115,7 @@ fn need<'a>(method: &Method, path: &'a str, query: Option<&'a str>) -> Need<'a> 
         },
         // SQL: any principal; the catalog shows each only the streams it
         // may read.
-        ["v1", "sql"] => Need::Anyone,
+        ["v1", "sql"] | ["v1", "sql", "ws"] => Need::Anyone,
         // Anything else is a 404 or 405 from the router; it needs a
         // principal all the same (nothing is learnt without one).
         _ => Need::Anyone,

@@ -130,6 +130,7 @@ pub fn router_with(
             get(ws::upgrade),
         )
         .route("/v1/sql", post(sql::run))
+        .route("/v1/sql/ws", get(sql::push))
         .fallback(ops::not_found)
         .method_not_allowed_fallback(ops::method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))

@@ -65,6 +65,10 @@ pub enum Outcome {
     Rows(SendableRecordBatchStream),
     /// A command done: its tag (`CREATE STREAM`, `DROP STREAM`).
     Done(&'static str),
+    /// A push query's rows (`… EMIT CHANGES`): they never end; the
+    /// client's endpoint sends each as it comes and drops the stream when
+    /// the client cancels.
+    Push(SendableRecordBatchStream),
 }
 
 /// A query's result, collected.
@@ -173,6 +177,9 @@ impl SqlEngine {
                 self.drop_query(principal, kind, name, if_exists).await?;
                 Ok(Outcome::Done(tag(kind, false)))
             }
+            Statement::Push { query } => {
+                Ok(Outcome::Push(self.push_query(principal, &query).await?))
+            }
             Statement::ShowQueries => {
                 let batch = self.show_queries(&principal).await?;
                 let schema = batch.schema();
@@ -204,6 +211,12 @@ impl SqlEngine {
         use futures_util::TryStreamExt;
         let stream = match self.execute(principal, sql).await? {
             Outcome::Rows(s) => s,
+            Outcome::Push(_) => {
+                return Err(SqlError::new(
+                    SqlErrorKind::NotSupported,
+                    "a push query (EMIT CHANGES) streams until cancelled: run it over the PostgreSQL protocol or the SQL WebSocket",
+                ))
+            }
             Outcome::Done(_) => {
                 return Ok(QueryResult {
                     schema: Arc::new(datafusion::arrow::datatypes::Schema::empty()),

@@ -74,10 +74,10 @@ pub fn encode(
     }
 }
 
-fn json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+/// The rows alone, as one JSON array of objects (every column present).
+pub fn json_rows(batches: &[RecordBatch]) -> Result<String, ArrowError> {
     let mut rows = Vec::new();
     {
-        // Nulls written, not left out: every row has every column.
         let mut w = datafusion::arrow::json::WriterBuilder::new()
             .with_explicit_nulls(true)
             .build::<_, datafusion::arrow::json::writer::JsonArray>(&mut rows);
@@ -89,6 +89,11 @@ fn json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowErr
     if rows.is_empty() {
         rows.extend_from_slice(b"[]");
     }
+    String::from_utf8(rows).map_err(|e| ArrowError::JsonError(e.to_string()))
+}
+
+fn json(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
+    let rows = json_rows(batches)?.into_bytes();
     let columns: Vec<serde_json::Value> = schema
         .fields()
         .iter()

@@ -9,6 +9,10 @@
 //!   default) connects anonymously, as anonymous MQTT does.
 //! * Simple and extended query protocols; `$n` parameters are typed from
 //!   the query (DataFusion infers them) and bound from text or binary.
+//! * `SELECT … EMIT CHANGES` streams rows as they come (each batch
+//!   flushed) until the client cancels (a CancelRequest, as `psql`'s
+//!   Ctrl-C and every driver's `cancel()` send); any query can be
+//!   cancelled that way (SQLSTATE 57014).
 //! * Session statements clients send on their own (`SET`, `BEGIN`,
 //!   `COMMIT`, `SHOW transaction_isolation`, `DISCARD ALL`) are answered;
 //!   there are no transactions to speak of (every query reads a snapshot).
@@ -30,6 +34,7 @@ use pgwire::api::auth::{
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata,
     DefaultServerParameterProvider, StartupHandler,
 };
+use pgwire::api::cancel::{CancelHandler, DefaultCancelHandler};
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{
@@ -38,10 +43,12 @@ use pgwire::api::results::{
 use pgwire::api::stmt::{QueryParser, StoredStatement};
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
-    ClientInfo, ClientPortalStore, PgWireConnectionState, PgWireServerHandlers,
-    PidSecretKeyGenerator, RandomPidSecretKeyGenerator, Type,
+    ClientInfo, ClientPortalStore, ConnectionGuard, ConnectionHandle, ConnectionManager,
+    PgWireConnectionState, PgWireServerHandlers, PidSecretKeyGenerator,
+    RandomPidSecretKeyGenerator, Type,
 };
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::data::DataRow;
 use pgwire::messages::startup::Authentication;
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 
@@ -52,11 +59,17 @@ use crate::{Outcome, SqlEngine, SqlError};
 pub struct PgHandlers {
     engine: Arc<SqlEngine>,
     broker: Arc<Broker>,
+    /// Connections by (pid, secret), for cancel requests.
+    connections: Arc<ConnectionManager>,
 }
 
 impl PgHandlers {
     pub fn new(engine: Arc<SqlEngine>, broker: Arc<Broker>) -> Arc<Self> {
-        Arc::new(PgHandlers { engine, broker })
+        Arc::new(PgHandlers {
+            engine,
+            broker,
+            connections: Arc::new(ConnectionManager::new()),
+        })
     }
 }
 
@@ -77,7 +90,12 @@ impl PgWireServerHandlers for PgHandlers {
         Arc::new(Login {
             broker: self.broker.clone(),
             engine: self.engine.clone(),
+            connections: self.connections.clone(),
         })
+    }
+
+    fn cancel_handler(&self) -> Arc<impl CancelHandler> {
+        Arc::new(DefaultCancelHandler::new(self.connections.clone()))
     }
 }
 
@@ -87,6 +105,10 @@ struct PgSession {
     ctx: SessionContext,
     principal: Arc<Principal>,
     engine: Arc<SqlEngine>,
+    /// Fired by a cancel request for this connection.
+    cancel: Arc<ConnectionHandle>,
+    /// Unregisters the connection when the session goes.
+    _registered: ConnectionGuard,
 }
 
 fn session<C: ClientInfo>(client: &C) -> PgWireResult<Arc<PgSession>> {
@@ -119,6 +141,7 @@ fn sql_error(e: SqlError, sql: &str) -> PgWireError {
 struct Login {
     broker: Arc<Broker>,
     engine: Arc<SqlEngine>,
+    connections: Arc<ConnectionManager>,
 }
 
 impl Login {
@@ -143,12 +166,15 @@ impl Login {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let principal = Arc::new(principal);
+        let (pid, secret) = RandomPidSecretKeyGenerator::default().generate(client);
+        let (cancel, registered) = self.connections.register(pid, secret.clone());
         client.session_extensions().insert(PgSession {
             ctx: self.engine.context(principal.clone()),
             principal,
             engine: self.engine.clone(),
+            cancel,
+            _registered: registered,
         });
-        let (pid, secret) = RandomPidSecretKeyGenerator::default().generate(client);
         client.set_pid_and_secret_key(pid, secret);
         finish_authentication(client, &DefaultServerParameterProvider::default()).await
     }
@@ -239,6 +265,8 @@ enum Kind {
     /// A statement of continuous queries (`CREATE STREAM … AS`, `DROP`,
     /// `SHOW QUERIES`), run by the engine.
     Continuous(Statement),
+    /// `SELECT … EMIT CHANGES`, with the columns its rows will have.
+    Push(datafusion::arrow::datatypes::SchemaRef),
     Empty,
 }
 
@@ -299,6 +327,10 @@ impl Parser {
             return Ok(k);
         }
         let continuous = crate::continuous::statement::parse(sql)?;
+        if let Statement::Push { query } = &continuous {
+            let plan = ctx.state().create_logical_plan(query).await?;
+            return Ok(Kind::Push(Arc::new(plan.schema().as_arrow().clone())));
+        }
         if continuous != Statement::Other {
             return Ok(Kind::Continuous(continuous));
         }
@@ -433,9 +465,15 @@ impl Queries {
                     .map_err(|e| sql_error(e, &stmt.sql))?;
                 match outcome {
                     Outcome::Done(tag) => Ok(Response::Execution(Tag::new(tag))),
-                    Outcome::Rows(batches) => Ok(rows_response(batches, format, &stmt.sql)?),
+                    Outcome::Rows(batches) => {
+                        let cancel = session.cancel.start_query().await;
+                        Ok(rows_response(batches, format, &stmt.sql, cancel)?)
+                    }
+                    // Streamed by `push` before `run` is reached.
+                    Outcome::Push(_) => Err(user_error("0A000", "a push query runs alone")),
                 }
             }
+            Kind::Push(_) => Err(user_error("0A000", "a push query runs alone")),
             Kind::Query(plan) => {
                 let ctx = &session.ctx;
                 let plan = match params {
@@ -453,7 +491,8 @@ impl Queries {
                     .execute_stream()
                     .await
                     .map_err(|e| sql_error(e.into(), &stmt.sql))?;
-                rows_response(batches, format, &stmt.sql)
+                let cancel = session.cancel.start_query().await;
+                rows_response(batches, format, &stmt.sql, cancel)
             }
         }
     }
@@ -466,6 +505,9 @@ impl Queries {
                     &schema, format, None,
                 )?)
             }
+            Kind::Push(schema) => Ok(arrow_pg::datatypes::arrow_schema_to_pg_fields(
+                schema, format, None,
+            )?),
             Kind::Continuous(Statement::ShowQueries) => {
                 Ok(arrow_pg::datatypes::arrow_schema_to_pg_fields(
                     &crate::continuous::show_queries_schema(),
@@ -496,10 +538,23 @@ impl SimpleQueryHandler for Queries {
     {
         let s = session(client)?;
         let mut out = Vec::new();
-        for sql in split_statements(query).map_err(|e| sql_error(e, query))? {
+        let statements = split_statements(query).map_err(|e| sql_error(e, query))?;
+        let alone = statements.len() == 1;
+        for sql in statements {
             let kind = Parser::plan(&s.ctx, &sql)
                 .await
                 .map_err(|e| sql_error(e, &sql))?;
+            if matches!(kind, Kind::Push(_)) {
+                if !alone {
+                    return Err(user_error(
+                        "0A000",
+                        "a push query (EMIT CHANGES) runs alone, not with other statements",
+                    ));
+                }
+                return Ok(vec![
+                    push(client, &s, &sql, &Format::UnifiedText, true).await?,
+                ]);
+            }
             let stmt = PgStatement { sql, kind };
             out.push(self.run(&s, &stmt, None, &Format::UnifiedText).await?);
         }
@@ -512,6 +567,7 @@ fn rows_response(
     batches: datafusion::execution::SendableRecordBatchStream,
     format: &Format,
     sql: &str,
+    cancel: impl Cancel,
 ) -> PgWireResult<Response> {
     let schema = batches.schema();
     let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(
@@ -525,7 +581,108 @@ fn rows_response(
         ),
         Err(e) => stream::iter(vec![Err(sql_error(e.into(), &sql))]),
     });
-    Ok(Response::Query(QueryResponse::new(fields, rows)))
+    Ok(Response::Query(QueryResponse::new(
+        fields,
+        cancellable(rows, cancel),
+    )))
+}
+
+fn cancelled() -> PgWireError {
+    user_error("57014", "canceling statement due to user request")
+}
+
+/// `rows` until a cancel request fires `cancel`: then one error ends them.
+/// What a cancel request fires (`Err` when the connection goes instead).
+trait Cancel: std::future::Future<Output = Result<(), Self::Gone>> + Send + Unpin + 'static {
+    type Gone: Send;
+}
+
+impl<F, E: Send> Cancel for F
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + Unpin + 'static,
+{
+    type Gone = E;
+}
+
+fn cancellable<S>(
+    rows: S,
+    cancel: impl Cancel,
+) -> impl futures_util::Stream<Item = PgWireResult<DataRow>> + Send
+where
+    S: futures_util::Stream<Item = PgWireResult<DataRow>> + Send + Unpin + 'static,
+{
+    stream::unfold(Some((rows, Some(cancel))), |state| async move {
+        let (mut rows, mut cancel) = state?;
+        let row = match cancel.as_mut() {
+            Some(c) => tokio::select! {
+                biased;
+                fired = c => match fired {
+                    Ok(()) => return Some((Err(cancelled()), None)),
+                    // The connection is going: no cancel can come.
+                    Err(_) => {
+                        cancel = None;
+                        rows.next().await
+                    }
+                },
+                row = rows.next() => row,
+            },
+            None => rows.next().await,
+        };
+        row.map(|r| (r, Some((rows, cancel))))
+    })
+}
+
+/// A push query: its rows sent (and flushed) batch by batch as they come,
+/// until the client cancels or goes away.
+async fn push<C>(
+    client: &mut C,
+    session: &PgSession,
+    sql: &str,
+    format: &Format,
+    describe: bool,
+) -> PgWireResult<Response>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    C::Error: Debug,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    let outcome = session
+        .engine
+        .execute(session.principal.clone(), sql)
+        .await
+        .map_err(|e| sql_error(e, sql))?;
+    let Outcome::Push(mut batches) = outcome else {
+        return Err(user_error("XX000", "not a push query"));
+    };
+    let fields = Arc::new(arrow_pg::datatypes::arrow_schema_to_pg_fields(
+        &batches.schema(),
+        format,
+        None,
+    )?);
+    if describe {
+        let description =
+            pgwire::messages::data::RowDescription::new(fields.iter().map(Into::into).collect());
+        client
+            .send(PgWireBackendMessage::RowDescription(description))
+            .await?;
+    }
+    let mut cancel = session.cancel.start_query().await;
+    let mut rows = 0usize;
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = &mut cancel => return Err(cancelled()),
+            b = batches.next() => b,
+        };
+        let Some(batch) = batch else { break };
+        let batch = batch.map_err(|e| sql_error(e.into(), sql))?;
+        for row in arrow_pg::datatypes::encode_recordbatch(fields.clone(), batch) {
+            client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+            rows += 1;
+        }
+        client.flush().await?;
+    }
+    Ok(Response::Execution(Tag::new("SELECT").with_rows(rows)))
 }
 
 /// The statements of a simple query, in order.
@@ -612,6 +769,9 @@ impl ExtendedQueryHandler for Queries {
                 values.into_iter().map(Into::into).collect(),
             ))
         };
+        if matches!(stmt.kind, Kind::Push(_)) {
+            return push(client, &s, &stmt.sql, &portal.result_column_format, false).await;
+        }
         self.run(&s, stmt, params, &portal.result_column_format)
             .await
     }

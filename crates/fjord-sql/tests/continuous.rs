@@ -544,3 +544,45 @@ async fn materialized_views_keep_the_newest_row_per_group() {
     assert_eq!(e.kind, SqlErrorKind::UndefinedTable);
     sql.stop_queries().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_query_streams_new_rows_until_dropped() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    let src = stream("plant1");
+    b.create_stream(&src, Some(2), Policy::default()).unwrap();
+    b.produce(&src, vec![reading(1, 99.0, 1)], None)
+        .await
+        .unwrap();
+    let fjord_sql::Outcome::Push(mut rows) = sql
+        .execute(
+            anonymous(),
+            "SELECT json_get_str(value, 'device') AS device FROM plant1 \
+             WHERE json_get_float(value, 'temp') > 30 EMIT CHANGES",
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("not a push query")
+    };
+    for (d, t) in [(2, 31.0), (3, 5.0), (4, 45.0)] {
+        b.produce(&src, vec![reading(d, t, 2)], None).await.unwrap();
+        // One by one: each its own read.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), rows.next())
+            .await
+            .expect("rows as they come")
+            .unwrap()
+            .unwrap();
+        let col = batch.column(0).as_string::<i32>();
+        got.extend(col.iter().map(|v| v.unwrap().to_string()));
+    }
+    got.sort();
+    assert_eq!(got, ["dev-2", "dev-4"]);
+    drop(rows);
+}

@@ -181,3 +181,83 @@ async fn logins_follow_the_identity_model() {
         .unwrap_err();
     assert_eq!(e.code().map(|c| c.code()), Some("42P01"), "{e:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_queries_stream_rows_until_the_client_cancels() {
+    use futures_util::StreamExt;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path()).await;
+    readings(&srv.broker, "public", 4).await;
+    let c = connect(srv.port, "user=dashboard dbname=public")
+        .await
+        .unwrap();
+    // Extended protocol, rows read as they arrive.
+    let rows = c
+        .query_raw(
+            "SELECT _key, json_get_float(value, 'temp') AS temp FROM plant1 \
+             WHERE json_get_float(value, 'temp') >= $1 EMIT CHANGES",
+            [30.0f64],
+        )
+        .await;
+    // Parameters are not for push queries (they plan once, run forever):
+    // the error says so, and the connection goes on.
+    assert!(rows.is_err());
+    let rows = c
+        .query_raw(
+            "SELECT _key, json_get_float(value, 'temp') AS temp FROM plant1 \
+             WHERE json_get_float(value, 'temp') >= 30 EMIT CHANGES",
+            std::iter::empty::<i32>(),
+        )
+        .await
+        .unwrap();
+    let mut rows = Box::pin(rows);
+    // The client has the statement bound before the server starts it; a
+    // push query sees what is published once it runs.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let s = StreamRef::new("public", "default", "plant1").unwrap();
+    // Stored before the query started: not in it.
+    let hot = |d: &str, t: f64| RecordInput {
+        key: Some(Bytes::from(d.to_string())),
+        value: Some(Bytes::from(format!(r#"{{"temp":{t}}}"#))),
+        headers: vec![],
+        event_ts: None,
+    };
+    for (d, t) in [("dev-1", 31.0), ("dev-2", 12.0), ("dev-3", 40.5)] {
+        srv.broker.produce(&s, vec![hot(d, t)], None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let row = tokio::time::timeout(Duration::from_secs(10), rows.next())
+            .await
+            .expect("rows come as they are published")
+            .unwrap()
+            .unwrap();
+        got.push((row.get::<_, String>(0), row.get::<_, f64>(1)));
+    }
+    assert_eq!(
+        got,
+        [("dev-1".to_string(), 31.0), ("dev-3".to_string(), 40.5)]
+    );
+    // The client cancels: the query ends with 57014.
+    c.cancel_token().cancel_query(NoTls).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), rows.next())
+        .await
+        .expect("the cancel ends the query");
+    let e = end.unwrap().unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "57014", "{e}");
+    // The connection is still there for the next query.
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM plant1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 7);
+    // Over the simple protocol, a push query must run alone.
+    let e = c
+        .simple_query("SELECT 1; SELECT value FROM plant1 EMIT CHANGES")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "0A000", "{e}");
+}

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 use fjord_auth::Principal;
-use fjord_http::sql::{SqlFailure, SqlFuture, SqlOutput, SqlService};
+use fjord_http::sql::{PushFuture, PushRows, SqlFailure, SqlFuture, SqlOutput, SqlService};
 use fjord_sql::{Format, Outcome, SqlEngine, SqlError, SqlErrorKind};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 pub struct HttpSql(pub Arc<SqlEngine>);
 
@@ -27,6 +27,15 @@ impl SqlService for HttpSql {
                     })
                 }
                 Outcome::Rows(batches) => batches,
+                Outcome::Push(_) => {
+                    return Err(SqlFailure {
+                        status: StatusCode::BAD_REQUEST,
+                        code: "push_query",
+                        message: "a push query (EMIT CHANGES) streams until cancelled: open it as a WebSocket, GET /v1/sql/ws?sql=…".into(),
+                        line: None,
+                        column: None,
+                    })
+                }
             };
             let schema = batches.schema();
             let batches: Vec<_> = batches
@@ -39,6 +48,31 @@ impl SqlService for HttpSql {
                 content_type: format.content_type(),
                 body,
             })
+        })
+    }
+
+    fn push(&self, principal: Arc<Principal>, sql: String) -> PushFuture {
+        let engine = self.0.clone();
+        Box::pin(async move {
+            let rows = match engine.execute(principal, &sql).await.map_err(failure)? {
+                Outcome::Push(rows) => rows,
+                _ => {
+                    return Err(SqlFailure {
+                        status: StatusCode::BAD_REQUEST,
+                        code: "not_a_push_query",
+                        message: "this route streams push queries (SELECT … EMIT CHANGES); run other statements with POST /v1/sql".into(),
+                        line: None,
+                        column: None,
+                    })
+                }
+            };
+            let json = rows.map(|b| {
+                let b = b.map_err(|e| failure(SqlError::from(e)))?;
+                let body = fjord_sql::output::json_rows(std::slice::from_ref(&b))
+                    .map_err(|e| failure(SqlError::new(SqlErrorKind::Execution, e.to_string())))?;
+                Ok(body)
+            });
+            Ok(Box::pin(json) as PushRows)
         })
     }
 }

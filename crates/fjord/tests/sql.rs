@@ -358,3 +358,75 @@ async fn a_continuous_query_killed_twice_writes_each_result_exactly_once() {
     assert_eq!(shown["rows"][0]["state"], "running", "{shown}");
     assert_eq!(shown["rows"][0]["late_rows"], 0, "{shown}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_query_streams_over_a_websocket_until_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    common::create_stream(&node, "plant1", 1).await;
+    let q = "SELECT _key AS device, json_get_float(value, 'temp') AS temp FROM plant1 \
+             WHERE json_get_float(value, 'temp') > 30 EMIT CHANGES";
+    // Over POST: refused with a pointer to the WebSocket.
+    let r = sql(&node, json!({ "sql": q }), None).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "push_query", "{e}");
+    // A wrong push query is refused before the upgrade, with its place.
+    let bad = reqwest::Url::parse_with_params(
+        &format!("ws://{}/v1/sql/ws", node.addr),
+        &[("sql", "SELECT nope FROM plant1 EMIT CHANGES")],
+    )
+    .unwrap();
+    match tokio_tungstenite::connect_async(bad.as_str()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 404)
+        }
+        other => panic!("{other:?}"),
+    }
+    let url = reqwest::Url::parse_with_params(
+        &format!("ws://{}/v1/sql/ws", node.addr),
+        &[("sql", q)],
+    )
+    .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    // Published once the query runs (it starts with the upgrade).
+    let publish = |device: &'static str, temp: f64| {
+        let url = format!("{}/v1/streams/public/default/plant1/records", node.url);
+        async move {
+            let r = http()
+                .post(url)
+                .json(&json!({"records": [{"key": device, "value": {"temp": temp}}]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish("dev-1", 35.0).await;
+    publish("dev-2", 20.0).await;
+    publish("dev-3", 41.0).await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("rows as they come")
+            .unwrap()
+            .unwrap();
+        let Message::Text(t) = m else { continue };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        for row in v["rows"].as_array().unwrap() {
+            got.push((
+                row["device"].as_str().unwrap().to_string(),
+                row["temp"].as_f64().unwrap(),
+            ));
+        }
+    }
+    assert_eq!(
+        got,
+        [("dev-1".to_string(), 35.0), ("dev-3".to_string(), 41.0)]
+    );
+    ws.send(Message::Close(None)).await.unwrap();
+}

@@ -400,16 +400,74 @@ impl SqlEngine {
                 options,
                 output,
                 side,
-                store: Arc::new(MetaCheckpoints {
+                store: Some(Arc::new(MetaCheckpoints {
                     meta: broker.meta().clone(),
                     tenant: TenantName::new(&def.owner.tenant)
                         .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?,
                     id,
-                }),
+                })),
+                channel: None,
                 status: Arc::new(Mutex::new(Status::default())),
                 view: def.kind == QueryKind::MaterializedView,
             },
             restored,
+        ))
+    }
+
+    /// `SELECT … EMIT CHANGES`: the query runs from now on, its rows
+    /// streamed as they come, until the stream is dropped (the client
+    /// cancelled or went away). Nothing is stored.
+    pub(crate) async fn push_query(
+        &self,
+        principal: Arc<Principal>,
+        query: &str,
+    ) -> Result<datafusion::execution::SendableRecordBatchStream, SqlError> {
+        let ctx = self.continuous_context(principal.clone());
+        let pipeline = plan::plan(&ctx, query).await?;
+        let broker = self.broker().clone();
+        let parts = broker
+            .partition_count(&pipeline.source)
+            .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?;
+        let mut offsets = Vec::with_capacity(parts as usize);
+        for p in 0..parts {
+            offsets.push(
+                broker
+                    .resolve(&pipeline.source, p, Position::Latest)
+                    .await
+                    .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?,
+            );
+        }
+        let schema = pipeline.output_schema.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let runner = Runner {
+            broker: broker.clone(),
+            output: pipeline.source.clone(),
+            pipeline,
+            task: ctx.task_ctx(),
+            options: Options::default(),
+            side: None,
+            store: None,
+            channel: Some(tx),
+            status: Arc::new(Mutex::new(Status::default())),
+            view: false,
+        };
+        let first = Checkpoint {
+            header: Header {
+                max_ts: vec![None; offsets.len()],
+                offsets,
+                ..Header::default()
+            },
+            windows: Vec::new(),
+        };
+        // The runner stops when this sender goes, with the stream.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(runner.run(first, stop_rx));
+        let rows = futures_util::stream::unfold((rx, stop_tx), |(mut rx, stop)| async move {
+            let b = rx.recv().await?;
+            Some((Ok(b), (rx, stop)))
+        });
+        Ok(Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, rows),
         ))
     }
 

@@ -31,6 +31,9 @@ use super::plan::Pipeline;
 use super::records::Shape;
 use crate::columns::BatchBuilder;
 
+/// A push query ends when its client goes away.
+const CLIENT_GONE: &str = "the client went away";
+
 /// The header marking a query's result records with their epoch and chunk.
 pub const EPOCH_HEADER: &str = "fjord.query.epoch";
 
@@ -74,7 +77,10 @@ pub struct Runner {
     pub output: StreamRef,
     /// Late rows' stream, when they are kept.
     pub side: Option<StreamRef>,
-    pub store: Arc<dyn CheckpointStore>,
+    /// `None` for a push query: nothing to resume.
+    pub store: Option<Arc<dyn CheckpointStore>>,
+    /// A push query's client: results go there, not to a stream.
+    pub channel: Option<mpsc::Sender<RecordBatch>>,
     pub status: Arc<Mutex<Status>>,
     /// A materialized view's query: rows stored whole, keyed by their
     /// group and window.
@@ -109,6 +115,8 @@ struct Run {
     state: Option<Mutex<WindowedState>>,
     shape: Shape,
     pending: BTreeMap<(Target, u32), Vec<RecordInput>>,
+    /// A push query's results not yet sent.
+    batches: Vec<RecordBatch>,
     pending_since: Option<Instant>,
     last_rows: Vec<Instant>,
     caught_up: Vec<bool>,
@@ -143,6 +151,7 @@ impl Runner {
             state,
             shape,
             pending: BTreeMap::new(),
+            batches: Vec::new(),
             pending_since: None,
             last_rows: vec![Instant::now(); n],
             caught_up: vec![false; n],
@@ -204,6 +213,7 @@ impl Runner {
         }
         match result {
             Ok(()) => status.lock().state = "stopped",
+            Err(e) if e == CLIENT_GONE => status.lock().state = "stopped",
             Err(e) => run.fail(e),
         }
     }
@@ -366,12 +376,12 @@ impl Run {
             _ => datafusion::arrow::compute::concat_batches(&outs[0].schema(), &outs)
                 .map_err(|e| e.to_string())?,
         };
+        if self.state.is_none() {
+            return self.emit(out, None);
+        }
         {
             match &mut self.state {
-                None => {
-                    let records = self.shape.records(&out, None).map_err(|e| e.to_string())?;
-                    self.add(Target::Output, records);
-                }
+                None => {}
                 Some(state) => {
                     let wm = self.header.watermark.unwrap_or(i64::MIN);
                     let update = state.lock().update(&out, wm).map_err(|e| e.to_string())?;
@@ -471,6 +481,21 @@ impl Run {
         }
     }
 
+    /// Result rows: to the push query's client, or as records to append.
+    fn emit(&mut self, out: RecordBatch, event_ts: Option<i64>) -> Result<(), String> {
+        if self.r.channel.is_some() {
+            self.batches.push(out);
+            self.pending_since.get_or_insert_with(Instant::now);
+            return Ok(());
+        }
+        let records = self
+            .shape
+            .records(&out, event_ts)
+            .map_err(|e| e.to_string())?;
+        self.add(Target::Output, records);
+        Ok(())
+    }
+
     fn add(&mut self, target: Target, records: Vec<RecordInput>) {
         if records.is_empty() {
             return;
@@ -567,12 +592,7 @@ impl Run {
                 };
                 for out in outs {
                     // A window's results carry its last millisecond.
-                    let event_ts = windowed.then(|| e.end - 1);
-                    let records = self
-                        .shape
-                        .records(&out, event_ts)
-                        .map_err(|e| e.to_string())?;
-                    self.add(Target::Output, records);
+                    self.emit(out, windowed.then(|| e.end - 1))?;
                 }
             }
         }
@@ -587,6 +607,21 @@ impl Run {
 
     /// Checkpoints, then appends the results the checkpoint holds.
     async fn commit(&mut self, stop: &mut watch::Receiver<bool>, last: bool) -> Result<(), String> {
+        if let Some(client) = &self.r.channel {
+            self.pending_since = None;
+            self.moved = false;
+            self.last_checkpoint = Instant::now();
+            for b in std::mem::take(&mut self.batches) {
+                self.header.counters.rows_out += b.num_rows() as u64;
+                if client.send(b).await.is_err() {
+                    return Err(CLIENT_GONE.into());
+                }
+            }
+            return Ok(());
+        }
+        let Some(store) = self.r.store.clone() else {
+            return Err("no checkpoint store".into());
+        };
         let pending = std::mem::take(&mut self.pending);
         self.pending_since = None;
         self.header.epoch += 1;
@@ -626,7 +661,7 @@ impl Run {
             windows,
         };
         let bytes = checkpoint::encode(&c).map_err(|e| e.to_string())?;
-        self.r.store.save(&bytes)?;
+        store.save(&bytes)?;
         self.header.pending.clear();
         self.last_checkpoint = Instant::now();
         self.moved = false;

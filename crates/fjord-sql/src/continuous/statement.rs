@@ -66,6 +66,12 @@ pub enum Statement {
         if_exists: bool,
     },
     ShowQueries,
+    /// `SELECT … EMIT CHANGES`: rows streamed to the client as they come,
+    /// until it cancels.
+    Push {
+        /// The `SELECT`, without `EMIT CHANGES`.
+        query: String,
+    },
 }
 
 /// Recognises the statements of continuous queries; everything else is
@@ -85,6 +91,9 @@ pub fn parse(sql: &str) -> Result<Statement, SqlError> {
             )
         })
         .collect();
+    if let Some(query) = push_query(sql, &tokens) {
+        return Ok(Statement::Push { query });
+    }
     let mut p = Cursor {
         sql,
         tokens: &tokens,
@@ -178,6 +187,25 @@ pub fn split(sql: &str) -> Vec<String> {
         out.push(rest.to_string());
     }
     out
+}
+
+/// A query ending in `EMIT CHANGES`: the query before it.
+fn push_query(sql: &str, tokens: &[TokenWithSpan]) -> Option<String> {
+    let mut t: Vec<&TokenWithSpan> = tokens.iter().collect();
+    while t.last().is_some_and(|t| t.token == Token::SemiColon) {
+        t.pop();
+    }
+    let word = |t: &TokenWithSpan, w: &str| matches!(&t.token, Token::Word(x) if x.quote_style.is_none() && x.value.eq_ignore_ascii_case(w));
+    let n = t.len();
+    if n < 3 || !word(t[n - 1], "changes") || !word(t[n - 2], "emit") {
+        return None;
+    }
+    if !(word(t[0], "select") || word(t[0], "with")) {
+        return None;
+    }
+    let emit = t[n - 2].span.start;
+    let end = byte_offset(sql, emit.line, emit.column);
+    Some(sql[..end].trim().to_string())
 }
 
 struct Cursor<'a> {
@@ -361,6 +389,13 @@ mod tests {
             }
         );
         assert_eq!(parse("show queries").unwrap(), Statement::ShowQueries);
+        assert_eq!(
+            parse("SELECT * FROM t WHERE x > 1 EMIT CHANGES;").unwrap(),
+            Statement::Push {
+                query: "SELECT * FROM t WHERE x > 1".into()
+            }
+        );
+        assert_eq!(parse("SELECT 'EMIT CHANGES'").unwrap(), Statement::Other);
         assert_eq!(parse("SHOW TABLES").unwrap(), Statement::Other);
         assert_eq!(parse("SELECT 1").unwrap(), Statement::Other);
         assert_eq!(
