@@ -87,6 +87,85 @@ class SqlTest(NodeCase):
         self.assertIn("ERROR", out.stderr)
         self.assertIn("nope", out.stderr)
 
+    def psql(self, *args):
+        return subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(self.node.pg), "-U", "analyst", "-d", "public",
+             *args],
+            capture_output=True, text=True, timeout=30, env=dict(os.environ, PGCONNECT_TIMEOUT="10"))
+
+    def test_psql_lists_and_describes_streams(self):
+        out = self.psql("-c", "\\dt")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("plant1", out.stdout)
+        out = self.psql("-c", "\\d plant1")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        for column in ("_offset", "_publish_ts", "value"):
+            self.assertIn(column, out.stdout)
+
+    def test_continuous_query_from_psycopg_and_its_alerts(self):
+        self.node.create_stream("boiler", 1)
+        with self.connect() as c:
+            c.execute("CREATE STREAM boiler_hot AS SELECT _key, value FROM boiler "
+                      "WHERE json_get_float(value, 'temp') > 90")
+            cur = c.execute("SHOW QUERIES")
+            name = [d.name for d in cur.description].index("name")
+            names = [r[name] for r in cur.fetchall()]
+            self.assertIn("default.boiler_hot", names)
+            records = [{"key": f"b-{i}", "value": json.dumps({"temp": 80 + i * 5})}
+                       for i in range(5)]
+            self.assertEqual(http(self.node, "POST", "/v1/streams/public/default/boiler/records",
+                                  {"records": records}), 200)
+            import time
+            deadline = time.time() + 20
+            rows = []
+            while time.time() < deadline:
+                rows = c.execute("SELECT _key FROM boiler_hot ORDER BY _key").fetchall()
+                if len(rows) >= 2:
+                    break
+                time.sleep(0.1)
+            self.assertEqual(rows, [("b-3",), ("b-4",)])
+            c.execute("DROP STREAM boiler_hot")
+            with self.assertRaises(psycopg.errors.UndefinedTable):
+                c.execute("SELECT * FROM boiler_hot")
+
+    def test_psycopg_push_query_cancelled_by_the_client(self):
+        import threading
+        import time
+        self.node.create_stream("feed", 1)
+        got = []
+        errors = []
+        with self.connect() as c:
+            def reader():
+                try:
+                    with c.cursor() as cur:
+                        for row in cur.stream(
+                                "SELECT _key, json_get_float(value, 'temp') AS temp FROM feed "
+                                "WHERE json_get_float(value, 'temp') > 30 EMIT CHANGES"):
+                            got.append(row)
+                except psycopg.errors.QueryCanceled as e:
+                    errors.append(e)
+            t = threading.Thread(target=reader)
+            t.start()
+            time.sleep(1.0)
+            records = [{"key": f"s-{i}", "value": json.dumps({"temp": 25 + i * 3})}
+                       for i in range(6)]
+            self.assertEqual(http(self.node, "POST", "/v1/streams/public/default/feed/records",
+                                  {"records": records}), 200)
+            deadline = time.time() + 20
+            while len(got) < 3 and time.time() < deadline:
+                time.sleep(0.05)
+            c.cancel()
+            t.join(20)
+            self.assertFalse(t.is_alive(), "the cancel ended the push query")
+            # The hot readings, in order, as they came (the last may or may
+            # not have arrived before the cancel).
+            self.assertGreaterEqual(len(got), 3)
+            self.assertEqual(got, [("s-2", 31.0), ("s-3", 34.0), ("s-4", 37.0),
+                                   ("s-5", 40.0)][:len(got)])
+            self.assertEqual(len(errors), 1, "ended by the cancel, as QueryCanceled")
+            # The connection goes on.
+            self.assertEqual(c.execute("SELECT count(*) FROM feed").fetchone()[0], 6)
+
     def test_tenant_user_with_password(self):
         admin = None
         self.assertEqual(http(self.node, "POST", "/v1/tenants", {"name": "acme"}, admin), 201)

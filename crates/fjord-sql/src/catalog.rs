@@ -21,7 +21,12 @@ pub struct Catalogs {
     broker: Arc<BrokerRef>,
     principal: Arc<Principal>,
     views: Arc<Views>,
+    /// Schemas a session adds beside the namespaces (`pg_catalog`).
+    extra: Arc<Extra>,
 }
+
+/// Schemas registered by the session, in every tenant's catalog.
+type Extra = parking_lot::RwLock<std::collections::BTreeMap<String, Arc<dyn SchemaProvider>>>;
 
 impl Catalogs {
     pub fn new(broker: Arc<BrokerRef>, principal: Arc<Principal>, views: Arc<Views>) -> Self {
@@ -29,6 +34,7 @@ impl Catalogs {
             broker,
             principal,
             views,
+            extra: Arc::default(),
         }
     }
 
@@ -67,6 +73,7 @@ impl CatalogProviderList for Catalogs {
             broker: self.broker.clone(),
             principal: self.principal.clone(),
             views: self.views.clone(),
+            extra: self.extra.clone(),
             tenant,
         }))
     }
@@ -78,19 +85,34 @@ pub struct TenantCatalog {
     broker: Arc<BrokerRef>,
     principal: Arc<Principal>,
     views: Arc<Views>,
+    extra: Arc<Extra>,
     tenant: TenantName,
 }
 
 impl CatalogProvider for TenantCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.broker
+        let mut names: Vec<String> = self
+            .broker
             .0
             .list_namespaces(&self.tenant)
             .map(|ns| ns.into_iter().map(|n| n.name.to_string()).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        names.extend(self.extra.read().keys().cloned());
+        names
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> Result<Option<Arc<dyn SchemaProvider>>> {
+        Ok(self.extra.write().insert(name.to_string(), schema))
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if let Some(s) = self.extra.read().get(name) {
+            return Some(s.clone());
+        }
         let namespace = NamespaceName::new(name).ok()?;
         self.broker.0.get_namespace(&self.tenant, &namespace).ok()?;
         Some(Arc::new(NamespaceSchema {

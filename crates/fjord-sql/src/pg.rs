@@ -166,10 +166,19 @@ impl Login {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let principal = Arc::new(principal);
+        let ctx = self.engine.context(principal.clone());
+        // What psql's \d, JDBC's metadata and Grafana's editor read.
+        if let Err(e) = datafusion_pg_catalog::setup_pg_catalog(
+            &ctx,
+            principal.tenant.as_str(),
+            datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider,
+        ) {
+            tracing::warn!(error = %e, "pg_catalog unavailable for this session");
+        }
         let (pid, secret) = RandomPidSecretKeyGenerator::default().generate(client);
         let (cancel, registered) = self.connections.register(pid, secret.clone());
         client.session_extensions().insert(PgSession {
-            ctx: self.engine.context(principal.clone()),
+            ctx,
             principal,
             engine: self.engine.clone(),
             cancel,
@@ -318,7 +327,27 @@ fn session_statement(sql: &str) -> Option<Kind> {
 
 struct Parser;
 
+/// Rewrites what PostgreSQL clients send (`::regclass`, `OPERATOR(…)`,
+/// `pg_catalog.` functions) into what DataFusion plans.
+static PG_DIALECT: std::sync::LazyLock<datafusion_pg_catalog::sql::PostgresCompatibilityParser> =
+    std::sync::LazyLock::new(datafusion_pg_catalog::sql::PostgresCompatibilityParser::new);
+
 impl Parser {
+    async fn logical_plan(ctx: &SessionContext, sql: &str) -> Result<LogicalPlan, SqlError> {
+        if let Ok(mut statements) = PG_DIALECT.parse(sql) {
+            if statements.len() == 1 {
+                let stmt =
+                    datafusion::sql::parser::Statement::Statement(Box::new(statements.remove(0)));
+                if let Ok(plan) = ctx.state().statement_to_plan(stmt).await {
+                    return Ok(plan);
+                }
+            }
+        }
+        // DataFusion's own parser and planner, which say where the text is
+        // wrong.
+        Ok(ctx.state().create_logical_plan(sql).await?)
+    }
+
     async fn plan(ctx: &SessionContext, sql: &str) -> Result<Kind, SqlError> {
         if sql.trim().trim_matches(';').trim().is_empty() {
             return Ok(Kind::Empty);
@@ -334,7 +363,7 @@ impl Parser {
         if continuous != Statement::Other {
             return Ok(Kind::Continuous(continuous));
         }
-        let plan = ctx.state().create_logical_plan(sql).await?;
+        let plan = Self::logical_plan(ctx, sql).await?;
         crate::query_options().verify_plan(&plan)?;
         Ok(Kind::Query(Box::new(plan)))
     }

@@ -385,12 +385,12 @@ async fn a_push_query_streams_over_a_websocket_until_closed() {
         }
         other => panic!("{other:?}"),
     }
-    let url = reqwest::Url::parse_with_params(
-        &format!("ws://{}/v1/sql/ws", node.addr),
-        &[("sql", q)],
-    )
-    .unwrap();
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+    let url =
+        reqwest::Url::parse_with_params(&format!("ws://{}/v1/sql/ws", node.addr), &[("sql", q)])
+            .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap();
     // Published once the query runs (it starts with the upgrade).
     let publish = |device: &'static str, temp: f64| {
         let url = format!("{}/v1/streams/public/default/plant1/records", node.url);
