@@ -586,3 +586,144 @@ async fn a_push_query_streams_new_rows_until_dropped() {
     assert_eq!(got, ["dev-2", "dev-4"]);
     drop(rows);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows_match_a_brute_force_computation_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = stream("usage");
+    let base = 1_900_000_000_000i64;
+    let gap = 2_000i64;
+    // Five machines; bursts of use with pauses, some longer than the gap.
+    let mut rng = Lcg(11);
+    let mut events: Vec<(u32, i64, i64)> = Vec::new(); // machine, ts, watts
+    for m in 0..5u32 {
+        let mut ts = base + (rng.next() % 1000) as i64;
+        for _ in 0..120 {
+            events.push((m, ts, (rng.next() % 500) as i64));
+            ts += if rng.next().is_multiple_of(10) {
+                2_500 + (rng.next() % 3000) as i64
+            } else {
+                50 + (rng.next() % 900) as i64
+            };
+        }
+    }
+    // Arrival: up to 1.5 s out of order (the query allows 1.5 s).
+    let mut arrival: Vec<(i64, usize)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.1 + (rng.next() % 1500) as i64, i))
+        .collect();
+    arrival.sort();
+    let order: Vec<usize> = arrival.iter().map(|a| a.1).collect();
+    let record = |i: usize| {
+        let (m, ts, w) = events[i];
+        RecordInput {
+            key: Some(Bytes::from(format!("m-{m}"))),
+            value: Some(Bytes::from(format!(r#"{{"watts":{w}}}"#))),
+            headers: Vec::new(),
+            event_ts: Some(ts),
+        }
+    };
+    let produce = async |b: &Broker, idx: &[usize]| {
+        for chunk in idx.chunks(29) {
+            for p in 0..2u32 {
+                let part: Vec<RecordInput> = chunk
+                    .iter()
+                    .filter(|&&i| events[i].0 % 2 == p)
+                    .map(|&i| record(i))
+                    .collect();
+                b.produce(&src, part, Some(p)).await.unwrap();
+            }
+        }
+    };
+    let half = order.len() / 2;
+    {
+        let b = broker(dir.path()).await;
+        let sql = SqlEngine::new(b.clone());
+        b.create_stream(&src, Some(2), Policy::default()).unwrap();
+        sql.query(
+            anonymous(),
+            "CREATE STREAM use_sessions WITH (start = 'earliest', out_of_orderness = '1500 ms', \
+             idle_timeout = 'none') AS \
+             SELECT session(_event_ts, INTERVAL '2 seconds') AS started, _key AS machine, \
+                    count(*) AS n, sum(json_get_int(value, 'watts')) AS watts, \
+                    max(_event_ts) AS last_use \
+             FROM usage GROUP BY 1, 2",
+        )
+        .await
+        .unwrap();
+        produce(&b, &order[..half]).await;
+        wait_for("the first half", async || {
+            counter(&sql, "default.use_sessions", "rows_in").await == half as u64
+        })
+        .await;
+        sql.stop_queries().await;
+        b.shutdown().await;
+    }
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    sql.start_queries().await;
+    produce(&b, &order[half..]).await;
+    for p in 0..2u32 {
+        b.produce(
+            &src,
+            vec![RecordInput {
+                key: Some(Bytes::from(format!("flush-{p}"))),
+                value: Some(Bytes::from(r#"{"watts":0}"#)),
+                headers: Vec::new(),
+                event_ts: Some(base + 3_600_000),
+            }],
+            Some(p),
+        )
+        .await
+        .unwrap();
+    }
+    // Brute force: per machine, sorted, split where the pause reaches the gap.
+    let mut expected: BTreeMap<(String, i64), (u64, i64, i64)> = BTreeMap::new();
+    for m in 0..5u32 {
+        let mut mine: Vec<&(u32, i64, i64)> = events.iter().filter(|e| e.0 == m).collect();
+        mine.sort_by_key(|e| e.1);
+        let mut start = mine[0].1;
+        let mut acc = (0u64, 0i64, 0i64);
+        let mut prev = mine[0].1;
+        for e in mine {
+            if e.1 - prev >= gap {
+                expected.insert((format!("m-{m}"), start), acc);
+                start = e.1;
+                acc = (0, 0, 0);
+            }
+            acc.0 += 1;
+            acc.1 += e.2;
+            acc.2 = e.1;
+            prev = e.1;
+        }
+        expected.insert((format!("m-{m}"), start), acc);
+    }
+    let out = stream("use_sessions");
+    wait_for("every session", async || {
+        read_all(&b, &out).await.len() >= expected.len()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let results = read_all(&b, &out).await;
+    assert_eq!(results.len(), expected.len(), "each session once");
+    for r in &results {
+        let v = json(r);
+        let ts = |f: &str| {
+            chrono::DateTime::parse_from_rfc3339(v[f].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        };
+        let key = (v["machine"].as_str().unwrap().to_string(), ts("started"));
+        let (n, watts, last) = expected
+            .get(&key)
+            .unwrap_or_else(|| panic!("unexpected session {v}"));
+        assert_eq!(v["n"].as_u64(), Some(*n), "{v}");
+        assert_eq!(v["watts"].as_i64(), Some(*watts), "{v}");
+        assert_eq!(ts("last_use"), *last, "{v}");
+        // The session ends a gap after its last use.
+        assert_eq!(r.event_ts, last + gap - 1, "{v}");
+    }
+    assert_eq!(counter(&sql, "default.use_sessions", "late_rows").await, 0);
+    sql.stop_queries().await;
+}

@@ -24,6 +24,7 @@ use datafusion::physical_expr::{GroupsAccumulatorAdapter, PhysicalExpr};
 use datafusion::physical_plan::aggregates::group_values::{new_group_values, GroupValues};
 use datafusion::physical_plan::aggregates::order::GroupOrdering;
 
+use super::session::SessionState;
 use super::window::{from_millis, to_millis, WindowSpec};
 
 /// What the aggregate computes, taken from DataFusion's physical plan.
@@ -156,11 +157,15 @@ pub struct Update {
 #[derive(Debug)]
 pub struct WindowSnapshot {
     pub start: i64,
+    /// A session's end (fixed windows know theirs from the start).
+    pub end: Option<i64>,
     pub fired: bool,
     pub batch: RecordBatch,
 }
 
 pub struct WindowedState {
+    /// Session windows keep their own state.
+    sessions: Option<SessionState>,
     spec: Arc<AggSpec>,
     lateness_ms: i64,
     windows: BTreeMap<i64, Window>,
@@ -169,22 +174,35 @@ pub struct WindowedState {
 }
 
 impl WindowedState {
-    pub fn new(spec: Arc<AggSpec>, lateness_ms: i64) -> Self {
-        WindowedState {
+    pub fn new(spec: Arc<AggSpec>, lateness_ms: i64) -> DfResult<Self> {
+        let sessions = match spec.window {
+            Some(WindowSpec::Session { gap_ms }) => {
+                Some(SessionState::new(spec.clone(), gap_ms, lateness_ms)?)
+            }
+            _ => None,
+        };
+        Ok(WindowedState {
+            sessions,
             spec,
             lateness_ms,
             windows: BTreeMap::new(),
             starts: Vec::new(),
             ids: Vec::new(),
-        }
+        })
     }
 
     pub fn open_windows(&self) -> usize {
-        self.windows.len()
+        match &self.sessions {
+            Some(s) => s.open_windows(),
+            None => self.windows.len(),
+        }
     }
 
     pub fn groups(&self) -> usize {
-        self.windows.values().map(|w| w.groups.len()).sum()
+        match &self.sessions {
+            Some(s) => s.open_windows(),
+            None => self.windows.values().map(|w| w.groups.len()).sum(),
+        }
     }
 
     /// Whether the window starting at `start` has closed for good.
@@ -197,6 +215,9 @@ impl WindowedState {
 
     /// Adds a batch (in the aggregate's input schema) under `watermark`.
     pub fn update(&mut self, batch: &RecordBatch, watermark: i64) -> DfResult<Update> {
+        if let Some(s) = &mut self.sessions {
+            return s.update(batch, watermark);
+        }
         let mut update = Update::default();
         let rows = batch.num_rows();
         if rows == 0 {
@@ -312,6 +333,9 @@ impl WindowedState {
     /// The results of the windows `watermark` closes (first firing, or a
     /// late update), oldest first; windows closed for good are dropped.
     pub fn fire(&mut self, watermark: i64) -> DfResult<Vec<Emission>> {
+        if let Some(s) = &mut self.sessions {
+            return s.fire(watermark);
+        }
         let mut out = Vec::new();
         let Some(window) = self.spec.window else {
             return self.fire_changed();
@@ -446,6 +470,9 @@ impl WindowedState {
 
     /// Every open window's state; the state stays.
     pub fn snapshot(&mut self) -> DfResult<Vec<WindowSnapshot>> {
+        if let Some(s) = &mut self.sessions {
+            return s.snapshot();
+        }
         let mut out = Vec::with_capacity(self.windows.len());
         for (&start, w) in self.windows.iter_mut() {
             let mut columns = w.groups.keys()?;
@@ -468,6 +495,7 @@ impl WindowedState {
             )?;
             out.push(WindowSnapshot {
                 start,
+                end: None,
                 fired: w.fired,
                 batch,
             });
@@ -477,6 +505,9 @@ impl WindowedState {
 
     /// Puts back windows from [`Self::snapshot`].
     pub fn restore(&mut self, snapshots: Vec<WindowSnapshot>) -> DfResult<()> {
+        if let Some(s) = &mut self.sessions {
+            return s.restore(snapshots);
+        }
         let spec = self.spec.clone();
         for s in snapshots {
             let n = s.batch.num_rows();

@@ -61,6 +61,9 @@ pub struct Header {
     pub watermark: Option<i64>,
     /// Each open window: its start, and whether it fired already.
     pub windows: Vec<(i64, bool)>,
+    /// Each open window's end, for sessions (whose end is not fixed).
+    #[serde(default)]
+    pub ends: Vec<Option<i64>>,
     pub pending: Vec<Pending>,
     pub counters: Counters,
 }
@@ -86,6 +89,7 @@ pub enum CheckpointError {
 pub fn encode(c: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
     let mut header = c.header.clone();
     header.windows = c.windows.iter().map(|w| (w.start, w.fired)).collect();
+    header.ends = c.windows.iter().map(|w| w.end).collect();
     let json = serde_json::to_vec(&header)?;
     let mut out = Vec::with_capacity(json.len() + 64);
     out.extend_from_slice(MAGIC);
@@ -112,12 +116,14 @@ pub fn decode(mut b: &[u8]) -> Result<Checkpoint, CheckpointError> {
     let json = chunk(&mut b)?;
     let header: Header = serde_json::from_slice(json)?;
     let mut windows = Vec::with_capacity(header.windows.len());
-    for &(start, fired) in &header.windows {
+    for (i, &(start, fired)) in header.windows.iter().enumerate() {
+        let end = header.ends.get(i).copied().flatten();
         let ipc = chunk(&mut b)?;
         let mut reader = StreamReader::try_new(ipc, None)?;
         let batch = reader.next().ok_or(CheckpointError::Truncated)??;
         windows.push(WindowSnapshot {
             start,
+            end,
             fired,
             batch,
         });
@@ -168,6 +174,7 @@ mod tests {
                 max_ts: vec![Some(5), None],
                 watermark: Some(3),
                 windows: Vec::new(),
+                ends: Vec::new(),
                 pending: vec![Pending {
                     stream: "default/avg".into(),
                     partition: 1,
@@ -186,6 +193,7 @@ mod tests {
             },
             windows: vec![WindowSnapshot {
                 start: 1000,
+                end: Some(1500),
                 fired: true,
                 batch: batch.clone(),
             }],
@@ -194,6 +202,7 @@ mod tests {
         let back = decode(&bytes).unwrap();
         assert_eq!(back.header.epoch, 7);
         assert_eq!(back.header.windows, vec![(1000, true)]);
+        assert_eq!(back.windows[0].end, Some(1500));
         assert_eq!(back.header.pending, c.header.pending);
         assert_eq!(back.windows[0].batch, batch);
         assert!(matches!(

@@ -9,6 +9,7 @@ pub mod options;
 pub mod plan;
 pub mod records;
 pub mod runner;
+pub mod session;
 pub mod statement;
 pub mod view;
 pub mod window;

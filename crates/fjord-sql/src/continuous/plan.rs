@@ -417,11 +417,6 @@ fn agg_spec(raw: &AggregateExec, top: &Arc<dyn ExecutionPlan>) -> Result<AggSpec
         Some((pos, spec, time)) => (Some(pos), Some(spec), Some(time)),
         None => (None, None, None),
     };
-    if matches!(spec, Some(WindowSpec::Session { .. })) {
-        return Err(unsupported(
-            "session() windows are not available in this version; use tumble() or hop()",
-        ));
-    }
     let aggs = raw.aggr_expr().to_vec();
     let args = aggs
         .iter()

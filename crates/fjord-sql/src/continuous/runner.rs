@@ -143,7 +143,17 @@ impl Runner {
             .pipeline
             .aggregate
             .clone()
-            .map(|spec| Mutex::new(WindowedState::new(spec, self.options.allowed_lateness_ms)));
+            .map(|spec| WindowedState::new(spec, self.options.allowed_lateness_ms).map(Mutex::new))
+            .transpose();
+        let state = match state {
+            Ok(s) => s,
+            Err(e) => {
+                let mut s = status.lock();
+                s.state = "failed";
+                s.error = Some(e.to_string());
+                return;
+            }
+        };
         let n = restored.header.offsets.len();
         let mut run = Run {
             r: self,
@@ -531,10 +541,17 @@ impl Run {
             })
         };
         let n = self.header.offsets.len();
-        let active: Vec<i64> = (0..n)
-            .filter(|&p| !idle(p))
-            .filter_map(|p| self.header.max_ts[p])
-            .collect();
+        // A partition not yet heard from holds time back: it may hold older
+        // rows than the others (one with nothing to read does not).
+        let mut slowest: Option<i64> = None;
+        let mut blocked = false;
+        for p in (0..n).filter(|&p| !idle(p)) {
+            match self.header.max_ts[p] {
+                Some(m) => slowest = Some(slowest.map_or(m, |s| s.min(m))),
+                None if self.caught_up[p] => {}
+                None => blocked = true,
+            }
+        }
         let all_idle =
             (0..n).all(|p| idle(p) || (self.caught_up[p] && self.header.max_ts[p].is_none()));
         let mut candidate = if all_idle {
@@ -544,8 +561,10 @@ impl Run {
                 .flatten()
                 .max()
                 .map(|m| m - o.out_of_orderness_ms)
+        } else if blocked {
+            None
         } else {
-            active.iter().min().map(|m| m - o.out_of_orderness_ms)
+            slowest.map(|m| m - o.out_of_orderness_ms)
         };
         if all_idle {
             if let Some(idle_ms) = o.idle_timeout_ms {
