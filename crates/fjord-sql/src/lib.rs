@@ -96,10 +96,16 @@ impl SqlEngine {
             .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
             .build_arc()
             .unwrap_or_else(|_| Arc::new(RuntimeEnv::default()));
+        let queries = continuous::Registry::default();
+        let _ = queries
+            .metrics
+            .set(Arc::new(continuous::metrics::QueryMetrics::new(
+                &broker.metrics().registry,
+            )));
         Arc::new(SqlEngine {
             broker: Arc::new(BrokerRef(broker)),
             runtime,
-            queries: continuous::Registry::default(),
+            queries,
         })
     }
 

@@ -357,6 +357,19 @@ async fn a_continuous_query_killed_twice_writes_each_result_exactly_once() {
     let shown = exec(&node, "SHOW QUERIES").await;
     assert_eq!(shown["rows"][0]["state"], "running", "{shown}");
     assert_eq!(shown["rows"][0]["late_rows"], 0, "{shown}");
+    // And in /metrics, counted across the restarts.
+    let out = common::metric(
+        &node.url,
+        r#"fjord_sql_query_rows_out_total{query="default.per_second",tenant="public"}"#,
+    )
+    .await;
+    assert_eq!(out as usize, expected.len());
+    let read = common::metric(
+        &node.url,
+        r#"fjord_sql_query_rows_in_total{query="default.per_second",tenant="public"}"#,
+    )
+    .await;
+    assert!(read >= 12_002.0, "{read}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

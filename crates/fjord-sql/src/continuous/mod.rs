@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod metrics;
 pub mod options;
 pub mod plan;
 pub mod records;
@@ -103,6 +104,8 @@ pub struct Registry {
     queries: Mutex<BTreeMap<Key, Running>>,
     /// The tables of materialized views, for the catalog.
     pub(crate) views: Arc<view::Views>,
+    /// Set when the engine is made: the node's registry.
+    pub(crate) metrics: std::sync::OnceLock<Arc<metrics::QueryMetrics>>,
 }
 
 struct MetaCheckpoints {
@@ -410,6 +413,13 @@ impl SqlEngine {
                 channel: None,
                 status: Arc::new(Mutex::new(Status::default())),
                 view: def.kind == QueryKind::MaterializedView,
+                metrics: self.queries.metrics.get().map(|m| {
+                    (
+                        m.clone(),
+                        def.owner.tenant.clone(),
+                        format!("{}.{}", def.namespace, def.name),
+                    )
+                }),
             },
             restored,
         ))
@@ -451,6 +461,7 @@ impl SqlEngine {
             channel: Some(tx),
             status: Arc::new(Mutex::new(Status::default())),
             view: false,
+            metrics: None,
         };
         let first = Checkpoint {
             header: Header {
@@ -569,6 +580,12 @@ impl SqlEngine {
         };
         stop(running).await;
         self.queries.views.remove(&out);
+        if let Some(m) = self.queries.metrics.get() {
+            m.remove(
+                out.tenant.as_str(),
+                &format!("{}.{}", out.namespace, out.stream),
+            );
+        }
         broker
             .meta()
             .delete_query(

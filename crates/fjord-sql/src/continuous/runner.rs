@@ -85,6 +85,8 @@ pub struct Runner {
     /// A materialized view's query: rows stored whole, keyed by their
     /// group and window.
     pub view: bool,
+    /// Where its counters are exported: (metrics, tenant, query name).
+    pub metrics: Option<(Arc<super::metrics::QueryMetrics>, String, String)>,
 }
 
 enum Msg {
@@ -122,6 +124,8 @@ struct Run {
     caught_up: Vec<bool>,
     last_checkpoint: Instant,
     last_changes: Instant,
+    /// The counters as last exported.
+    exported: Counters,
     moved: bool,
     round_robin: u32,
 }
@@ -167,6 +171,7 @@ impl Runner {
             caught_up: vec![false; n],
             last_checkpoint: Instant::now(),
             last_changes: Instant::now(),
+            exported: Counters::default(),
             moved: false,
             round_robin: 0,
         };
@@ -671,6 +676,14 @@ impl Run {
                 records: records.iter().map(to_pending).collect(),
             })
             .collect();
+        // Counted with the checkpoint that holds them: they are appended
+        // once, now or by the recovery.
+        let output = self.r.output.clone();
+        self.header.counters.rows_out += batches
+            .iter()
+            .filter(|(s, ..)| *s == output)
+            .map(|(.., records)| records.len() as u64)
+            .sum::<u64>();
         let windows = match &mut self.state {
             Some(state) => state.lock().snapshot().map_err(|e| e.to_string())?,
             None => Vec::new(),
@@ -685,12 +698,8 @@ impl Run {
         self.last_checkpoint = Instant::now();
         self.moved = false;
         for (stream, p, from, records) in batches {
-            let n = records.len() as u64;
             self.append(&stream, p, from, epoch, records, false, stop)
                 .await?;
-            if stream == self.r.output {
-                self.header.counters.rows_out += n;
-            }
         }
         if last {
             tracing::info!(query = %self.r.output, epoch, "continuous query stopped");
@@ -841,7 +850,17 @@ impl Run {
         }
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
+        if let Some((m, tenant, query)) = &self.r.metrics {
+            m.record(
+                tenant,
+                query,
+                &self.exported,
+                &self.header.counters,
+                self.header.watermark,
+            );
+            self.exported = self.header.counters.clone();
+        }
         let mut s = self.r.status.lock();
         s.counters = self.header.counters.clone();
         s.watermark = self.header.watermark;
