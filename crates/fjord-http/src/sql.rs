@@ -52,6 +52,28 @@ pub trait SqlService: Send + Sync + 'static {
     fn push(&self, principal: Arc<Principal>, sql: String) -> PushFuture;
 }
 
+/// The node's SQL service and the caller.
+fn service_for(
+    s: &AppState,
+    who: Option<axum::Extension<Arc<Principal>>>,
+) -> ApiResult<(Arc<dyn SqlService>, Arc<Principal>)> {
+    let Some(service) = s.sql.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_enabled",
+            "SQL is not enabled on this node",
+        ));
+    };
+    let Some(axum::Extension(principal)) = who else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "no principal",
+        ));
+    };
+    Ok((service, principal))
+}
+
 fn failure_json(f: &SqlFailure) -> serde_json::Value {
     let mut error = serde_json::json!({"code": f.code, "message": f.message});
     if let (Some(l), Some(c)) = (f.line, f.column) {
@@ -87,20 +109,7 @@ pub async fn push(
         )
     })?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_argument", e.body_text()))?;
-    let Some(service) = s.sql.clone() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_enabled",
-            "SQL is not enabled on this node",
-        ));
-    };
-    let Some(axum::Extension(principal)) = who else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "no principal",
-        ));
-    };
+    let (service, principal) = service_for(&s, who)?;
     let mut rows = match service.push(principal, q.sql).await {
         Ok(rows) => rows,
         Err(f) => return Ok((f.status, axum::Json(failure_json(&f))).into_response()),
@@ -181,20 +190,7 @@ pub async fn run(
 ) -> ApiResult<Response> {
     let body = crate::memory::body_bytes(body)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_argument", e.body_text()))?;
-    let Some(service) = s.sql.clone() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_enabled",
-            "SQL is not enabled on this node",
-        ));
-    };
-    let Some(axum::Extension(principal)) = who else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "no principal",
-        ));
-    };
+    let (service, principal) = service_for(&s, who)?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

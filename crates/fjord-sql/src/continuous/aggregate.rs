@@ -50,7 +50,7 @@ pub struct AggSpec {
 }
 
 impl AggSpec {
-    fn accumulators(&self) -> DfResult<Vec<Box<dyn GroupsAccumulator>>> {
+    pub(crate) fn accumulators(&self) -> DfResult<Vec<Box<dyn GroupsAccumulator>>> {
         self.aggs
             .iter()
             .map(|a| -> DfResult<Box<dyn GroupsAccumulator>> {

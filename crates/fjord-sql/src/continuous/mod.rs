@@ -151,6 +151,26 @@ impl SqlEngine {
         })
     }
 
+    /// The stream late rows go to, if the options keep them (in the
+    /// query's namespace).
+    fn late_stream(
+        &self,
+        p: &Principal,
+        namespace: &str,
+        options: &Options,
+    ) -> Result<Option<StreamRef>, SqlError> {
+        match &options.late {
+            Late::Stream(s) => Ok(Some(self.output_ref(
+                p,
+                &Name {
+                    namespace: Some(namespace.to_string()),
+                    name: s.clone(),
+                },
+            )?)),
+            Late::Drop => Ok(None),
+        }
+    }
+
     /// `CREATE STREAM | MATERIALIZED VIEW name [WITH (…)] AS SELECT …`.
     pub(crate) async fn create_query(
         &self,
@@ -199,16 +219,7 @@ impl SqlEngine {
                 "a continuous query cannot write to the stream it reads",
             ));
         }
-        let side = match &options.late {
-            Late::Stream(s) => Some(self.output_ref(
-                &principal,
-                &Name {
-                    namespace: Some(out.namespace.to_string()),
-                    name: s.clone(),
-                },
-            )?),
-            Late::Drop => None,
-        };
+        let side = self.late_stream(&principal, out.namespace.as_str(), &options)?;
         // A view keeps the newest row per key; its stream need not keep
         // more.
         let policy = if kind == QueryKind::MaterializedView && !pipeline.view_key().is_empty() {
@@ -364,16 +375,7 @@ impl SqlEngine {
             name: def.name.clone(),
         };
         let output = self.output_ref(&principal, &name)?;
-        let side = match &options.late {
-            Late::Stream(s) => Some(self.output_ref(
-                &principal,
-                &Name {
-                    namespace: Some(def.namespace.clone()),
-                    name: s.clone(),
-                },
-            )?),
-            Late::Drop => None,
-        };
+        let side = self.late_stream(&principal, &def.namespace, &options)?;
         let id = meta_id(&def.namespace, &def.name);
         let bytes = broker
             .meta()

@@ -76,7 +76,7 @@ impl SessionState {
             start,
             end: start + self.gap_ms,
             keys,
-            accs: accumulators(&self.spec)?,
+            accs: self.spec.accumulators()?,
             fired: false,
             dirty: false,
         })
@@ -320,24 +320,6 @@ impl SessionState {
     }
 }
 
-fn accumulators(spec: &AggSpec) -> DfResult<Vec<Box<dyn GroupsAccumulator>>> {
-    spec.aggs
-        .iter()
-        .map(|a| -> DfResult<Box<dyn GroupsAccumulator>> {
-            if a.groups_accumulator_supported() {
-                a.create_groups_accumulator()
-            } else {
-                let a = a.clone();
-                Ok(Box::new(
-                    datafusion::physical_expr::GroupsAccumulatorAdapter::new(move || {
-                        a.create_accumulator()
-                    }),
-                ))
-            }
-        })
-        .collect()
-}
-
 /// `other`'s state into `into` (both one group).
 fn merge_into(into: &mut Session, other: &mut Session) -> DfResult<()> {
     for (a, b) in into.accs.iter_mut().zip(other.accs.iter_mut()) {
@@ -355,7 +337,7 @@ fn evaluate_keeping(
     spec: &AggSpec,
     accs: &mut [Box<dyn GroupsAccumulator>],
 ) -> DfResult<Vec<ArrayRef>> {
-    let mut fresh = accumulators(spec)?;
+    let mut fresh = spec.accumulators()?;
     let mut values = Vec::with_capacity(accs.len());
     for (acc, copy) in accs.iter_mut().zip(fresh.iter_mut()) {
         let state = acc.state(EmitTo::All)?;
