@@ -141,12 +141,23 @@ class SqlTest(NodeCase):
                         for row in cur.stream(
                                 "SELECT _key, json_get_float(value, 'temp') AS temp FROM feed "
                                 "WHERE json_get_float(value, 'temp') > 30 EMIT CHANGES"):
-                            got.append(row)
+                            if row[0] == "probe":
+                                started.set()
+                            else:
+                                got.append(row)
                 except psycopg.errors.QueryCanceled as e:
                     errors.append(e)
+            started = threading.Event()
             t = threading.Thread(target=reader)
             t.start()
-            time.sleep(1.0)
+            # The query sees what is published once it runs: probes until
+            # one comes back.
+            deadline = time.time() + 20
+            while not started.is_set():
+                self.assertLess(time.time(), deadline, "the push query never started")
+                self.assertEqual(http(self.node, "POST", "/v1/streams/public/default/feed/records",
+                                      {"records": [{"key": "probe", "value": "{\"temp\": 99}"}]}), 200)
+                started.wait(0.2)
             records = [{"key": f"s-{i}", "value": json.dumps({"temp": 25 + i * 3})}
                        for i in range(6)]
             self.assertEqual(http(self.node, "POST", "/v1/streams/public/default/feed/records",
@@ -164,7 +175,8 @@ class SqlTest(NodeCase):
                                    ("s-5", 40.0)][:len(got)])
             self.assertEqual(len(errors), 1, "ended by the cancel, as QueryCanceled")
             # The connection goes on.
-            self.assertEqual(c.execute("SELECT count(*) FROM feed").fetchone()[0], 6)
+            self.assertEqual(c.execute(
+                "SELECT count(*) FROM feed WHERE _key <> 'probe'").fetchone()[0], 6)
 
     def test_tenant_user_with_password(self):
         admin = None

@@ -321,6 +321,34 @@ impl ExecutionPlan for StreamScanExec {
     }
 }
 
+/// Reads a partition from `at` without waiting; records retention removed
+/// meanwhile are passed over (the read starts at what is left).
+pub(crate) async fn fetch_present(
+    broker: &Broker,
+    stream: &StreamRef,
+    partition: u32,
+    mut at: i64,
+) -> Result<fjord_broker::Fetched, fjord_broker::BrokerError> {
+    loop {
+        match broker
+            .fetch(
+                stream,
+                partition,
+                Position::Offset(at),
+                4096,
+                8 << 20,
+                Duration::ZERO,
+            )
+            .await
+        {
+            Err(fjord_broker::BrokerError::OffsetOutOfRange {
+                requested, start, ..
+            }) if requested < start => at = start,
+            other => return other,
+        }
+    }
+}
+
 pub(crate) fn external(e: fjord_broker::BrokerError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }

@@ -306,8 +306,11 @@ async fn hopping_windows_with_a_having_alert_and_a_restart() {
     // Hopping windows of 4 s every 2 s holding a hot second: starting at
     // base+0 and +2 (second 3), +4 and +6 (second 7).
     let out = stream("shaking");
-    wait_for("the alerts", async || read_all(&b, &out).await.len() >= 4).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Its read counter moves after what the rows closed is appended.
+    wait_for("every row read", async || {
+        counter(&sql, "default.shaking", "rows_in").await == 121
+    })
+    .await;
     let results = read_all(&b, &out).await;
     let starts: Vec<i64> = results
         .iter()
@@ -322,7 +325,6 @@ async fn hopping_windows_with_a_having_alert_and_a_restart() {
         })
         .collect();
     assert_eq!(starts, vec![0, 2000, 4000, 6000]);
-    assert_eq!(counter(&sql, "default.shaking", "rows_in").await, 121);
     sql.stop_queries().await;
 }
 
@@ -476,7 +478,6 @@ async fn materialized_views_keep_the_newest_row_per_group() {
             })
             .collect();
         b.produce(&src, batch, None).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let q = "SELECT device, max_temp, n, last_temp FROM latest ORDER BY device";
     wait_for("the view to catch up", async || {
@@ -700,11 +701,11 @@ async fn session_windows_match_a_brute_force_computation_across_a_restart() {
         expected.insert((format!("m-{m}"), start), acc);
     }
     let out = stream("use_sessions");
-    wait_for("every session", async || {
-        read_all(&b, &out).await.len() >= expected.len()
+    // Its read counter moves after what the rows closed is appended.
+    wait_for("every row read", async || {
+        counter(&sql, "default.use_sessions", "rows_in").await == events.len() as u64 + 2
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let results = read_all(&b, &out).await;
     assert_eq!(results.len(), expected.len(), "each session once");
     for r in &results {

@@ -212,9 +212,6 @@ async fn push_queries_stream_rows_until_the_client_cancels() {
         .await
         .unwrap();
     let mut rows = Box::pin(rows);
-    // The client has the statement bound before the server starts it; a
-    // push query sees what is published once it runs.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
     let s = StreamRef::new("public", "default", "plant1").unwrap();
     // Stored before the query started: not in it.
     let hot = |d: &str, t: f64| RecordInput {
@@ -223,9 +220,26 @@ async fn push_queries_stream_rows_until_the_client_cancels() {
         headers: vec![],
         event_ts: None,
     };
+    // The client has the statement bound before the server starts it; a
+    // push query sees what is published once it runs: probes until one
+    // comes back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push query never started"
+        );
+        srv.broker
+            .produce(&s, vec![hot("probe", 99.0)], None)
+            .await
+            .unwrap();
+        if let Ok(row) = tokio::time::timeout(Duration::from_millis(200), rows.next()).await {
+            assert_eq!(row.unwrap().unwrap().get::<_, String>(0), "probe");
+            break;
+        }
+    }
     for (d, t) in [("dev-1", 31.0), ("dev-2", 12.0), ("dev-3", 40.5)] {
         srv.broker.produce(&s, vec![hot(d, t)], None).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut got = Vec::new();
     while got.len() < 2 {
@@ -234,6 +248,9 @@ async fn push_queries_stream_rows_until_the_client_cancels() {
             .expect("rows come as they are published")
             .unwrap()
             .unwrap();
+        if row.get::<_, String>(0) == "probe" {
+            continue;
+        }
         got.push((row.get::<_, String>(0), row.get::<_, f64>(1)));
     }
     assert_eq!(
@@ -249,7 +266,7 @@ async fn push_queries_stream_rows_until_the_client_cancels() {
     assert_eq!(e.code().unwrap().code(), "57014", "{e}");
     // The connection is still there for the next query.
     let n: i64 = c
-        .query_one("SELECT count(*) FROM plant1", &[])
+        .query_one("SELECT count(*) FROM plant1 WHERE _key <> 'probe'", &[])
         .await
         .unwrap()
         .get(0);

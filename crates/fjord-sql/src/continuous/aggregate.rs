@@ -426,17 +426,7 @@ impl WindowedState {
         };
         let keys = w.groups.keys()?;
         let n = w.groups.len();
-        let ids: Vec<usize> = (0..n).collect();
-        let mut values = Vec::with_capacity(w.accs.len());
-        let mut fresh = spec.accumulators()?;
-        for (acc, copy) in w.accs.iter_mut().zip(fresh.iter_mut()) {
-            // Evaluating consumes an accumulator: evaluate a copy made
-            // from the partial state, and put the state back.
-            let state = acc.state(EmitTo::All)?;
-            acc.merge_batch(&state, &ids, n)?;
-            copy.merge_batch(&state, &ids, n)?;
-            values.push(copy.evaluate(EmitTo::All)?);
-        }
+        let values = evaluate_keeping(&spec, &mut w.accs, n)?;
         self.output(start, keys, values, n)
     }
 
@@ -555,6 +545,26 @@ impl Window {
             Groups::Keyed(_) => keys.first().map_or(0, |k| k.len()),
         }
     }
+}
+
+/// The values of `n` groups, the accumulators left as they were.
+pub(crate) fn evaluate_keeping(
+    spec: &AggSpec,
+    accs: &mut [Box<dyn GroupsAccumulator>],
+    n: usize,
+) -> DfResult<Vec<ArrayRef>> {
+    let ids: Vec<usize> = (0..n).collect();
+    let mut fresh = spec.accumulators()?;
+    let mut values = Vec::with_capacity(accs.len());
+    for (acc, copy) in accs.iter_mut().zip(fresh.iter_mut()) {
+        // Evaluating consumes an accumulator: evaluate a copy made from
+        // the partial state, and put the state back.
+        let state = acc.state(EmitTo::All)?;
+        acc.merge_batch(&state, &ids, n)?;
+        copy.merge_batch(&state, &ids, n)?;
+        values.push(copy.evaluate(EmitTo::All)?);
+    }
+    Ok(values)
 }
 
 fn evaluate(exprs: &[Arc<dyn PhysicalExpr>], batch: &RecordBatch) -> DfResult<Vec<ArrayRef>> {

@@ -241,22 +241,11 @@ impl SqlEngine {
                         .map_err(|e| err(SqlErrorKind::Invalid, e.to_string()))?;
                 }
             }
-            let parts = broker
-                .partition_count(&pipeline.source)
-                .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?;
-            let mut offsets = Vec::with_capacity(parts as usize);
-            for p in 0..parts {
-                let at = match options.start {
-                    Start::Latest => Position::Latest,
-                    Start::Earliest => Position::Earliest,
-                };
-                offsets.push(
-                    broker
-                        .resolve(&pipeline.source, p, at)
-                        .await
-                        .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?,
-                );
-            }
+            let at = match options.start {
+                Start::Latest => Position::Latest,
+                Start::Earliest => Position::Earliest,
+            };
+            let first = self.first_checkpoint(&pipeline.source, at).await?;
             let def = QueryDef {
                 namespace: out.namespace.to_string(),
                 name: out.stream.to_string(),
@@ -273,14 +262,6 @@ impl SqlEngine {
                 .meta()
                 .put_query(&out.tenant, &id, &bytes)
                 .map_err(meta_err)?;
-            let first = Checkpoint {
-                header: Header {
-                    max_ts: vec![None; offsets.len()],
-                    offsets,
-                    ..Header::default()
-                },
-                windows: Vec::new(),
-            };
             let cp = checkpoint::encode(&first)
                 .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?;
             broker
@@ -427,6 +408,35 @@ impl SqlEngine {
         ))
     }
 
+    /// Where a new query starts: every partition of `source` at `at`.
+    async fn first_checkpoint(
+        &self,
+        source: &StreamRef,
+        at: Position,
+    ) -> Result<Checkpoint, SqlError> {
+        let broker = self.broker();
+        let parts = broker
+            .partition_count(source)
+            .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?;
+        let mut offsets = Vec::with_capacity(parts as usize);
+        for p in 0..parts {
+            offsets.push(
+                broker
+                    .resolve(source, p, at)
+                    .await
+                    .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?,
+            );
+        }
+        Ok(Checkpoint {
+            header: Header {
+                max_ts: vec![None; offsets.len()],
+                offsets,
+                ..Header::default()
+            },
+            windows: Vec::new(),
+        })
+    }
+
     /// `SELECT … EMIT CHANGES`: the query runs from now on, its rows
     /// streamed as they come, until the stream is dropped (the client
     /// cancelled or went away). Nothing is stored.
@@ -438,18 +448,9 @@ impl SqlEngine {
         let ctx = self.continuous_context(principal.clone());
         let pipeline = plan::plan(&ctx, query).await?;
         let broker = self.broker().clone();
-        let parts = broker
-            .partition_count(&pipeline.source)
-            .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?;
-        let mut offsets = Vec::with_capacity(parts as usize);
-        for p in 0..parts {
-            offsets.push(
-                broker
-                    .resolve(&pipeline.source, p, Position::Latest)
-                    .await
-                    .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?,
-            );
-        }
+        let first = self
+            .first_checkpoint(&pipeline.source, Position::Latest)
+            .await?;
         let schema = pipeline.output_schema.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let runner = Runner {
@@ -464,14 +465,6 @@ impl SqlEngine {
             status: Arc::new(Mutex::new(Status::default())),
             view: false,
             metrics: None,
-        };
-        let first = Checkpoint {
-            header: Header {
-                max_ts: vec![None; offsets.len()],
-                offsets,
-                ..Header::default()
-            },
-            windows: Vec::new(),
         };
         // The runner stops when this sender goes, with the stream.
         let (stop_tx, stop_rx) = watch::channel(false);

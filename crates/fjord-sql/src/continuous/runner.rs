@@ -357,17 +357,16 @@ impl Run {
 
     /// Takes one read: through the plan, into the state or the results.
     async fn take(&mut self, msg: Msg) -> Result<(), String> {
-        let Msg::Read {
-            partition,
-            batch,
-            records: source,
-            next,
-            skipped,
-            caught_up,
-        } = msg
-        else {
-            let Msg::Failed(e) = msg else { unreachable!() };
-            return Err(e);
+        let (partition, batch, source, next, skipped, caught_up) = match msg {
+            Msg::Read {
+                partition,
+                batch,
+                records,
+                next,
+                skipped,
+                caught_up,
+            } => (partition, batch, records, next, skipped, caught_up),
+            Msg::Failed(e) => return Err(e),
         };
         self.caught_up[partition] = caught_up;
         self.header.counters.skipped_records += skipped;
@@ -806,28 +805,9 @@ impl Run {
         let mut at = from;
         let mut done = 0;
         loop {
-            let f = match self
-                .r
-                .broker
-                .fetch(
-                    stream,
-                    partition,
-                    Position::Offset(at),
-                    4096,
-                    8 << 20,
-                    Duration::ZERO,
-                )
+            let f = crate::scan::fetch_present(&self.r.broker, stream, partition, at)
                 .await
-            {
-                Ok(f) => f,
-                Err(BrokerError::OffsetOutOfRange {
-                    requested, start, ..
-                }) if requested < start => {
-                    at = start;
-                    continue;
-                }
-                Err(e) => return Err(format!("reading {stream}: {e}")),
-            };
+                .map_err(|e| format!("reading {stream}: {e}"))?;
             for r in &f.records {
                 let mark = r
                     .headers

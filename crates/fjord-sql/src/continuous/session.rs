@@ -15,7 +15,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 
-use super::aggregate::{AggSpec, Emission, Update, WindowSnapshot};
+use super::aggregate::{evaluate_keeping, AggSpec, Emission, Update, WindowSnapshot};
 use super::window::{from_millis, to_millis};
 
 struct Session {
@@ -118,35 +118,27 @@ impl SessionState {
             let key = rows
                 .as_ref()
                 .map_or(Vec::new(), |r| r.row(i).as_ref().to_vec());
-            let list = self.sessions.entry(key).or_default();
             // Sessions this row touches: [t, t + gap) meets [start, end).
-            let touching: Vec<usize> = list
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| t < s.end && s.start < t + self.gap_ms)
-                .map(|(k, _)| k)
-                .collect();
-            let target = match touching.first() {
-                None => {
-                    let key_values: Vec<ArrayRef> = keys.iter().map(|k| k.slice(i, 1)).collect();
-                    let s = self.new_session(t, key_values)?;
-                    let list = self
-                        .sessions
-                        .entry(
-                            rows.as_ref()
-                                .map_or(Vec::new(), |r| r.row(i).as_ref().to_vec()),
-                        )
-                        .or_default();
+            let touching: Vec<usize> = self.sessions.get(&key).map_or(Vec::new(), |list| {
+                list.iter()
+                    .enumerate()
+                    .filter(|(_, s)| t < s.end && s.start < t + self.gap_ms)
+                    .map(|(k, _)| k)
+                    .collect()
+            });
+            let fresh = if touching.is_empty() {
+                let key_values: Vec<ArrayRef> = keys.iter().map(|k| k.slice(i, 1)).collect();
+                Some(self.new_session(t, key_values)?)
+            } else {
+                None
+            };
+            let list = self.sessions.entry(key).or_default();
+            let target = match fresh {
+                Some(s) => {
                     list.push(s);
                     list.len() - 1
                 }
-                Some(&first) => first,
-            };
-            let key = rows
-                .as_ref()
-                .map_or(Vec::new(), |r| r.row(i).as_ref().to_vec());
-            let Some(list) = self.sessions.get_mut(&key) else {
-                continue;
+                None => touching[0],
             };
             // Bridged sessions merge into the first.
             for &k in touching.iter().skip(1).rev() {
@@ -231,7 +223,7 @@ impl SessionState {
                             .map(|a| a.evaluate(EmitTo::All))
                             .collect::<DfResult<Vec<_>>>()?
                     } else {
-                        evaluate_keeping(&spec, &mut s.accs)?
+                        evaluate_keeping(&spec, &mut s.accs, 1)?
                     };
                     out.push(Emission {
                         start: s.start,
@@ -331,21 +323,6 @@ fn merge_into(into: &mut Session, other: &mut Session) -> DfResult<()> {
     into.fired |= other.fired;
     into.dirty |= other.fired;
     Ok(())
-}
-
-fn evaluate_keeping(
-    spec: &AggSpec,
-    accs: &mut [Box<dyn GroupsAccumulator>],
-) -> DfResult<Vec<ArrayRef>> {
-    let mut fresh = spec.accumulators()?;
-    let mut values = Vec::with_capacity(accs.len());
-    for (acc, copy) in accs.iter_mut().zip(fresh.iter_mut()) {
-        let state = acc.state(EmitTo::All)?;
-        acc.merge_batch(&state, &ONE, 1)?;
-        copy.merge_batch(&state, &ONE, 1)?;
-        values.push(copy.evaluate(EmitTo::All)?);
-    }
-    Ok(values)
 }
 
 /// One session's result row, in the aggregate's output schema.

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer, Whitespace};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::error::{SqlError, SqlErrorKind};
 
@@ -84,12 +84,6 @@ pub fn parse(sql: &str) -> Result<Statement, SqlError> {
     let tokens: Vec<TokenWithSpan> = tokens
         .into_iter()
         .filter(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
-        .filter(|t| {
-            !matches!(
-                t.token,
-                Token::Whitespace(Whitespace::SingleLineComment { .. })
-            )
-        })
         .collect();
     if let Some(query) = push_query(sql, &tokens) {
         return Ok(Statement::Push { query });

@@ -77,26 +77,9 @@ impl ViewTable {
                 .await
                 .map_err(external)?;
             while at < end {
-                let f = match broker
-                    .fetch(
-                        &self.stream,
-                        p,
-                        Position::Offset(at),
-                        4096,
-                        8 << 20,
-                        std::time::Duration::ZERO,
-                    )
+                let f = crate::scan::fetch_present(broker, &self.stream, p, at)
                     .await
-                {
-                    Ok(f) => f,
-                    Err(BrokerError::OffsetOutOfRange {
-                        requested, start, ..
-                    }) if requested < start => {
-                        at = start;
-                        continue;
-                    }
-                    Err(e) => return Err(external(e)),
-                };
+                    .map_err(external)?;
                 if f.records.is_empty() {
                     break;
                 }
