@@ -144,41 +144,61 @@ class KafkaPython(NodeCase):
             p.send("grp", key=f"k{i}".encode(), value=f"first{i}".encode())
         p.flush()
         seen, assignments, lock = [], {}, threading.Lock()
+        stop = threading.Event()
 
         def member(name, leave_after=None):
             c = KafkaConsumer("grp", bootstrap_servers=self.node.bootstrap, group_id="g-three",
                               auto_offset_reset="earliest", enable_auto_commit=False,
-                              consumer_timeout_ms=10000, session_timeout_ms=10000,
-                              heartbeat_interval_ms=500)
+                              session_timeout_ms=10000, heartbeat_interval_ms=500)
             n = 0
-            for m in c:
+            while not stop.is_set():
+                batch = c.poll(timeout_ms=200, max_records=1)
                 with lock:
-                    seen.append(m.value)
-                    assignments[name] = sorted(tp.partition for tp in c.assignment())
-                try:
-                    c.commit()
-                except CommitFailedError:
-                    pass  # rebalanced meanwhile: the new owner re-reads it
-                n += 1
+                    assignments[name] = {tp.partition for tp in c.assignment()}
+                for msgs in batch.values():
+                    for m in msgs:
+                        with lock:
+                            seen.append(m.value)
+                        n += 1
+                if batch:
+                    try:
+                        c.commit()
+                    except CommitFailedError:
+                        pass  # rebalanced meanwhile: the new owner re-reads it
                 if leave_after is not None and n >= leave_after:
                     break
-            with lock:
-                assignments[name + "-final"] = sorted(tp.partition for tp in c.assignment())
             c.close()  # LeaveGroup: the others take its partitions over
+            with lock:
+                assignments[name + "-left"] = True
 
         threads = [threading.Thread(target=member, args=("a",)),
                    threading.Thread(target=member, args=("b",)),
                    threading.Thread(target=member, args=("c", 3))]
         for t in threads:
             t.start()
+        # The two that stay are stopped together once c has left and they
+        # hold all six partitions between them (without a rebalance after
+        # the leave they would hold four: two each) -- or at the deadline,
+        # which fails the test below.
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with lock:
+                done = (assignments.get("c-left")
+                        and assignments.get("a", set()) | assignments.get("b", set()) == set(range(6))
+                        and set(seen) == {f"first{i}".encode() for i in range(60)})
+            if done:
+                break
+            time.sleep(0.1)
+        with lock:
+            final = assignments.get("a", set()) | assignments.get("b", set())
+        stop.set()
         for t in threads:
-            t.join(timeout=120)
+            t.join(timeout=60)
         # Every message once or more (a leave may replay uncommitted ones),
-        # none lost; after the leave the two left covered all six
-        # partitions between them (without a rebalance they would hold
-        # four: two each).
+        # none lost.
+        self.assertTrue(assignments.get("c-left"))
         self.assertEqual(set(seen), {f"first{i}".encode() for i in range(60)})
-        self.assertEqual(set(assignments["a-final"]) | set(assignments["b-final"]), set(range(6)))
+        self.assertEqual(final, set(range(6)))
 
         # Committed offsets survive a restart: a new member resumes there.
         self.node.restart()

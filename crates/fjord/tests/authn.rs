@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::pki::{Ca, TlsPorts};
+use common::pki::Ca;
 use common::{http, poll_until, Node};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, FutureProducer, FutureRecord, Producer};
@@ -242,18 +242,17 @@ async fn client_certificates_name_the_mqtt_and_kafka_principal() {
     let server = ca.server(tmp.path(), "server");
     let device = ca.client(tmp.path(), "device", "acme:sensor-9");
     let nobody = ca.client(tmp.path(), "nobody", "nowhere:sensor-9");
-    let ports = TlsPorts::pick();
-    let mut env = ports.env(&server, &ca);
-    env.push(("FJORD_MQTT__TLS_CLIENT_AUTH".into(), "optional".into()));
-    env.push(("FJORD_KAFKA__TLS_CLIENT_AUTH".into(), "required".into()));
     let admin = tmp.path().join("admin-password");
     std::fs::write(&admin, ADMIN_PASSWORD).unwrap();
-    env.push((
-        "FJORD_AUTH__ADMIN_PASSWORD_FILE".into(),
-        admin.display().to_string(),
-    ));
-    let node = Node::start_with(&tmp.path().join("data"), &[], |cmd| {
-        cmd.envs(env.iter().cloned());
+    let (node, ports) = Node::start_tls(&tmp.path().join("data"), |ports| {
+        let mut env = ports.env(&server, &ca);
+        env.push(("FJORD_MQTT__TLS_CLIENT_AUTH".into(), "optional".into()));
+        env.push(("FJORD_KAFKA__TLS_CLIENT_AUTH".into(), "required".into()));
+        env.push((
+            "FJORD_AUTH__ADMIN_PASSWORD_FILE".into(),
+            admin.display().to_string(),
+        ));
+        env
     });
     tenant_with_user(&node, "acme", "alice", "alice-password").await;
     let tls = |id: &common::pki::Issued| rumqttc::TlsConfiguration::Simple {

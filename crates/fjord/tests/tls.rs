@@ -23,16 +23,11 @@ fn tls_node(
     ca: &Ca,
     extra: &[(&str, &str)],
 ) -> (Node, TlsPorts) {
-    let ports = TlsPorts::pick();
-    let env = ports.env(server, ca);
-    let extra: Vec<(String, String)> = extra
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let node = Node::start_with(&dir.join("data"), &[], |cmd| {
-        cmd.envs(env.iter().cloned()).envs(extra.iter().cloned());
-    });
-    (node, ports)
+    Node::start_tls(&dir.join("data"), |ports| {
+        let mut env = ports.env(server, ca);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    })
 }
 
 fn port_of(addr: &str) -> u16 {

@@ -48,6 +48,34 @@ impl Node {
     /// that exits at start is therefore retried with new ports.
     pub fn start_with(data_dir: &Path, extra: &[&str], tweak: impl Fn(&mut Command)) -> Node {
         for _ in 0..5 {
+            if let Some(node) = Self::try_start(data_dir, extra, &tweak) {
+                return node;
+            }
+        }
+        panic!("fjord did not start over {}", data_dir.display());
+    }
+
+    /// Like [`Node::start_with`], with TLS listeners on ports picked anew
+    /// for every attempt; `env` gives the environment for those ports.
+    pub fn start_tls(
+        data_dir: &Path,
+        env: impl Fn(&pki::TlsPorts) -> Vec<(String, String)>,
+    ) -> (Node, pki::TlsPorts) {
+        for _ in 0..5 {
+            let ports = pki::TlsPorts::pick();
+            let vars = env(&ports);
+            if let Some(node) = Self::try_start(data_dir, &[], |cmd| {
+                cmd.envs(vars.iter().cloned());
+            }) {
+                return (node, ports);
+            }
+        }
+        panic!("fjord did not start over {}", data_dir.display());
+    }
+
+    /// One attempt: `None` when the node exited at start (a port taken).
+    fn try_start(data_dir: &Path, extra: &[&str], tweak: impl Fn(&mut Command)) -> Option<Node> {
+        {
             let addr = format!("127.0.0.1:{}", free_port());
             let mqtt = format!("127.0.0.1:{}", free_port());
             let mqtt_ws = format!("127.0.0.1:{}", free_port());
@@ -88,11 +116,8 @@ impl Node {
                 pg,
                 data_dir: data_dir.to_path_buf(),
             };
-            if node.wait_ready() {
-                return node;
-            }
+            node.wait_ready().then_some(node)
         }
-        panic!("fjord did not start over {}", data_dir.display());
     }
 
     /// Waits until the node answers ready (true) or exits (false).
