@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod columns;
 pub mod continuous;
 pub mod error;
+pub mod gapfill;
 pub mod output;
 pub mod pg;
 pub mod scan;
@@ -136,8 +137,18 @@ impl SqlEngine {
         // Names keep their place in the text, so planning errors (unknown
         // columns, tables) say where they are.
         config.options_mut().sql_parser.collect_spans = true;
-        let ctx = SessionContext::new_with_config_rt(config, self.runtime.clone());
-        for f in continuous::window::functions() {
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.runtime.clone())
+            .with_default_features()
+            .with_query_planner(Arc::new(gapfill::exec::FjordQueryPlanner))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.add_analyzer_rule(Arc::new(gapfill::HandleGapFill));
+        for f in continuous::window::functions()
+            .into_iter()
+            .chain(gapfill::functions())
+        {
             ctx.register_udf((*f).clone());
         }
         ctx.register_catalog_list(Arc::new(Catalogs::new(

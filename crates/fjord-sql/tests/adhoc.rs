@@ -2,9 +2,12 @@
 //! payloads, pushdown of time/offset/partition bounds (checked in the
 //! scan's own row count from EXPLAIN ANALYZE), tenant isolation, errors.
 
+mod common;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::anonymous;
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Float64Type, Int64Type};
 use fjord_auth::{Method, Principal};
@@ -18,10 +21,6 @@ async fn broker(dir: &std::path::Path) -> Arc<Broker> {
     // node (node administrators see every tenant).
     config.auth.anonymous_admin = false;
     Broker::open(config).await.unwrap()
-}
-
-fn anonymous() -> Arc<Principal> {
-    Arc::new(Principal::anonymous(TenantName::new("public").unwrap()))
 }
 
 fn reading(device: usize, temp: f64, event_ts: i64) -> RecordInput {

@@ -3,24 +3,22 @@
 //! computation, late rows in a side stream, alerts from a filter, restart
 //! from a checkpoint, and the errors of statements that cannot run.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{anonymous, Lcg};
 use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::UInt64Type;
-use fjord_auth::Principal;
 use fjord_broker::{Broker, BrokerConfig, Position};
-use fjord_core::{Policy, Record, RecordInput, StreamRef, TenantName};
+use fjord_core::{Policy, Record, RecordInput, StreamRef};
 use fjord_sql::{SqlEngine, SqlErrorKind};
 
 async fn broker(dir: &std::path::Path) -> Arc<Broker> {
     Broker::open(BrokerConfig::new(dir)).await.unwrap()
-}
-
-fn anonymous() -> Arc<Principal> {
-    Arc::new(Principal::anonymous(TenantName::new("public").unwrap()))
 }
 
 fn stream(name: &str) -> StreamRef {
@@ -81,19 +79,6 @@ async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
     while !f().await {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A small deterministic generator (no dependency, same data every run).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
     }
 }
 
