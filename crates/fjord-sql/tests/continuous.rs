@@ -385,6 +385,9 @@ async fn statements_that_cannot_run_say_why() {
     assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
     let e = fails("CREATE STREAM x AS SELECT * FROM a JOIN b ON a._key = b._key").await;
     assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
+    let e = fails("CREATE STREAM x AS SELECT time_bucket_gapfill(INTERVAL '1 minute', _event_ts, now(), now()) AS m, count(*) FROM a GROUP BY m").await;
+    assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
+    assert!(e.message.contains("gap filling"), "{e}");
     let e = fails("CREATE STREAM b AS SELECT value FROM a").await;
     assert_eq!(e.kind, SqlErrorKind::DuplicateObject, "{e}");
     let e = fails("CREATE STREAM x WITH (colour = 'red') AS SELECT value FROM a").await;

@@ -115,6 +115,7 @@ fn describe(name: &str) -> &'static str {
         "SortExec" | "SortPreservingMergeExec" => "ORDER BY before the aggregate",
         "GlobalLimitExec" | "LocalLimitExec" => "LIMIT before the aggregate",
         "AggregateExec" => "an aggregate of an aggregate",
+        "GapFillExec" => "gap filling (time_bucket_gapfill; fill gaps in ad-hoc queries over the results)",
         _ => "this operator",
     }
 }
