@@ -352,3 +352,32 @@ pub(crate) async fn fetch_present(
 pub(crate) fn external(e: fjord_broker::BrokerError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
+
+/// Calls `f` on every record of `partition` before `end`, from the
+/// earliest still stored.
+pub(crate) async fn each_record(
+    broker: &Broker,
+    stream: &StreamRef,
+    partition: u32,
+    end: i64,
+    mut f: impl FnMut(&fjord_core::Record) -> Result<(), DataFusionError>,
+) -> Result<(), DataFusionError> {
+    let external = |e: fjord_broker::BrokerError| DataFusionError::External(Box::new(e));
+    let mut at = broker
+        .resolve(stream, partition, Position::Earliest)
+        .await
+        .map_err(external)?;
+    while at < end {
+        let fetched = fetch_present(broker, stream, partition, at)
+            .await
+            .map_err(external)?;
+        if fetched.records.is_empty() {
+            break;
+        }
+        for r in fetched.records.iter().filter(|r| r.offset < end) {
+            f(r)?;
+        }
+        at = fetched.next_offset;
+    }
+    Ok(())
+}

@@ -716,3 +716,199 @@ async fn session_windows_match_a_brute_force_computation_across_a_restart() {
     assert_eq!(counter(&sql, "default.use_sessions", "late_rows").await, 0);
     sql.stop_queries().await;
 }
+
+fn device(name: &str, site: &str, limit: f64) -> RecordInput {
+    RecordInput {
+        key: Some(Bytes::from(name.to_string())),
+        value: Some(Bytes::from(format!(
+            r#"{{"site":"{site}","limit":{limit}}}"#
+        ))),
+        headers: Vec::new(),
+        event_ts: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_join_tables_as_they_are_when_each_batch_is_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    let readings = stream("readings");
+    b.create_stream(&readings, Some(2), Policy::default())
+        .unwrap();
+    // Device metadata: a compacted stream, the newest record per device.
+    let devices = stream("devices");
+    let table = Policy {
+        compaction: Some(fjord_core::Compaction::LatestPerKey),
+        ..Policy::default()
+    };
+    b.create_stream(&devices, Some(2), table).unwrap();
+    let mut gone = device("dev-2", "west", 10.0);
+    b.produce(
+        &devices,
+        vec![
+            device("dev-0", "north", 50.0),
+            device("dev-1", "south", 30.0),
+            device("dev-1", "south", 40.0),
+            gone.clone(),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    gone.value = None;
+    b.produce(&devices, vec![gone], None).await.unwrap();
+
+    // An alert per reading over its device's limit, with the site.
+    sql.query(
+        anonymous(),
+        "CREATE STREAM alerts AS \
+         SELECT r._key AS _key, json_get_float(r.value, 'temp') AS temp, json_get_str(d.value, 'site') AS site \
+         FROM readings r JOIN devices d ON r._key = d._key \
+         WHERE json_get_float(r.value, 'temp') > json_get_float(d.value, 'limit')",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Readings per site, unknown devices counted under no site.
+    sql.query(
+        anonymous(),
+        "CREATE MATERIALIZED VIEW per_site AS \
+         SELECT json_get_str(d.value, 'site') AS site, count(*) AS n \
+         FROM readings r LEFT JOIN devices d ON r._key = d._key GROUP BY 1",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    b.produce(
+        &readings,
+        vec![
+            reading(0, 55.0, 1), // over north's 50
+            reading(0, 45.0, 2),
+            reading(1, 35.0, 3), // under the newest limit, 40
+            reading(1, 45.0, 4), // over it
+            reading(2, 99.0, 5), // a deleted device
+            reading(3, 99.0, 6), // an unknown one
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    wait_for("the readings", async || {
+        counter(&sql, "default.alerts", "rows_in").await == 6
+            && counter(&sql, "default.per_site", "rows_in").await == 6
+    })
+    .await;
+    // The table changes: later readings see it.
+    b.produce(&devices, vec![device("dev-3", "east", 0.0)], None)
+        .await
+        .unwrap();
+    b.produce(&readings, vec![reading(3, 1.0, 7)], None)
+        .await
+        .unwrap();
+    wait_for("the alert of the new device", async || {
+        read_all(&b, &stream("alerts")).await.len() >= 3
+    })
+    .await;
+    let mut alerts: Vec<(String, f64, String)> = read_all(&b, &stream("alerts"))
+        .await
+        .iter()
+        .map(|r| {
+            let v = json(r);
+            (
+                String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap(),
+                v["temp"].as_f64().unwrap(),
+                v["site"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    alerts.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        alerts,
+        vec![
+            ("dev-0".to_string(), 55.0, "north".to_string()),
+            ("dev-1".to_string(), 45.0, "south".to_string()),
+            ("dev-3".to_string(), 1.0, "east".to_string()),
+        ]
+    );
+    let per_site = async || -> Vec<(String, i64)> {
+        let r = sql
+            .query(
+                anonymous(),
+                "SELECT coalesce(site, '-') AS site, n FROM per_site ORDER BY site",
+            )
+            .await
+            .unwrap();
+        r.batches
+            .iter()
+            .flat_map(|b| {
+                let s = b.column(0).as_string::<i32>().clone();
+                let n = b
+                    .column(1)
+                    .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+                    .clone();
+                (0..b.num_rows())
+                    .map(|i| (s.value(i).to_string(), n.value(i)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    wait_for("the per-site counts", async || {
+        per_site().await.iter().map(|r| r.1).sum::<i64>() == 7
+    })
+    .await;
+    let got = per_site().await;
+    // dev-2 (deleted) and dev-3's first reading (unknown then) have no
+    // site; dev-3's second reading is east.
+    assert_eq!(
+        got,
+        vec![
+            ("-".to_string(), 2),
+            ("east".to_string(), 1),
+            ("north".to_string(), 2),
+            ("south".to_string(), 2),
+        ]
+    );
+
+    // A materialized view is a table too.
+    let checks = stream("checks");
+    b.create_stream(&checks, Some(1), Policy::default())
+        .unwrap();
+    sql.query(
+        anonymous(),
+        "CREATE STREAM answers AS SELECT v.site AS site, v.n AS n \
+         FROM checks c JOIN per_site v ON json_get_str(c.value, 'site') = v.site",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    b.produce(
+        &checks,
+        vec![RecordInput {
+            key: None,
+            value: Some(Bytes::from_static(br#"{"site":"north"}"#)),
+            headers: Vec::new(),
+            event_ts: None,
+        }],
+        None,
+    )
+    .await
+    .unwrap();
+    wait_for("the answer", async || {
+        !read_all(&b, &stream("answers")).await.is_empty()
+    })
+    .await;
+    let answers = read_all(&b, &stream("answers")).await;
+    assert_eq!(answers.len(), 1);
+    assert_eq!(
+        json(&answers[0]),
+        serde_json::json!({"site": "north", "n": 2})
+    );
+
+    // Joins that would repeat table rows, or join two streams, are refused.
+    for q in [
+        "CREATE STREAM x AS SELECT d._key FROM readings r RIGHT JOIN devices d ON r._key = d._key",
+        "CREATE STREAM x AS SELECT r._key FROM readings r JOIN checks c ON r._key = c._key",
+        "CREATE STREAM x AS SELECT r._key FROM devices r JOIN devices c ON r._key = c._key",
+    ] {
+        let e = sql.query(anonymous(), q).await.unwrap_err();
+        assert_eq!(e.kind, SqlErrorKind::NotSupported, "{q}: {e}");
+    }
+}

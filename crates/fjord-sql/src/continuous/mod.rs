@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod lookup;
 pub mod metrics;
 pub mod options;
 pub mod plan;
@@ -210,7 +211,7 @@ impl SqlEngine {
             ));
         }
         let ctx = self.continuous_context(principal.clone());
-        let pipeline = plan::plan(&ctx, &query)
+        let pipeline = plan::plan(&ctx, &self.broker, &query)
             .await
             .map_err(|e| e.shifted(query_at))?;
         if pipeline.source == out {
@@ -346,7 +347,7 @@ impl SqlEngine {
             Some(p) => p,
             None => {
                 let ctx = self.continuous_context(principal.clone());
-                plan::plan(&ctx, &def.query).await?
+                plan::plan(&ctx, &self.broker, &def.query).await?
             }
         };
         let options = Options::parse(&def.options)?;
@@ -446,7 +447,7 @@ impl SqlEngine {
         query: &str,
     ) -> Result<datafusion::execution::SendableRecordBatchStream, SqlError> {
         let ctx = self.continuous_context(principal.clone());
-        let pipeline = plan::plan(&ctx, query).await?;
+        let pipeline = plan::plan(&ctx, &self.broker, query).await?;
         let broker = self.broker().clone();
         let first = self
             .first_checkpoint(&pipeline.source, Position::Latest)

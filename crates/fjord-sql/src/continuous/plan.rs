@@ -16,13 +16,18 @@ use std::sync::Arc;
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::JoinType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::{Column as ColumnExpr, Literal};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::{
+    CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
+};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -30,15 +35,18 @@ use datafusion::physical_plan::{
     ExecutionPlan, Partitioning, PlanProperties, ReplaceChildrenOptions,
 };
 use datafusion::prelude::SessionContext;
+use fjord_core::Compaction;
 use fjord_core::StreamRef;
 use futures_util::TryStreamExt;
 use parking_lot::Mutex;
 
 use super::aggregate::AggSpec;
+use super::lookup::LookupExec;
 use super::window::{interval_ms, WindowSpec, HOP, SESSION, TUMBLE};
 use crate::columns::Column;
 use crate::error::{SqlError, SqlErrorKind};
 use crate::scan::StreamScanExec;
+use crate::table::BrokerRef;
 
 /// Where a stage's input batch waits for its run.
 type Slot = Arc<Mutex<Option<RecordBatch>>>;
@@ -47,21 +55,33 @@ type Slot = Arc<Mutex<Option<RecordBatch>>>;
 pub struct Stage {
     plan: Arc<dyn ExecutionPlan>,
     feed: Slot,
+    /// Whether the plan keeps what it built in one run (a join's hash
+    /// table), so each run needs it fresh.
+    reset: bool,
 }
 
 impl Stage {
+    fn new(plan: Arc<dyn ExecutionPlan>, feed: Slot) -> Self {
+        let reset = has(&plan, &|p| join_type(p).is_some());
+        Stage { plan, feed, reset }
+    }
+
     /// Runs the stage on `batch`: every row it yields.
     pub async fn run(
         &self,
         batch: RecordBatch,
         ctx: &Arc<TaskContext>,
     ) -> DfResult<Vec<RecordBatch>> {
+        let plan = if self.reset {
+            reset_plan_states(self.plan.clone())?
+        } else {
+            self.plan.clone()
+        };
         *self.feed.lock() = Some(batch);
         let mut out = Vec::new();
-        let parts = self.plan.properties().partitioning.partition_count();
+        let parts = plan.properties().partitioning.partition_count();
         for p in 0..parts {
-            let batches: Vec<RecordBatch> =
-                self.plan.execute(p, ctx.clone())?.try_collect().await?;
+            let batches: Vec<RecordBatch> = plan.execute(p, ctx.clone())?.try_collect().await?;
             out.extend(batches.into_iter().filter(|b| b.num_rows() > 0));
         }
         self.feed.lock().take();
@@ -115,7 +135,9 @@ fn describe(name: &str) -> &'static str {
         "SortExec" | "SortPreservingMergeExec" => "ORDER BY before the aggregate",
         "GlobalLimitExec" | "LocalLimitExec" => "LIMIT before the aggregate",
         "AggregateExec" => "an aggregate of an aggregate",
-        "GapFillExec" => "gap filling (time_bucket_gapfill; fill gaps in ad-hoc queries over the results)",
+        "GapFillExec" => {
+            "gap filling (time_bucket_gapfill; fill gaps in ad-hoc queries over the results)"
+        }
         _ => "this operator",
     }
 }
@@ -141,28 +163,21 @@ const PER_EMISSION: &[&str] = &[
 ];
 
 /// Plans `query` (a `SELECT`) in `ctx` for continuous running.
-pub async fn plan(ctx: &SessionContext, query: &str) -> Result<Pipeline, SqlError> {
+pub async fn plan(
+    ctx: &SessionContext,
+    broker: &Arc<BrokerRef>,
+    query: &str,
+) -> Result<Pipeline, SqlError> {
     let df = ctx.sql_with_options(query, crate::query_options()).await?;
     let physical = df.create_physical_plan().await?;
-    cut(physical)
+    cut(physical, broker)
 }
 
-fn cut(root: Arc<dyn ExecutionPlan>) -> Result<Pipeline, SqlError> {
+fn cut(root: Arc<dyn ExecutionPlan>, broker: &Arc<BrokerRef>) -> Result<Pipeline, SqlError> {
     let mut scans = Vec::new();
     find_scans(&root, &mut scans)?;
-    let scan = match scans.len() {
-        1 => scans.remove(0),
-        0 => {
-            return Err(unsupported(
-                "a continuous query reads a stream: its FROM names one",
-            ))
-        }
-        _ => {
-            return Err(unsupported(
-                "a continuous query reads one stream (joins and unions of streams run as separate queries)",
-            ))
-        }
-    };
+    let scan = pick_source(scans, broker)?;
+    let root = tables_for_lookup(&root, &scan, broker)?;
     let Some(scan_exec) = scan.downcast_ref::<StreamScanExec>() else {
         return Err(SqlError::new(SqlErrorKind::Execution, "scan expected"));
     };
@@ -177,7 +192,7 @@ fn cut(root: Arc<dyn ExecutionPlan>) -> Result<Pipeline, SqlError> {
             source,
             columns,
             scan_schema,
-            pre: Stage { plan: pre, feed },
+            pre: Stage::new(pre, feed),
             aggregate: None,
             post: None,
             output_schema,
@@ -209,16 +224,13 @@ fn cut(root: Arc<dyn ExecutionPlan>) -> Result<Pipeline, SqlError> {
         None
     } else {
         let (plan, feed) = feed_in(&root, &|p| Arc::ptr_eq(p, &top))?;
-        Some(Stage { plan, feed })
+        Some(Stage::new(plan, feed))
     };
     Ok(Pipeline {
         source,
         columns,
         scan_schema,
-        pre: Stage {
-            plan: pre,
-            feed: pre_feed,
-        },
+        pre: Stage::new(pre, pre_feed),
         aggregate: Some(Arc::new(spec)),
         post,
         output_schema,
@@ -289,8 +301,8 @@ fn find_scans(
         return Ok(());
     }
     if p.children().is_empty() {
-        // VALUES, a constant row: not a stream.
-        if p.name() != "PlaceholderRowExec" && p.name() != "EmptyExec" {
+        // A constant row, a view read as a table: not a stream.
+        if !matches!(p.name(), "PlaceholderRowExec" | "EmptyExec" | "LookupExec") {
             return Err(unsupported(format!(
                 "a continuous query reads streams only, not {}",
                 p.name()
@@ -303,12 +315,132 @@ fn find_scans(
     Ok(())
 }
 
-/// The top-most aggregate, if any.
+/// The top-most aggregate over the stream, if any (a table's own
+/// aggregates are part of the table).
 fn find_aggregate(p: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
     if p.downcast_ref::<AggregateExec>().is_some() {
         return Some(p.clone());
     }
-    p.children().into_iter().find_map(find_aggregate)
+    p.children()
+        .into_iter()
+        .filter(|c| has(c, &is_scan))
+        .find_map(find_aggregate)
+}
+
+/// Whether `p` or a node under it is `what`.
+fn has(p: &Arc<dyn ExecutionPlan>, what: &dyn Fn(&Arc<dyn ExecutionPlan>) -> bool) -> bool {
+    what(p) || p.children().into_iter().any(|c| has(c, what))
+}
+
+/// The stream a continuous query follows: the one stream it reads, or —
+/// joining streams with tables — the one that is not a table.
+fn pick_source(
+    mut scans: Vec<Arc<dyn ExecutionPlan>>,
+    broker: &Arc<BrokerRef>,
+) -> Result<Arc<dyn ExecutionPlan>, SqlError> {
+    if scans.len() == 1 {
+        return Ok(scans.remove(0));
+    }
+    if scans.is_empty() {
+        return Err(unsupported(
+            "a continuous query reads a stream: its FROM names one",
+        ));
+    }
+    let mut streams = Vec::new();
+    for s in scans {
+        let stream = scan_stream(&s)?;
+        if !is_table(broker, &stream)? {
+            streams.push((s, stream));
+        }
+    }
+    match streams.len() {
+        1 => Ok(streams.remove(0).0),
+        0 => Err(unsupported(
+            "a continuous query follows one stream and joins it with tables; every relation here is a table (a compacted stream): which one would it follow?",
+        )),
+        _ => Err(unsupported(format!(
+            "a continuous query follows one stream and joins it with tables (compacted streams or materialized views); {} and {} are both streams (streams are not joined with each other continuously)",
+            streams[0].1, streams[1].1
+        ))),
+    }
+}
+
+fn scan_stream(p: &Arc<dyn ExecutionPlan>) -> Result<StreamRef, SqlError> {
+    p.downcast_ref::<StreamScanExec>()
+        .map(|s| s.stream().clone())
+        .ok_or_else(|| SqlError::new(SqlErrorKind::Execution, "scan expected"))
+}
+
+/// Whether `stream` is a table: compacted to the newest record per key.
+fn is_table(broker: &Arc<BrokerRef>, stream: &StreamRef) -> Result<bool, SqlError> {
+    let d = broker
+        .0
+        .describe_stream(stream)
+        .map_err(|e| SqlError::new(SqlErrorKind::Execution, format!("{stream}: {e}")))?;
+    Ok(d.effective_policy.compaction == Compaction::LatestPerKey)
+}
+
+/// `root` with every scan but `source`'s read as a table, anew for every
+/// batch the query processes.
+fn tables_for_lookup(
+    p: &Arc<dyn ExecutionPlan>,
+    source: &Arc<dyn ExecutionPlan>,
+    broker: &Arc<BrokerRef>,
+) -> Result<Arc<dyn ExecutionPlan>, SqlError> {
+    if Arc::ptr_eq(p, source) {
+        return Ok(p.clone());
+    }
+    if let Some(scan) = p.downcast_ref::<StreamScanExec>() {
+        let stream = scan.stream().clone();
+        if !is_table(broker, &stream)? {
+            return Err(unsupported(format!(
+                "{stream} is a stream, not a table: a continuous query joins its stream with tables (compacted streams or materialized views)"
+            )));
+        }
+        return Ok(Arc::new(LookupExec::compacted(
+            broker.clone(),
+            stream,
+            scan.columns().to_vec(),
+            p.schema(),
+        )));
+    }
+    let children = p
+        .children()
+        .into_iter()
+        .map(|c| tables_for_lookup(c, source, broker))
+        .collect::<Result<Vec<_>, _>>()?;
+    if children.is_empty() {
+        return Ok(p.clone());
+    }
+    Ok(replace_children_if_necessary(p.clone(), children)?)
+}
+
+/// A join's type, if `p` is a join.
+fn join_type(p: &Arc<dyn ExecutionPlan>) -> Option<JoinType> {
+    if let Some(j) = p.downcast_ref::<HashJoinExec>() {
+        return Some(*j.join_type());
+    }
+    if let Some(j) = p.downcast_ref::<NestedLoopJoinExec>() {
+        return Some(*j.join_type());
+    }
+    if let Some(j) = p.downcast_ref::<SortMergeJoinExec>() {
+        return Some(j.join_type());
+    }
+    if let Some(j) = p.downcast_ref::<SymmetricHashJoinExec>() {
+        return Some(*j.join_type());
+    }
+    p.downcast_ref::<CrossJoinExec>().map(|_| JoinType::Inner)
+}
+
+/// Whether a join of this type, the stream on side `stream_side` (0:
+/// left), yields only rows of the batch at hand: every row has a stream
+/// row, so no table row comes out once per batch.
+fn follows_stream(join: JoinType, stream_side: usize) -> bool {
+    use JoinType::*;
+    match stream_side {
+        0 => matches!(join, Inner | Left | LeftSemi | LeftAnti | LeftMark),
+        _ => matches!(join, Inner | Right | RightSemi | RightAnti | RightMark),
+    }
 }
 
 fn partial_below(p: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
@@ -332,6 +464,18 @@ fn check(
 ) -> Result<(), SqlError> {
     if is_scan(p) || stop.is_some_and(|s| Arc::ptr_eq(s, p)) {
         return Ok(());
+    }
+    if let Some(join) = join_type(p) {
+        // The stream's side is checked on; the table's side is read
+        // whole, so anything bounded goes there.
+        let children = p.children();
+        let side = children.iter().position(|c| has(c, &is_scan));
+        return match side {
+            Some(side) if follows_stream(join, side) => check(children[side], allowed, stop),
+            _ => Err(unsupported(format!(
+                "a {join} join would repeat table rows without a stream row for every batch; a stream joins a table with [INNER] JOIN or LEFT JOIN, the stream on the left"
+            ))),
+        };
     }
     if !allowed.contains(&p.name()) {
         return Err(unsupported(format!(

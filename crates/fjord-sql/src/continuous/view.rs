@@ -15,11 +15,11 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::catalog::Session;
-use datafusion::datasource::{MemTable, TableProvider, TableType};
+use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
-use fjord_broker::{Broker, BrokerError, Position};
+use fjord_broker::Broker;
 use fjord_core::StreamRef;
 use parking_lot::RwLock;
 
@@ -57,82 +57,59 @@ pub struct ViewTable {
     pub info: Arc<ViewInfo>,
 }
 
-impl ViewTable {
-    /// The newest row of every key, from the view's stream.
-    async fn rows(&self) -> DfResult<RecordBatch> {
-        let broker: &Broker = &self.broker.0;
-        let schema = self.info.schema.clone();
-        let mut decoder = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
-            .build_decoder()
-            .map_err(DataFusionError::from)?;
-        let mut batches = Vec::new();
-        let parts = broker.partition_count(&self.stream).map_err(external)?;
-        for p in 0..parts {
-            let end = broker
-                .resolve(&self.stream, p, Position::Latest)
-                .await
-                .map_err(external)?;
-            let mut at = broker
-                .resolve(&self.stream, p, Position::Earliest)
-                .await
-                .map_err(external)?;
-            while at < end {
-                let f = crate::scan::fetch_present(broker, &self.stream, p, at)
-                    .await
-                    .map_err(external)?;
-                if f.records.is_empty() {
-                    break;
-                }
-                for r in f.records.iter().filter(|r| r.offset < end) {
-                    if let Some(v) = &r.value {
-                        decoder.decode(v)?;
-                        decoder.decode(b"\n")?;
-                    }
-                }
-                if let Some(b) = decoder.flush()? {
-                    batches.push(b);
-                }
-                at = f.next_offset;
+/// The newest row of every key of the view in `stream`, as of the
+/// partitions' `ends`.
+pub(crate) async fn view_rows(
+    broker: &Broker,
+    stream: &StreamRef,
+    info: &ViewInfo,
+    ends: &[i64],
+) -> DfResult<RecordBatch> {
+    let schema = info.schema.clone();
+    let mut decoder = datafusion::arrow::json::ReaderBuilder::new(schema.clone())
+        .build_decoder()
+        .map_err(DataFusionError::from)?;
+    let mut batches = Vec::new();
+    for (p, &end) in ends.iter().enumerate() {
+        crate::scan::each_record(broker, stream, p as u32, end, |r| {
+            if let Some(v) = &r.value {
+                decoder.decode(v)?;
+                decoder.decode(b"\n")?;
             }
+            Ok(())
+        })
+        .await?;
+        if let Some(b) = decoder.flush()? {
+            batches.push(b);
         }
-        let all = concat_batches(&schema, &batches)?;
-        if self.info.key.is_empty() || all.num_rows() == 0 {
-            return Ok(all);
-        }
-        // The newest row of each key: a key's records are in one
-        // partition, in order, so its last occurrence is its newest.
-        let fields = self
-            .info
-            .key
-            .iter()
-            .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-            .collect();
-        let converter = RowConverter::new(fields)?;
-        let cols: Vec<_> = self
-            .info
-            .key
-            .iter()
-            .map(|&i| all.column(i).clone())
-            .collect();
-        let rows = converter.convert_columns(&cols)?;
-        let mut last: HashMap<&[u8], u32> = HashMap::with_capacity(all.num_rows());
-        for i in 0..rows.num_rows() {
-            last.insert(rows.row(i).data(), i as u32);
-        }
-        let mut keep: Vec<u32> = last.into_values().collect();
-        keep.sort_unstable();
-        let idx = UInt32Array::from(keep);
-        let columns = all
-            .columns()
-            .iter()
-            .map(|c| take(c.as_ref(), &idx, None))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new(schema, columns)?)
     }
-}
-
-fn external(e: BrokerError) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
+    let all = concat_batches(&schema, &batches)?;
+    if info.key.is_empty() || all.num_rows() == 0 {
+        return Ok(all);
+    }
+    // The newest row of each key: a key's records are in one partition,
+    // in order, so its last occurrence is its newest.
+    let fields = info
+        .key
+        .iter()
+        .map(|&i| SortField::new(schema.field(i).data_type().clone()))
+        .collect();
+    let converter = RowConverter::new(fields)?;
+    let cols: Vec<_> = info.key.iter().map(|&i| all.column(i).clone()).collect();
+    let rows = converter.convert_columns(&cols)?;
+    let mut last: HashMap<&[u8], u32> = HashMap::with_capacity(all.num_rows());
+    for i in 0..rows.num_rows() {
+        last.insert(rows.row(i).data(), i as u32);
+    }
+    let mut keep: Vec<u32> = last.into_values().collect();
+    keep.sort_unstable();
+    let idx = UInt32Array::from(keep);
+    let columns = all
+        .columns()
+        .iter()
+        .map(|c| take(c.as_ref(), &idx, None))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 #[async_trait]
@@ -147,13 +124,18 @@ impl TableProvider for ViewTable {
 
     async fn scan(
         &self,
-        state: &dyn Session,
+        _state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let rows = self.rows().await?;
-        let table = MemTable::try_new(self.info.schema.clone(), vec![vec![rows]])?;
-        table.scan(state, projection, filters, limit).await
+        // Read when run, not now: a continuous query joining the view
+        // runs this plan again and again.
+        Ok(Arc::new(super::lookup::LookupExec::view(
+            self.broker.clone(),
+            self.stream.clone(),
+            self.info.clone(),
+            projection.cloned(),
+        )?))
     }
 }

@@ -1,0 +1,238 @@
+//! Tables a stream is joined with: a compacted stream (the newest record
+//! of every key, tombstones deleting) or a materialized view (its newest
+//! row per group). Read when the plan runs — again for every batch of a
+//! continuous query — and kept until the table's stream grows, so a join
+//! sees the table as it is when each batch is processed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use fjord_broker::Broker;
+use fjord_core::{Record, StreamRef};
+use parking_lot::Mutex;
+
+use super::view::{view_rows, ViewInfo};
+use crate::columns::{BatchBuilder, Column};
+use crate::table::BrokerRef;
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// A compacted stream's columns.
+    Compacted { columns: Vec<Column> },
+    /// A view's columns (all, or these).
+    View {
+        info: Arc<ViewInfo>,
+        projection: Option<Vec<usize>>,
+    },
+}
+
+/// The rows read, and the partitions' ends they were read at.
+type Cache = Arc<Mutex<Option<(Vec<i64>, RecordBatch)>>>;
+
+/// A table's current rows.
+#[derive(Debug)]
+pub struct LookupExec {
+    broker: Arc<BrokerRef>,
+    stream: StreamRef,
+    source: Source,
+    cache: Cache,
+    properties: Arc<PlanProperties>,
+}
+
+impl LookupExec {
+    /// The newest record of each key of `stream`, as `columns` (`schema`).
+    pub fn compacted(
+        broker: Arc<BrokerRef>,
+        stream: StreamRef,
+        columns: Vec<Column>,
+        schema: SchemaRef,
+    ) -> Self {
+        LookupExec {
+            broker,
+            stream,
+            source: Source::Compacted { columns },
+            cache: Cache::default(),
+            properties: properties(schema),
+        }
+    }
+
+    /// The rows of the view in `stream`.
+    pub fn view(
+        broker: Arc<BrokerRef>,
+        stream: StreamRef,
+        info: Arc<ViewInfo>,
+        projection: Option<Vec<usize>>,
+    ) -> DfResult<Self> {
+        let schema = match &projection {
+            Some(p) => Arc::new(info.schema.project(p)?),
+            None => info.schema.clone(),
+        };
+        Ok(LookupExec {
+            broker,
+            stream,
+            source: Source::View { info, projection },
+            cache: Cache::default(),
+            properties: properties(schema),
+        })
+    }
+
+    pub fn stream(&self) -> &StreamRef {
+        &self.stream
+    }
+
+    async fn rows(
+        broker: Arc<BrokerRef>,
+        stream: StreamRef,
+        source: &Source,
+        cache: Cache,
+        schema: SchemaRef,
+    ) -> DfResult<RecordBatch> {
+        let broker: &Broker = &broker.0;
+        let ends: Vec<i64> = broker
+            .describe_stream(&stream)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .partition_details
+            .iter()
+            .map(|p| p.end_offset)
+            .collect();
+        if let Some((at, rows)) = &*cache.lock() {
+            if *at == ends {
+                return Ok(rows.clone());
+            }
+        }
+        let rows = match source {
+            Source::Compacted { columns } => {
+                newest_per_key(broker, &stream, &ends, columns, schema).await?
+            }
+            Source::View { info, projection } => {
+                let all = view_rows(broker, &stream, info, &ends).await?;
+                match projection {
+                    Some(p) => all.project(p)?,
+                    None => all,
+                }
+            }
+        };
+        *cache.lock() = Some((ends, rows.clone()));
+        Ok(rows)
+    }
+}
+
+/// Every partition's newest record per key (records without a key all
+/// count), none for a key whose newest record is a tombstone.
+async fn newest_per_key(
+    broker: &Broker,
+    stream: &StreamRef,
+    ends: &[i64],
+    columns: &[Column],
+    schema: SchemaRef,
+) -> DfResult<RecordBatch> {
+    let mut batches = Vec::with_capacity(ends.len());
+    for (p, &end) in ends.iter().enumerate() {
+        let mut kept: Vec<Option<Record>> = Vec::new();
+        let mut by_key: HashMap<Bytes, usize> = HashMap::new();
+        crate::scan::each_record(broker, stream, p as u32, end, |r| {
+            match &r.key {
+                Some(k) => {
+                    if let Some(i) = by_key.remove(k) {
+                        kept[i] = None;
+                    }
+                    if r.value.is_some() {
+                        by_key.insert(k.clone(), kept.len());
+                        kept.push(Some(r.clone()));
+                    }
+                }
+                None => kept.push(Some(r.clone())),
+            }
+            Ok(())
+        })
+        .await?;
+        let mut b = BatchBuilder::new(schema.clone(), columns, p as u32);
+        for r in kept.iter().flatten() {
+            b.push(r);
+        }
+        batches.push(b.finish()?);
+    }
+    Ok(concat_batches(&schema, &batches)?)
+}
+
+fn properties(schema: SchemaRef) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        Partitioning::UnknownPartitioning(1),
+        EmissionType::Final,
+        Boundedness::Bounded,
+    ))
+}
+
+impl DisplayAs for LookupExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let kind = match self.source {
+            Source::Compacted { .. } => "newest per key",
+            Source::View { .. } => "view",
+        };
+        write!(f, "LookupExec: {} ({kind})", self.stream)
+    }
+}
+
+impl ExecutionPlan for LookupExec {
+    fn name(&self) -> &'static str {
+        "LookupExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "LookupExec has one partition, not {partition}"
+            )));
+        }
+        let schema = self.properties.eq_properties.schema().clone();
+        let (broker, stream, cache) =
+            (self.broker.clone(), self.stream.clone(), self.cache.clone());
+        let source = self.source.clone();
+        let out = schema.clone();
+        let rows = futures_util::stream::once(async move {
+            Self::rows(broker, stream, &source, cache, out).await
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)))
+    }
+}
