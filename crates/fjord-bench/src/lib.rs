@@ -30,8 +30,9 @@ pub struct BenchArgs {
     /// Scenarios, comma-separated: MQTT a (QoS 0 fan-in), b (QoS 1
     /// fan-in), c (QoS 0 fan-out), d (latency), e (idle connections);
     /// Kafka (Fjord only, librdkafka load) f (produce), g (consume),
-    /// h (produce latency at half of peak).
-    #[arg(long, default_value = "a,b,c,d,e,f,g,h", value_delimiter = ',')]
+    /// h (produce latency at half of peak); SQL (embedded node) i
+    /// (continuous aggregate), j (ad-hoc aggregate against Parquet).
+    #[arg(long, default_value = "a,b,c,d,e,f,g,h,i,j", value_delimiter = ',')]
     pub scenarios: Vec<String>,
     /// (a) messages in all, over 4 publishers.
     #[arg(long, default_value_t = 2_000_000)]

@@ -8,6 +8,7 @@ mod alloc;
 mod client;
 mod config;
 mod serve;
+mod sql_bench;
 mod sql_cli;
 mod sql_http;
 
@@ -129,7 +130,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Bench(args)) = cli.command {
         // The harness runs its own threads and runtime; brokers are children.
-        return match fjord_bench::run(args) {
+        return match bench(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
@@ -186,4 +187,62 @@ async fn serve_cmd(a: ServeArgs) -> anyhow::Result<()> {
     let c = config::Config::load(a.config.as_ref(), flags)?;
     serve::init_logging(&c);
     serve::run(c).await
+}
+
+/// `fjord bench`: the protocol scenarios in the harness, then the SQL ones
+/// (i, j) on an embedded node.
+fn bench(mut args: fjord_bench::BenchArgs) -> anyhow::Result<()> {
+    let wanted = |x: &str| args.scenarios.iter().any(|s| s.trim() == x);
+    let (continuous, adhoc) = (wanted("i"), wanted("j"));
+    args.scenarios.retain(|s| !matches!(s.trim(), "i" | "j"));
+    if !args.scenarios.is_empty() {
+        fjord_bench::run(args.clone())?;
+    }
+    if !continuous && !adhoc {
+        return Ok(());
+    }
+    let sizes = if args.quick {
+        sql_bench::Sizes::quick()
+    } else {
+        sql_bench::Sizes::full()
+    };
+    let work = match &args.work_dir {
+        Some(d) => d.join("sql"),
+        None => std::env::temp_dir().join(format!("fjord-bench-sql-{}", std::process::id())),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (c, a) = rt.block_on(async {
+        let c = if continuous {
+            eprintln!("▸ (i) continuous aggregate");
+            let dir = work.join("continuous");
+            std::fs::create_dir_all(&dir)?;
+            Some(sql_bench::continuous(&dir, &sizes).await)
+        } else {
+            None
+        };
+        let a = if adhoc {
+            eprintln!("▸ (j) ad-hoc aggregate against DataFusion over Parquet");
+            let dir = work.join("adhoc");
+            std::fs::create_dir_all(&dir)?;
+            Some(sql_bench::adhoc(&dir, &sizes).await)
+        } else {
+            None
+        };
+        anyhow::Ok((c, a))
+    })?;
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&work);
+    let report = sql_bench::report(c.as_ref(), a.as_ref());
+    println!("{report}");
+    if let Some(out) = &args.out {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)?;
+        f.write_all(report.as_bytes())?;
+    }
+    Ok(())
 }
