@@ -3,8 +3,10 @@
 //!
 //! * The database name is the tenant (a client that names none reaches the
 //!   one its user name names, as PostgreSQL does).
-//! * A user of the tenant proves itself with its Fjord password
-//!   (cleartext, which is why TLS should be on); a name that is no user of
+//! * A user of the tenant proves itself with its Fjord password by
+//!   SCRAM-SHA-256 (as PostgreSQL does by default; the password never
+//!   crosses the wire), or in the clear for a user without SCRAM keys
+//!   (which is why TLS should be on); a name that is no user of
 //!   a tenant that admits anonymous clients (`public` in the embedded
 //!   default) connects anonymously, as anonymous MQTT does.
 //! * Simple and extended query protocols; `$n` parameters are typed from
@@ -25,7 +27,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use fjord_auth::Principal;
+use fjord_auth::{scram, Principal};
 use fjord_broker::Broker;
 use fjord_core::TenantName;
 use futures_util::sink::{Sink, SinkExt};
@@ -91,6 +93,7 @@ impl PgWireServerHandlers for PgHandlers {
             broker: self.broker.clone(),
             engine: self.engine.clone(),
             connections: self.connections.clone(),
+            pending: Default::default(),
         })
     }
 
@@ -142,6 +145,24 @@ struct Login {
     broker: Arc<Broker>,
     engine: Arc<SqlEngine>,
     connections: Arc<ConnectionManager>,
+    /// One connection's login under way.
+    pending: parking_lot::Mutex<Pending>,
+}
+
+/// How the connection's user proves itself.
+#[derive(Default)]
+enum Pending {
+    #[default]
+    Nothing,
+    /// Its password, sent in the clear (a user without SCRAM keys).
+    Cleartext,
+    /// SCRAM-SHA-256: the user's verifier (a decoy for an unknown user),
+    /// then the exchange once the client's first message came.
+    Scram {
+        who: Option<Principal>,
+        verifier: Option<scram::Verifier>,
+        exchange: Option<scram::Exchange>,
+    },
 }
 
 impl Login {
@@ -222,23 +243,101 @@ impl StartupHandler for Login {
                         return self.admit(client, p).await;
                     }
                 }
+                // SCRAM-SHA-256 (PostgreSQL's default) for users with
+                // SCRAM keys, and for unknown names too, so a refusal
+                // says nothing of who exists; the clear password only for
+                // users without the keys.
+                let (who, verifier) = self
+                    .broker
+                    .scram_lookup(scram::Mechanism::Sha256, &format!("{tenant}:{user}"))
+                    .map_err(|e| user_error("XX000", e.to_string()))?;
+                let request = if who.is_none() && is_user {
+                    *self.pending.lock() = Pending::Cleartext;
+                    Authentication::CleartextPassword
+                } else {
+                    *self.pending.lock() = Pending::Scram {
+                        who,
+                        verifier: Some(verifier),
+                        exchange: None,
+                    };
+                    Authentication::SASL(vec![scram::Mechanism::Sha256.name().to_string()])
+                };
                 client.set_state(PgWireConnectionState::AuthenticationInProgress);
                 client
-                    .send(PgWireBackendMessage::Authentication(
-                        Authentication::CleartextPassword,
-                    ))
+                    .send(PgWireBackendMessage::Authentication(request))
                     .await?;
                 Ok(())
             }
             PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
-                let password = pwd.into_password()?.password;
                 let (tenant, user) = Self::names(client)?;
-                let login = format!("{tenant}:{user}");
-                let broker = self.broker.clone();
-                let checked =
-                    tokio::task::spawn_blocking(move || broker.authenticate(&login, &password))
-                        .await
-                        .map_err(|e| user_error("XX000", e.to_string()))?;
+                let pending = std::mem::take(&mut *self.pending.lock());
+                let checked = match pending {
+                    Pending::Cleartext => {
+                        let password = pwd.into_password()?.password;
+                        let login = format!("{tenant}:{user}");
+                        let broker = self.broker.clone();
+                        tokio::task::spawn_blocking(move || broker.authenticate(&login, &password))
+                            .await
+                            .map_err(|e| user_error("XX000", e.to_string()))?
+                            .map_err(|e| e.to_string())
+                    }
+                    Pending::Scram {
+                        who,
+                        verifier: Some(verifier),
+                        exchange: None,
+                    } => {
+                        let first = pwd.into_sasl_initial_response()?;
+                        let started = match scram::Mechanism::from_name(&first.auth_method) {
+                            Some(m @ scram::Mechanism::Sha256) => {
+                                scram::parse_client_first(first.data.as_deref().unwrap_or_default())
+                                    .map(|f| scram::Exchange::start(m, f, verifier))
+                                    .map_err(|e| e.to_string())
+                            }
+                            _ => Err(format!(
+                                "SASL mechanism {} is not offered",
+                                first.auth_method
+                            )),
+                        };
+                        match started {
+                            Ok((exchange, server_first)) => {
+                                *self.pending.lock() = Pending::Scram {
+                                    who,
+                                    verifier: None,
+                                    exchange: Some(exchange),
+                                };
+                                client
+                                    .send(PgWireBackendMessage::Authentication(
+                                        Authentication::SASLContinue(server_first.into()),
+                                    ))
+                                    .await?;
+                                return Ok(());
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
+                    Pending::Scram {
+                        who,
+                        exchange: Some(exchange),
+                        ..
+                    } => {
+                        let last = pwd.into_sasl_response()?;
+                        match (exchange.finish(&last.data), who) {
+                            (Ok(server_final), Some(p)) => {
+                                client
+                                    .send(PgWireBackendMessage::Authentication(
+                                        Authentication::SASLFinal(server_final.into()),
+                                    ))
+                                    .await?;
+                                Ok(p)
+                            }
+                            (Ok(_), None) | (Err(scram::ScramError::BadProof), _) => {
+                                Err("unknown user or wrong password".to_string())
+                            }
+                            (Err(e), _) => Err(e.to_string()),
+                        }
+                    }
+                    _ => Err("a password message out of turn".to_string()),
+                };
                 match checked {
                     Ok(p) => self.admit(client, p).await,
                     Err(e) => {

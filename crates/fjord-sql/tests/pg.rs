@@ -139,6 +139,34 @@ async fn simple_and_extended_queries_with_parameters() {
     );
 }
 
+/// The server's first authentication request to a client starting up as
+/// `user` on `database`: its code and the rest of its body.
+async fn auth_request(port: u16, user: &str, database: &str) -> (i32, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut body = 196_608i32.to_be_bytes().to_vec(); // protocol 3.0
+    for (k, v) in [("user", user), ("database", database)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut msg = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    msg.extend_from_slice(&body);
+    sock.write_all(&msg).await.unwrap();
+    let mut head = [0u8; 5];
+    sock.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[0], b'R', "an authentication request");
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let mut rest = vec![0u8; len - 4];
+    sock.read_exact(&mut rest).await.unwrap();
+    let code = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+    (code, rest[4..].to_vec())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_follow_the_identity_model() {
     let tmp = tempfile::tempdir().unwrap();
@@ -159,6 +187,13 @@ async fn logins_follow_the_identity_model() {
         .unwrap()
         .get(0);
     assert_eq!(n, 3);
+    // That login was SCRAM-SHA-256, as the server asks a user — and an
+    // unknown name, so a refusal tells nothing of who exists.
+    for user in ["dash", "nobody"] {
+        let (code, body) = auth_request(srv.port, user, "acme").await;
+        assert_eq!(code, 10, "AuthenticationSASL for {user}");
+        assert_eq!(body, b"SCRAM-SHA-256\0\0", "{user}");
+    }
     let e = connect(srv.port, "user=dash password=wrong dbname=acme")
         .await
         .unwrap_err();
