@@ -16,6 +16,7 @@ pub mod gapfill;
 pub mod output;
 pub mod pg;
 pub mod scan;
+pub mod settings;
 pub mod table;
 
 use std::sync::Arc;
@@ -148,6 +149,7 @@ impl SqlEngine {
         for f in continuous::window::functions()
             .into_iter()
             .chain(gapfill::functions())
+            .chain([settings::current_setting()])
         {
             ctx.register_udf((*f).clone());
         }

@@ -159,9 +159,9 @@ enum Pending {
     /// SCRAM-SHA-256: the user's verifier (a decoy for an unknown user),
     /// then the exchange once the client's first message came.
     Scram {
-        who: Option<Principal>,
-        verifier: Option<scram::Verifier>,
-        exchange: Option<scram::Exchange>,
+        who: Option<Box<Principal>>,
+        verifier: Option<Box<scram::Verifier>>,
+        exchange: Option<Box<scram::Exchange>>,
     },
 }
 
@@ -256,8 +256,8 @@ impl StartupHandler for Login {
                     Authentication::CleartextPassword
                 } else {
                     *self.pending.lock() = Pending::Scram {
-                        who,
-                        verifier: Some(verifier),
+                        who: who.map(Box::new),
+                        verifier: Some(Box::new(verifier)),
                         exchange: None,
                     };
                     Authentication::SASL(vec![scram::Mechanism::Sha256.name().to_string()])
@@ -290,7 +290,7 @@ impl StartupHandler for Login {
                         let started = match scram::Mechanism::from_name(&first.auth_method) {
                             Some(m @ scram::Mechanism::Sha256) => {
                                 scram::parse_client_first(first.data.as_deref().unwrap_or_default())
-                                    .map(|f| scram::Exchange::start(m, f, verifier))
+                                    .map(|f| scram::Exchange::start(m, f, *verifier))
                                     .map_err(|e| e.to_string())
                             }
                             _ => Err(format!(
@@ -303,7 +303,7 @@ impl StartupHandler for Login {
                                 *self.pending.lock() = Pending::Scram {
                                     who,
                                     verifier: None,
-                                    exchange: Some(exchange),
+                                    exchange: Some(Box::new(exchange)),
                                 };
                                 client
                                     .send(PgWireBackendMessage::Authentication(
@@ -328,7 +328,7 @@ impl StartupHandler for Login {
                                         Authentication::SASLFinal(server_final.into()),
                                     ))
                                     .await?;
-                                Ok(p)
+                                Ok(*p)
                             }
                             (Ok(_), None) | (Err(scram::ScramError::BadProof), _) => {
                                 Err("unknown user or wrong password".to_string())
@@ -406,16 +406,7 @@ fn session_statement(sql: &str) -> Option<Kind> {
         "deallocate" => "DEALLOCATE",
         "show" => {
             let name = words[1..].join(" ");
-            let value = match name.as_str() {
-                "transaction isolation level" | "transaction_isolation" => "read committed",
-                "server_version" => "16.0",
-                "server_encoding" | "client_encoding" => "UTF8",
-                "standard_conforming_strings" => "on",
-                "datestyle" => "ISO, MDY",
-                "timezone" => "UTC",
-                "integer_datetimes" => "on",
-                _ => return None,
-            };
+            let value = crate::settings::get(&name)?;
             let column = words[1..].join("_");
             return Some(Kind::Session("SHOW", Some((column, value.to_string()))));
         }

@@ -313,3 +313,89 @@ async fn push_queries_stream_rows_until_the_client_cancels() {
         .unwrap_err();
     assert_eq!(e.code().unwrap().code(), "0A000", "{e}");
 }
+
+/// What Grafana's PostgreSQL data source sends: its version probe, its
+/// schema browser's catalog queries, and panels' queries with its macros
+/// expanded (`$__timeFilter`, `$__timeGroupAlias`, `$__time`), over both
+/// query protocols (lib/pq's simple, pgx's extended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_queries_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = server(tmp.path()).await;
+    readings(&srv.broker, "public", 120).await;
+    let c = connect(srv.port, "user=grafana dbname=public")
+        .await
+        .unwrap();
+    let queries = [
+        "SELECT current_setting('server_version_num')::int/100 as version",
+        "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'",
+        "SELECT schema_name AS \"name\" FROM information_schema.schemata WHERE schema_name NOT IN ('information_schema', 'pg_catalog', 'pg_toast', '_timescaledb_cache') ORDER BY schema_name",
+        "SELECT quote_ident(table_name) AS \"table\" FROM information_schema.tables WHERE quote_ident(table_schema) = '\"default\"' ORDER BY 1",
+        "SELECT CASE WHEN quote_ident(table_schema) IN (SELECT CASE WHEN trim(s[i]) = '\"$user\"' THEN user ELSE trim(s[i]) END FROM generate_series(array_lower(string_to_array(current_setting('search_path'),','),1), array_upper(string_to_array(current_setting('search_path'),','),1)) as i, string_to_array(current_setting('search_path'),',') s) THEN quote_ident(table_name) ELSE quote_ident(table_schema) || '.' || quote_ident(table_name) END AS \"table\" FROM information_schema.tables WHERE quote_ident(table_schema) NOT IN ('information_schema', 'pg_catalog') ORDER BY 1",
+        "SELECT quote_ident(column_name) AS \"column\", data_type AS \"type\" FROM information_schema.columns WHERE CASE WHEN array_length(parse_ident('plant1'),1) = 2 THEN quote_ident(table_schema) = (parse_ident('plant1'))[1] AND quote_ident(table_name) = (parse_ident('plant1'))[2] ELSE quote_ident(table_name) = 'plant1' END",
+        "SELECT floor(extract(epoch from _event_ts)/60)*60 AS \"time\", avg(json_get_float(value, 'temp')) AS temp FROM plant1 WHERE _event_ts BETWEEN '2023-11-14T22:00:00Z' AND '2023-11-14T23:00:00.5Z' GROUP BY 1 ORDER BY 1",
+        "SELECT _event_ts AS \"time\", _key AS metric, json_get_float(value, 'temp') AS temp FROM plant1 WHERE _event_ts BETWEEN '2023-11-14T22:14:00Z' AND '2023-11-14T22:15:00Z' ORDER BY 1",
+        "SELECT extract(epoch from _event_ts) as \"time\", count(*) FROM \"default\".plant1 WHERE _event_ts >= '2023-11-14T22:00:00Z' GROUP BY 1 ORDER BY 1 LIMIT 3",
+    ];
+    // Each query's rows as text, by both protocols (which must agree).
+    let mut answers = Vec::new();
+    for q in queries {
+        let rows: Vec<Vec<Option<String>>> = c
+            .simple_query(q)
+            .await
+            .unwrap_or_else(|e| panic!("{q}: {e:?}"))
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                }
+                _ => None,
+            })
+            .collect();
+        let extended = c
+            .query(q, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{q}: {e:?}"));
+        assert_eq!(extended.len(), rows.len(), "{q}");
+        answers.push(rows);
+    }
+    let col = |a: &Vec<Vec<Option<String>>>, i: usize| -> Vec<String> {
+        a.iter().map(|r| r[i].clone().unwrap_or_default()).collect()
+    };
+    assert_eq!(col(&answers[0], 0), ["1600"]);
+    assert!(answers[1].is_empty(), "no TimescaleDB");
+    assert!(col(&answers[2], 0).contains(&"default".to_string()));
+    assert_eq!(col(&answers[3], 0), ["plant1"]);
+    // (datafusion-pg-catalog answers the search-path lookup with no
+    // schema, so Grafana lists tables qualified — a name it can query.)
+    assert_eq!(col(&answers[4], 0), ["\"default\".plant1"]);
+    let columns = col(&answers[5], 0);
+    assert_eq!(columns.len(), 9, "{columns:?}");
+    assert!(columns.contains(&"_event_ts".to_string()), "{columns:?}");
+    // 120 readings a second apart from 22:13:20 (temp i/2): 40, 60 and 20
+    // a minute.
+    assert_eq!(
+        answers[6],
+        [
+            ["1699999980.0", "9.75"],
+            ["1700000040.0", "34.75"],
+            ["1700000100.0", "54.75"]
+        ]
+        .map(|r| r.map(|v| Some(v.to_string())).to_vec())
+    );
+    assert_eq!(answers[7].len(), 61);
+    assert_eq!(answers[8].len(), 3);
+    let e = c
+        .simple_query("SELECT current_setting('no_such_thing')")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{e:?}").contains("unrecognized configuration parameter"),
+        "{e:?}"
+    );
+    let r = c
+        .simple_query("SELECT current_setting('no_such_thing', true) IS NULL")
+        .await
+        .unwrap();
+    assert!(matches!(&r[1], SimpleQueryMessage::Row(row) if row.get(0) == Some("t")));
+}
