@@ -769,6 +769,14 @@ async fn streams_join_tables_as_they_are_when_each_batch_is_processed() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    // Readings of known devices only (a semi-join).
+    sql.query(
+        anonymous(),
+        "CREATE STREAM known AS SELECT r._key AS _key, json_get_float(r.value, 'temp') AS temp \
+         FROM readings r WHERE r._key IN (SELECT _key FROM devices)",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     // Readings per site, unknown devices counted under no site.
     sql.query(
         anonymous(),
@@ -851,6 +859,32 @@ async fn streams_join_tables_as_they_are_when_each_batch_is_processed() {
             })
             .collect()
     };
+    wait_for("the known devices' readings", async || {
+        read_all(&b, &stream("known")).await.len() >= 5
+    })
+    .await;
+    let mut known: Vec<(String, f64)> = read_all(&b, &stream("known"))
+        .await
+        .iter()
+        .map(|r| {
+            (
+                String::from_utf8(r.key.clone().unwrap().to_vec()).unwrap(),
+                json(r)["temp"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    known.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let want: Vec<(String, f64)> = [
+        ("dev-0", 45.0),
+        ("dev-0", 55.0),
+        ("dev-1", 35.0),
+        ("dev-1", 45.0),
+        ("dev-3", 1.0),
+    ]
+    .iter()
+    .map(|(k, t)| (k.to_string(), *t))
+    .collect();
+    assert_eq!(known, want);
     wait_for("the per-site counts", async || {
         per_site().await.iter().map(|r| r.1).sum::<i64>() == 7
     })
