@@ -353,20 +353,21 @@ pub(crate) fn external(e: fjord_broker::BrokerError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
-/// Calls `f` on every record of `partition` before `end`, from the
-/// earliest still stored.
+/// Calls `f` on every record of `partition` from `from` (or the earliest
+/// still stored, if later) up to `end`.
 pub(crate) async fn each_record(
     broker: &Broker,
     stream: &StreamRef,
     partition: u32,
-    end: i64,
+    (from, end): (i64, i64),
     mut f: impl FnMut(&fjord_core::Record) -> Result<(), DataFusionError>,
 ) -> Result<(), DataFusionError> {
     let external = |e: fjord_broker::BrokerError| DataFusionError::External(Box::new(e));
     let mut at = broker
         .resolve(stream, partition, Position::Earliest)
         .await
-        .map_err(external)?;
+        .map_err(external)?
+        .max(from);
     while at < end {
         let fetched = fetch_present(broker, stream, partition, at)
             .await

@@ -837,6 +837,19 @@ async fn streams_join_tables_as_they_are_when_each_batch_is_processed() {
             ("dev-3".to_string(), 1.0, "east".to_string()),
         ]
     );
+    // A device's limit raised, then a reading between the old limit and
+    // the new one: no alert (the table read on from where it was).
+    b.produce(&devices, vec![device("dev-0", "north", 100.0)], None)
+        .await
+        .unwrap();
+    b.produce(&readings, vec![reading(0, 60.0, 8)], None)
+        .await
+        .unwrap();
+    wait_for("the reading under the new limit", async || {
+        counter(&sql, "default.alerts", "rows_in").await == 8
+    })
+    .await;
+    assert_eq!(read_all(&b, &stream("alerts")).await.len(), 3);
     let per_site = async || -> Vec<(String, i64)> {
         let r = sql
             .query(
@@ -860,7 +873,7 @@ async fn streams_join_tables_as_they_are_when_each_batch_is_processed() {
             .collect()
     };
     wait_for("the known devices' readings", async || {
-        read_all(&b, &stream("known")).await.len() >= 5
+        read_all(&b, &stream("known")).await.len() >= 6
     })
     .await;
     let mut known: Vec<(String, f64)> = read_all(&b, &stream("known"))
@@ -877,6 +890,7 @@ async fn streams_join_tables_as_they_are_when_each_batch_is_processed() {
     let want: Vec<(String, f64)> = [
         ("dev-0", 45.0),
         ("dev-0", 55.0),
+        ("dev-0", 60.0),
         ("dev-1", 35.0),
         ("dev-1", 45.0),
         ("dev-3", 1.0),
@@ -886,7 +900,7 @@ async fn streams_join_tables_as_they_are_when_each_batch_is_processed() {
     .collect();
     assert_eq!(known, want);
     wait_for("the per-site counts", async || {
-        per_site().await.iter().map(|r| r.1).sum::<i64>() == 7
+        per_site().await.iter().map(|r| r.1).sum::<i64>() == 8
     })
     .await;
     let got = per_site().await;
@@ -897,7 +911,7 @@ async fn streams_join_tables_as_they_are_when_each_batch_is_processed() {
         vec![
             ("-".to_string(), 2),
             ("east".to_string(), 1),
-            ("north".to_string(), 2),
+            ("north".to_string(), 3),
             ("south".to_string(), 2),
         ]
     );
@@ -933,7 +947,7 @@ async fn streams_join_tables_as_they_are_when_each_batch_is_processed() {
     assert_eq!(answers.len(), 1);
     assert_eq!(
         json(&answers[0]),
-        serde_json::json!({"site": "north", "n": 2})
+        serde_json::json!({"site": "north", "n": 3})
     );
 
     // Joins that would repeat table rows, or join two streams, are refused.

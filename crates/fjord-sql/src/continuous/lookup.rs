@@ -4,7 +4,7 @@
 //! continuous query — and kept until the table's stream grows, so a join
 //! sees the table as it is when each batch is processed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use fjord_broker::Broker;
+use fjord_broker::{Broker, Position};
 use fjord_core::{Record, StreamRef};
 use parking_lot::Mutex;
 
@@ -39,8 +39,51 @@ enum Source {
     },
 }
 
-/// The rows read, and the partitions' ends they were read at.
-type Cache = Arc<Mutex<Option<(Vec<i64>, RecordBatch)>>>;
+/// What a table was read into, and the partitions' ends it was read at.
+#[derive(Default)]
+struct Cached {
+    ends: Vec<i64>,
+    rows: Option<RecordBatch>,
+    /// A compacted stream's newest records, per partition, kept so that
+    /// only what was appended since is read next time.
+    newest: Vec<Newest>,
+}
+
+type Cache = Arc<Mutex<Cached>>;
+
+/// One partition's newest record per key (records without a key all
+/// count), in offset order; a key whose newest record is a tombstone has
+/// none.
+#[derive(Default, Clone)]
+struct Newest {
+    by_offset: BTreeMap<i64, Record>,
+    by_key: HashMap<Bytes, i64>,
+}
+
+impl Newest {
+    fn apply(&mut self, r: &Record) {
+        match &r.key {
+            Some(k) => {
+                if let Some(old) = self.by_key.remove(k) {
+                    self.by_offset.remove(&old);
+                }
+                if r.value.is_some() {
+                    self.by_key.insert(k.clone(), r.offset);
+                    self.by_offset.insert(r.offset, r.clone());
+                }
+            }
+            None => {
+                self.by_offset.insert(r.offset, r.clone());
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cached(ends {:?})", self.ends)
+    }
+}
 
 /// A table's current rows.
 #[derive(Debug)]
@@ -108,59 +151,79 @@ impl LookupExec {
             .iter()
             .map(|p| p.end_offset)
             .collect();
-        if let Some((at, rows)) = &*cache.lock() {
-            if *at == ends {
+        let (newest, read_from) = {
+            let c = cache.lock();
+            if let Some(rows) = c.rows.as_ref().filter(|_| c.ends == ends) {
                 return Ok(rows.clone());
             }
-        }
-        let rows = match source {
+            // Appended to since: read on from where the last read ended
+            // (from the start for a partition that is new or lost records
+            // to retention meanwhile, which the read notices).
+            let from: Vec<i64> = (0..ends.len())
+                .map(|p| c.ends.get(p).copied().unwrap_or(0))
+                .collect();
+            (c.newest.clone(), from)
+        };
+        let (rows, newest) = match source {
             Source::Compacted { columns } => {
-                newest_per_key(broker, &stream, &ends, columns, schema).await?
+                let newest = newest_per_key(broker, &stream, newest, &read_from, &ends).await?;
+                (build(&newest, columns, schema)?, newest)
             }
             Source::View { info, projection } => {
                 let all = view_rows(broker, &stream, info, &ends).await?;
-                match projection {
+                let rows = match projection {
                     Some(p) => all.project(p)?,
                     None => all,
-                }
+                };
+                (rows, Vec::new())
             }
         };
-        *cache.lock() = Some((ends, rows.clone()));
+        *cache.lock() = Cached {
+            ends,
+            rows: Some(rows.clone()),
+            newest,
+        };
         Ok(rows)
     }
 }
 
-/// Every partition's newest record per key (records without a key all
-/// count), none for a key whose newest record is a tombstone.
+/// Brings each partition's newest records up to `ends`, reading from
+/// `from`; a partition whose earliest record is past `from` (retention
+/// deleted what was read) is read again from its start.
 async fn newest_per_key(
     broker: &Broker,
     stream: &StreamRef,
+    mut newest: Vec<Newest>,
+    from: &[i64],
     ends: &[i64],
-    columns: &[Column],
-    schema: SchemaRef,
-) -> DfResult<RecordBatch> {
-    let mut batches = Vec::with_capacity(ends.len());
+) -> DfResult<Vec<Newest>> {
+    newest.resize_with(ends.len(), Newest::default);
     for (p, &end) in ends.iter().enumerate() {
-        let mut kept: Vec<Option<Record>> = Vec::new();
-        let mut by_key: HashMap<Bytes, usize> = HashMap::new();
-        crate::scan::each_record(broker, stream, p as u32, end, |r| {
-            match &r.key {
-                Some(k) => {
-                    if let Some(i) = by_key.remove(k) {
-                        kept[i] = None;
-                    }
-                    if r.value.is_some() {
-                        by_key.insert(k.clone(), kept.len());
-                        kept.push(Some(r.clone()));
-                    }
-                }
-                None => kept.push(Some(r.clone())),
-            }
+        let start = broker
+            .resolve(stream, p as u32, Position::Earliest)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let mut at = from[p];
+        if start > at || at > end {
+            newest[p] = Newest::default();
+            at = 0;
+        }
+        let part = &mut newest[p];
+        crate::scan::each_record(broker, stream, p as u32, (at, end), |r| {
+            part.apply(r);
             Ok(())
         })
         .await?;
+    }
+    Ok(newest)
+}
+
+/// The newest records as `columns`.
+fn build(newest: &[Newest], columns: &[Column], schema: SchemaRef) -> DfResult<RecordBatch> {
+    let mut batches = Vec::with_capacity(newest.len());
+    for (p, part) in newest.iter().enumerate() {
         let mut b = BatchBuilder::new(schema.clone(), columns, p as u32);
-        for r in kept.iter().flatten() {
+        for r in part.by_offset.values() {
             b.push(r);
         }
         batches.push(b.finish()?);

@@ -71,7 +71,7 @@ pub(crate) async fn view_rows(
         .map_err(DataFusionError::from)?;
     let mut batches = Vec::new();
     for (p, &end) in ends.iter().enumerate() {
-        crate::scan::each_record(broker, stream, p as u32, end, |r| {
+        crate::scan::each_record(broker, stream, p as u32, (0, end), |r| {
             if let Some(v) = &r.value {
                 decoder.decode(v)?;
                 decoder.decode(b"\n")?;
