@@ -195,12 +195,7 @@ impl StreamScanExec {
         bounds: Bounds,
         parts: Vec<PartitionScan>,
     ) -> Self {
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(parts.len().max(1)),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let properties = bounded_properties(schema, parts.len().max(1), EmissionType::Incremental);
         StreamScanExec {
             stream,
             parts,
@@ -379,6 +374,30 @@ pub(crate) async fn each_record(
             f(r)?;
         }
         at = fetched.next_offset;
+    }
+    Ok(())
+}
+
+/// The properties of a bounded plan node of `partitions` partitions.
+pub(crate) fn bounded_properties(
+    schema: SchemaRef,
+    partitions: usize,
+    emission: EmissionType,
+) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        Partitioning::UnknownPartitioning(partitions),
+        emission,
+        Boundedness::Bounded,
+    ))
+}
+
+/// For a node of one partition asked to execute `partition`.
+pub(crate) fn only_partition(node: &str, partition: usize) -> Result<(), DataFusionError> {
+    if partition != 0 {
+        return Err(DataFusionError::Internal(format!(
+            "{node} has one partition, not {partition}"
+        )));
     }
     Ok(())
 }

@@ -13,7 +13,7 @@
 //! The node is embedded (broker and SQL engine in this process), so the
 //! figures are the SQL engine's, not a protocol's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -208,16 +208,21 @@ pub async fn continuous(dir: &Path, z: &Sizes) -> Result<ContinuousFigures> {
     let mut next = live_start;
     let mut i = 0u64;
     let mut live_windows = Vec::new();
+    // The devices read in each live window: its results to come.
+    let mut fed: HashMap<i64, HashSet<u32>> = HashMap::new();
     while live_start.elapsed() < Duration::from_secs(z.live_secs as u64) {
         let ts = now_ms();
         let w = ts / 1000 * 1000;
         if live_windows.last() != Some(&w) {
             live_windows.push(w);
         }
+        let devices = fed.entry(w).or_default();
         let batch: Vec<RecordInput> = (0..per_tick)
             .map(|_| {
                 i += 1;
-                reading((i % z.devices as u64) as u32, i, ts)
+                let d = (i % z.devices as u64) as u32;
+                devices.insert(d);
+                reading(d, i, ts)
             })
             .collect();
         broker.produce(&s, batch, None).await?;
@@ -234,38 +239,54 @@ pub async fn continuous(dir: &Path, z: &Sizes) -> Result<ContinuousFigures> {
         .skip(1)
         .take(live_windows.len().saturating_sub(2))
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
+    // Read the results until every closed live window has all of its.
     let out = StreamRef::new("public", "default", "per_second")?;
-    let records = read_all(&broker, &out).await?;
-    let mut last_append: HashMap<i64, i64> = HashMap::new();
-    let mut results_checked = 0u64;
-    let mut prefilled = 0u64;
-    for r in &records {
-        let v: serde_json::Value = serde_json::from_slice(r.value.as_deref().unwrap_or(b"null"))?;
-        // A window's results carry its last millisecond as event time.
-        let window = r.event_ts + 1 - 1000;
-        if window < t0 + z.seconds as i64 * 1000 {
-            prefilled += 1;
-            let device = v["device"].as_str().unwrap_or_default();
-            if let Some(d) = device
-                .strip_prefix("dev-")
-                .and_then(|d| d.parse::<u32>().ok())
-            {
-                if let Some((sum, n)) = sums.get(&(d, window)) {
-                    let want = sum / *n as f64;
-                    let got = v["avg_temp"].as_f64().unwrap_or(f64::NAN);
-                    if (got - want).abs() > 1e-9 {
-                        bail!("dev-{d} at {window}: average {got}, computed {want}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (prefilled, results_checked, last_append) = loop {
+        let records = read_all(&broker, &out).await?;
+        let mut last_append: HashMap<i64, (i64, usize)> = HashMap::new();
+        let mut results_checked = 0u64;
+        let mut prefilled = 0u64;
+        for r in &records {
+            let v: serde_json::Value =
+                serde_json::from_slice(r.value.as_deref().unwrap_or(b"null"))?;
+            // A window's results carry its last millisecond as event time.
+            let window = r.event_ts + 1 - 1000;
+            if window < t0 + z.seconds as i64 * 1000 {
+                prefilled += 1;
+                let device = v["device"].as_str().unwrap_or_default();
+                if let Some(d) = device
+                    .strip_prefix("dev-")
+                    .and_then(|d| d.parse::<u32>().ok())
+                {
+                    if let Some((sum, n)) = sums.get(&(d, window)) {
+                        let want = sum / *n as f64;
+                        let got = v["avg_temp"].as_f64().unwrap_or(f64::NAN);
+                        if (got - want).abs() > 1e-9 {
+                            bail!("dev-{d} at {window}: average {got}, computed {want}");
+                        }
+                        results_checked += 1;
                     }
-                    results_checked += 1;
                 }
+            } else {
+                let e = last_append.entry(window).or_insert((r.publish_ts, 0));
+                e.0 = e.0.max(r.publish_ts);
+                e.1 += 1;
             }
-        } else {
-            let e = last_append.entry(window).or_insert(r.publish_ts);
-            *e = (*e).max(r.publish_ts);
         }
-    }
+        let complete = closed.iter().all(|w| {
+            let want = fed.get(w).map_or(0, HashSet::len);
+            last_append.get(w).map_or(0, |e| e.1) >= want
+        });
+        if complete {
+            break (prefilled, results_checked, last_append);
+        }
+        if Instant::now() > deadline {
+            bail!("the live windows' results did not all arrive within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let want = z.devices as u64 * z.seconds as u64;
     if prefilled != want {
         bail!("{prefilled} results for the pre-filled windows, {want} expected");
@@ -279,7 +300,7 @@ pub async fn continuous(dir: &Path, z: &Sizes) -> Result<ContinuousFigures> {
     let mut delays_ms = Vec::new();
     for w in closed {
         match last_append.get(&w) {
-            Some(at) => delays_ms.push(at - (w + 1000)),
+            Some((at, _)) => delays_ms.push(at - (w + 1000)),
             None => bail!("no results for the live window at {w}"),
         }
     }

@@ -49,7 +49,29 @@ pub struct AggSpec {
     pub schema: SchemaRef,
 }
 
+/// Each aggregate's argument columns and `FILTER (WHERE …)` column.
+pub(crate) type Inputs = (Vec<Vec<ArrayRef>>, Vec<Option<ArrayRef>>);
+
 impl AggSpec {
+    /// The aggregates' inputs over `batch`.
+    pub(crate) fn inputs(&self, batch: &RecordBatch) -> DfResult<Inputs> {
+        let args = self
+            .args
+            .iter()
+            .map(|a| evaluate(a, batch))
+            .collect::<DfResult<_>>()?;
+        let filters = self
+            .filters
+            .iter()
+            .map(|f| {
+                f.as_ref()
+                    .map(|f| f.evaluate(batch)?.into_array(batch.num_rows()))
+                    .transpose()
+            })
+            .collect::<DfResult<_>>()?;
+        Ok((args, filters))
+    }
+
     pub(crate) fn accumulators(&self) -> DfResult<Vec<Box<dyn GroupsAccumulator>>> {
         self.aggs
             .iter()
@@ -268,20 +290,7 @@ impl WindowedState {
         let spec = self.spec.clone();
         let rows = batch.num_rows();
         let keys = evaluate(&spec.keys, batch)?;
-        let args: Vec<Vec<ArrayRef>> = spec
-            .args
-            .iter()
-            .map(|a| evaluate(a, batch))
-            .collect::<DfResult<_>>()?;
-        let filters: Vec<Option<ArrayRef>> = spec
-            .filters
-            .iter()
-            .map(|f| {
-                f.as_ref()
-                    .map(|f| f.evaluate(batch)?.into_array(rows))
-                    .transpose()
-            })
-            .collect::<DfResult<_>>()?;
+        let (args, filters) = spec.inputs(batch)?;
         for (start, idx) in by_window {
             let all = idx.len() == rows;
             let pick = |cols: &[ArrayRef]| -> DfResult<Vec<ArrayRef>> {

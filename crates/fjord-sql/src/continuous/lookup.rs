@@ -14,18 +14,17 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use fjord_broker::{Broker, Position};
 use fjord_core::{Record, StreamRef};
 use parking_lot::Mutex;
 
 use super::view::{view_rows, ViewInfo};
 use crate::columns::{BatchBuilder, Column};
+use crate::scan::bounded_properties;
 use crate::table::BrokerRef;
 
 #[derive(Debug, Clone)]
@@ -108,7 +107,7 @@ impl LookupExec {
             stream,
             source: Source::Compacted { columns },
             cache: Cache::default(),
-            properties: properties(schema),
+            properties: bounded_properties(schema, 1, EmissionType::Final),
         }
     }
 
@@ -128,7 +127,7 @@ impl LookupExec {
             stream,
             source: Source::View { info, projection },
             cache: Cache::default(),
-            properties: properties(schema),
+            properties: bounded_properties(schema, 1, EmissionType::Final),
         })
     }
 
@@ -144,26 +143,32 @@ impl LookupExec {
         schema: SchemaRef,
     ) -> DfResult<RecordBatch> {
         let broker: &Broker = &broker.0;
-        let ends: Vec<i64> = broker
-            .describe_stream(&stream)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
-            .partition_details
-            .iter()
-            .map(|p| p.end_offset)
+        // Where each partition ends now (cheap: asked for every batch).
+        let external = |e| DataFusionError::External(Box::new(e));
+        let mut ends = Vec::new();
+        for p in 0..broker.partition_count(&stream).map_err(external)? {
+            ends.push(
+                broker
+                    .resolve(&stream, p, Position::Latest)
+                    .await
+                    .map_err(external)?,
+            );
+        }
+        // The last read, taken out while this one runs (a failed read
+        // leaves nothing behind, so the next starts afresh).
+        let last = std::mem::take(&mut *cache.lock());
+        if let Some(rows) = last.rows.as_ref().filter(|_| last.ends == ends) {
+            let rows = rows.clone();
+            *cache.lock() = last;
+            return Ok(rows);
+        }
+        // Appended to since: read on from where the last read ended
+        // (from the start for a partition that is new or lost records
+        // to retention meanwhile, which the read notices).
+        let read_from: Vec<i64> = (0..ends.len())
+            .map(|p| last.ends.get(p).copied().unwrap_or(0))
             .collect();
-        let (newest, read_from) = {
-            let c = cache.lock();
-            if let Some(rows) = c.rows.as_ref().filter(|_| c.ends == ends) {
-                return Ok(rows.clone());
-            }
-            // Appended to since: read on from where the last read ended
-            // (from the start for a partition that is new or lost records
-            // to retention meanwhile, which the read notices).
-            let from: Vec<i64> = (0..ends.len())
-                .map(|p| c.ends.get(p).copied().unwrap_or(0))
-                .collect();
-            (c.newest.clone(), from)
-        };
+        let newest = last.newest;
         let (rows, newest) = match source {
             Source::Compacted { columns } => {
                 let newest = newest_per_key(broker, &stream, newest, &read_from, &ends).await?;
@@ -231,15 +236,6 @@ fn build(newest: &[Newest], columns: &[Column], schema: SchemaRef) -> DfResult<R
     Ok(concat_batches(&schema, &batches)?)
 }
 
-fn properties(schema: SchemaRef) -> Arc<PlanProperties> {
-    Arc::new(PlanProperties::new(
-        EquivalenceProperties::new(schema),
-        Partitioning::UnknownPartitioning(1),
-        EmissionType::Final,
-        Boundedness::Bounded,
-    ))
-}
-
 impl DisplayAs for LookupExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let kind = match self.source {
@@ -283,11 +279,7 @@ impl ExecutionPlan for LookupExec {
         partition: usize,
         _ctx: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "LookupExec has one partition, not {partition}"
-            )));
-        }
+        crate::scan::only_partition("LookupExec", partition)?;
         let schema = self.properties.eq_properties.schema().clone();
         let (broker, stream, cache) =
             (self.broker.clone(), self.stream.clone(), self.cache.clone());

@@ -17,13 +17,13 @@ use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::JoinType;
-use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::error::Result as DfResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::{Column as ColumnExpr, Literal};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::joins::{
     CrossJoinExec, HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec, SymmetricHashJoinExec,
@@ -32,7 +32,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     replace_children_if_necessary, ChildrenPropertiesMode, DisplayAs, DisplayFormatType,
-    ExecutionPlan, Partitioning, PlanProperties, ReplaceChildrenOptions,
+    ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
 };
 use datafusion::prelude::SessionContext;
 use fjord_core::Compaction;
@@ -45,7 +45,7 @@ use super::lookup::LookupExec;
 use super::window::{interval_ms, WindowSpec, HOP, SESSION, TUMBLE};
 use crate::columns::Column;
 use crate::error::{SqlError, SqlErrorKind};
-use crate::scan::StreamScanExec;
+use crate::scan::{bounded_properties, StreamScanExec};
 use crate::table::BrokerRef;
 
 /// Where a stage's input batch waits for its run.
@@ -383,36 +383,30 @@ fn is_table(broker: &Arc<BrokerRef>, stream: &StreamRef) -> Result<bool, SqlErro
 /// `root` with every scan but `source`'s read as a table, anew for every
 /// batch the query processes.
 fn tables_for_lookup(
-    p: &Arc<dyn ExecutionPlan>,
+    root: &Arc<dyn ExecutionPlan>,
     source: &Arc<dyn ExecutionPlan>,
     broker: &Arc<BrokerRef>,
 ) -> Result<Arc<dyn ExecutionPlan>, SqlError> {
-    if Arc::ptr_eq(p, source) {
-        return Ok(p.clone());
-    }
-    if let Some(scan) = p.downcast_ref::<StreamScanExec>() {
+    rewrite(root, &|p| {
+        let Some(scan) = p.downcast_ref::<StreamScanExec>() else {
+            return Ok(None);
+        };
+        if Arc::ptr_eq(p, source) {
+            return Ok(Some(p.clone()));
+        }
         let stream = scan.stream().clone();
         if !is_table(broker, &stream)? {
             return Err(unsupported(format!(
                 "{stream} is a stream, not a table: a continuous query joins its stream with tables (compacted streams or materialized views)"
             )));
         }
-        return Ok(Arc::new(LookupExec::compacted(
+        Ok(Some(Arc::new(LookupExec::compacted(
             broker.clone(),
             stream,
             scan.columns().to_vec(),
             p.schema(),
-        )));
-    }
-    let children = p
-        .children()
-        .into_iter()
-        .map(|c| tables_for_lookup(c, source, broker))
-        .collect::<Result<Vec<_>, _>>()?;
-    if children.is_empty() {
-        return Ok(p.clone());
-    }
-    Ok(replace_children_if_necessary(p.clone(), children)?)
+        ))))
+    })
 }
 
 /// A join's type, if `p` is a join.
@@ -513,13 +507,27 @@ fn replace(
     at: &dyn Fn(&Arc<dyn ExecutionPlan>) -> bool,
     slot: &Slot,
 ) -> Result<Arc<dyn ExecutionPlan>, SqlError> {
-    if at(p) {
-        return Ok(Arc::new(FeedExec::new(p.schema(), slot.clone())));
+    rewrite(p, &|p| {
+        Ok(at(p).then(|| Arc::new(FeedExec::new(p.schema(), slot.clone())) as _))
+    })
+}
+
+/// A node's replacement, if it has one.
+type Replacement = Result<Option<Arc<dyn ExecutionPlan>>, SqlError>;
+
+/// `p` with every node `f` has a replacement for replaced (and not
+/// looked into), from the top down.
+fn rewrite(
+    p: &Arc<dyn ExecutionPlan>,
+    f: &dyn Fn(&Arc<dyn ExecutionPlan>) -> Replacement,
+) -> Result<Arc<dyn ExecutionPlan>, SqlError> {
+    if let Some(new) = f(p)? {
+        return Ok(new);
     }
     let children = p
         .children()
         .into_iter()
-        .map(|c| replace(c, at, slot))
+        .map(|c| rewrite(c, f))
         .collect::<Result<Vec<_>, _>>()?;
     if children.is_empty() {
         return Ok(p.clone());
@@ -630,12 +638,7 @@ pub struct FeedExec {
 
 impl FeedExec {
     fn new(schema: SchemaRef, slot: Slot) -> Self {
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let properties = bounded_properties(schema, 1, EmissionType::Incremental);
         FeedExec { slot, properties }
     }
 }
@@ -690,11 +693,7 @@ impl ExecutionPlan for FeedExec {
         partition: usize,
         _ctx: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "FeedExec has one partition, not {partition}"
-            )));
-        }
+        crate::scan::only_partition("FeedExec", partition)?;
         let schema = self.properties.eq_properties.schema().clone();
         let batch = self.slot.lock().take();
         let batches = futures_util::stream::iter(batch.map(Ok));

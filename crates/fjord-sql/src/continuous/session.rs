@@ -161,24 +161,7 @@ impl SessionState {
         if assigned.is_empty() {
             return Ok(update);
         }
-        let args: Vec<Vec<ArrayRef>> = spec
-            .args
-            .iter()
-            .map(|a| {
-                a.iter()
-                    .map(|e| e.evaluate(batch)?.into_array(n))
-                    .collect::<DfResult<Vec<_>>>()
-            })
-            .collect::<DfResult<_>>()?;
-        let filters: Vec<Option<ArrayRef>> = spec
-            .filters
-            .iter()
-            .map(|f| {
-                f.as_ref()
-                    .map(|f| f.evaluate(batch)?.into_array(n))
-                    .transpose()
-            })
-            .collect::<DfResult<_>>()?;
+        let (args, filters) = spec.inputs(batch)?;
         for list in self.sessions.values_mut() {
             for s in list.iter_mut() {
                 let Some(idx) = assigned.get(&s.id) else {

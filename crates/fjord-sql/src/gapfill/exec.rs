@@ -19,12 +19,11 @@ use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    ColumnarValue, DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning,
-    PlanProperties,
+    ColumnarValue, DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, PlanProperties,
 };
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures_util::{StreamExt, TryStreamExt};
@@ -32,6 +31,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::fill::{self, Grid, Slot};
 use super::node::{Fill, GapFill};
 use crate::continuous::window::{from_millis, to_millis};
+use crate::scan::bounded_properties;
 
 /// The most rows one gap-filling step may make: a grid past it is a
 /// mistake (a bucket of a second over a year) better refused than run.
@@ -102,7 +102,11 @@ impl ExtensionPlanner for GapFillPlanner {
                 grid: Grid::covering(start, end, node.stride_ms),
                 fills: node.fills.clone(),
             },
-            properties: properties(Arc::new(node.schema().as_arrow().clone())),
+            properties: bounded_properties(
+                Arc::new(node.schema().as_arrow().clone()),
+                1,
+                EmissionType::Final,
+            ),
         };
         Ok(Some(Arc::new(exec)))
     }
@@ -135,15 +139,6 @@ fn constant_ms(e: &Arc<dyn PhysicalExpr>, schema: &SchemaRef, what: &str) -> DfR
             "time_bucket_gapfill()'s {what} is empty (NULL)"
         ))),
     }
-}
-
-fn properties(schema: SchemaRef) -> Arc<PlanProperties> {
-    Arc::new(PlanProperties::new(
-        EquivalenceProperties::new(schema),
-        Partitioning::UnknownPartitioning(1),
-        EmissionType::Final,
-        Boundedness::Bounded,
-    ))
 }
 
 #[derive(Debug, Clone)]
@@ -219,11 +214,7 @@ impl ExecutionPlan for GapFillExec {
         partition: usize,
         ctx: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "GapFillExec has one partition, not {partition}"
-            )));
-        }
+        crate::scan::only_partition("GapFillExec", partition)?;
         let input = self.input.execute(0, ctx.clone())?;
         let input_schema = self.input.schema();
         let schema = self.properties.eq_properties.schema().clone();
