@@ -19,5 +19,5 @@ mod varint;
 
 pub use error::CoreError;
 pub use names::{NameError, NamespaceName, StreamName, StreamRef, TenantName};
-pub use policy::{Compaction, DedupBy, Durability, Policy};
+pub use policy::{Compaction, DedupBy, Durability, Policy, StreamSchema};
 pub use record::{Header, Record, RecordInput};

@@ -104,6 +104,64 @@ pub struct MqttTopicRule {
 /// Rules per namespace at most.
 pub const MQTT_TOPIC_RULES_MAX: usize = 1000;
 
+/// A stream's value schema: the SQL columns its values become, and, when
+/// `enforce` is set, the shape every appended value must have (a value that
+/// does not fit is refused with the protocol's own error).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StreamSchema {
+    /// JSON values described by a JSON Schema; its top-level `properties`
+    /// are the columns.
+    JsonSchema {
+        definition: serde_json::Value,
+        #[serde(default = "enforced")]
+        enforce: bool,
+    },
+    /// Avro binary values written with this schema (a record's fields are
+    /// the columns; any other schema is one column `value`).
+    Avro {
+        /// The schema as JSON (or a string holding it).
+        definition: serde_json::Value,
+        #[serde(default)]
+        framing: AvroFraming,
+        #[serde(default = "enforced")]
+        enforce: bool,
+    },
+    /// Columns declared over JSON values, never enforced: a value or field
+    /// that does not fit reads as NULL.
+    JsonColumns { columns: Vec<DeclaredColumn> },
+}
+
+fn enforced() -> bool {
+    true
+}
+
+/// How an Avro value is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AvroFraming {
+    /// A bare datum, or Avro's single-object encoding (`C3 01`, then the
+    /// schema's fingerprint) when the value starts with it.
+    #[default]
+    Auto,
+    /// Confluent's wire format: a zero byte and a 4-byte schema id before
+    /// the datum (the id is not checked against a registry).
+    Confluent,
+}
+
+/// One column declared over JSON values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredColumn {
+    pub name: String,
+    /// `bigint`, `double`, `text`, `boolean`, `timestamp` or `json`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// A JSON Pointer (RFC 6901) into the value; `/<name>` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
 /// Optional settings; `None` means "inherit".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,6 +213,9 @@ pub struct Policy {
     /// the node's key file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted: Option<bool>,
+    /// The values' schema (checked by the broker when the policy is set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<StreamSchema>,
 }
 
 /// Every setting with a concrete value.
@@ -177,6 +238,8 @@ pub struct ResolvedPolicy {
     pub kafka_auto_create_topics: bool,
     #[serde(default)]
     pub encrypted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<StreamSchema>,
 }
 
 impl Default for ResolvedPolicy {
@@ -200,6 +263,7 @@ impl Default for ResolvedPolicy {
             // As Kafka's `auto.create.topics.enable`.
             kafka_auto_create_topics: true,
             encrypted: false,
+            schema: None,
         }
     }
 }
@@ -232,7 +296,8 @@ impl Policy {
             segment_ms,
             mqtt_topic_rules,
             kafka_auto_create_topics,
-            encrypted
+            encrypted,
+            schema
         )
     }
 
@@ -263,6 +328,7 @@ impl Policy {
                 .kafka_auto_create_topics
                 .unwrap_or(defaults.kafka_auto_create_topics),
             encrypted: self.encrypted.unwrap_or(defaults.encrypted),
+            schema: self.schema.clone().or_else(|| defaults.schema.clone()),
         }
     }
 
