@@ -24,6 +24,9 @@ pub enum BrokerError {
     Invalid(String),
     #[error("message of {size} bytes exceeds the stream's max_message_bytes of {max}")]
     MessageTooLarge { size: usize, max: u64 },
+    /// A value the stream's enforced schema refuses.
+    #[error("{0}")]
+    InvalidRecord(String),
     #[error("offset {requested} is out of range: partition holds offsets {start}..{end}")]
     OffsetOutOfRange {
         requested: i64,
@@ -50,6 +53,7 @@ impl BrokerError {
             BrokerError::NotEmpty { .. } => "not_empty",
             BrokerError::Invalid(_) => "invalid_argument",
             BrokerError::MessageTooLarge { .. } => "message_too_large",
+            BrokerError::InvalidRecord(_) => "invalid_record",
             BrokerError::OffsetOutOfRange { .. } => "offset_out_of_range",
             BrokerError::StorageFull(_) => "storage_full",
             BrokerError::QuotaExceeded(_) => "quota_exceeded",

@@ -31,6 +31,7 @@ use fjord_core::time::now_ms;
 use fjord_core::{NamespaceName, Policy, Record, RecordInput, StreamRef, TenantName};
 use fjord_log::{Partition, PartitionOptions};
 use fjord_meta::{EmbeddedStore, MetaStore, NamespaceInfo, StreamInfo, TenantInfo};
+use fjord_schema::ValueSchema;
 use parking_lot::RwLock;
 use serde::Serialize;
 
@@ -148,6 +149,8 @@ struct StreamState {
     dedup: Vec<Arc<dedup::DedupWindow>>,
     round_robin: AtomicU32,
     rate: RateMeter,
+    /// The policy's value schema, compiled.
+    schema: Option<Arc<ValueSchema>>,
 }
 
 pub struct Broker {
@@ -274,6 +277,34 @@ impl Broker {
         Ok(())
     }
 
+    /// Checks a policy's values, and its schema if it has one.
+    fn validate_policy(policy: &Policy) -> Result<(), BrokerError> {
+        policy.validate().map_err(BrokerError::Invalid)?;
+        if let Some(schema) = &policy.schema {
+            ValueSchema::compile(schema)
+                .map_err(|e| BrokerError::Invalid(format!("schema: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The compiled schema of a resolved policy. A stored schema that no
+    /// longer compiles (checked when set) is logged and left out.
+    fn compile_schema(s: &StreamRef, policy: &ResolvedPolicy) -> Option<Arc<ValueSchema>> {
+        let schema = policy.schema.as_ref()?;
+        match ValueSchema::compile(schema) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::error!(stream = %s, "the stream's schema is not used: {e}");
+                None
+            }
+        }
+    }
+
+    /// The stream's value schema, compiled, if its policy has one.
+    pub fn value_schema(&self, s: &StreamRef) -> Result<Option<Arc<ValueSchema>>, BrokerError> {
+        Ok(self.state(s)?.schema.clone())
+    }
+
     fn open_stream(&self, info: StreamInfo) -> Result<Arc<StreamState>, BrokerError> {
         let policy = self.resolve_policy(&info)?;
         let dir = self.stream_dir(&info.stream_ref());
@@ -282,6 +313,7 @@ impl Broker {
             partitions.push(self.open_partition(&info, &dir, p, &policy)?);
         }
         let dedup = partitions.iter().map(|_| Arc::default()).collect();
+        let schema = Self::compile_schema(&info.stream_ref(), &policy);
         Ok(Arc::new(StreamState {
             info,
             policy,
@@ -289,6 +321,7 @@ impl Broker {
             dedup,
             round_robin: AtomicU32::new(0),
             rate: RateMeter::new(),
+            schema,
         }))
     }
 
@@ -424,7 +457,7 @@ impl Broker {
         name: &NamespaceName,
         policy: Policy,
     ) -> Result<NamespaceInfo, BrokerError> {
-        policy.validate().map_err(BrokerError::Invalid)?;
+        Self::validate_policy(&policy)?;
         self.check_encryption(tenant, &policy.resolve(&self.config.defaults))?;
         let ns = NamespaceInfo {
             tenant: tenant.clone(),
@@ -463,7 +496,7 @@ impl Broker {
         name: &NamespaceName,
         policy: Policy,
     ) -> Result<NamespaceInfo, BrokerError> {
-        policy.validate().map_err(BrokerError::Invalid)?;
+        Self::validate_policy(&policy)?;
         self.check_encryption(tenant, &policy.resolve(&self.config.defaults))?;
         let old = self.meta.get_namespace(tenant, name)?;
         let streams = self.meta.list_streams(tenant, name)?;
@@ -496,6 +529,7 @@ impl Broker {
             for p in &old.partitions {
                 p.set_policy(policy.clone());
             }
+            let schema = Self::compile_schema(s, &policy);
             let state = Arc::new(StreamState {
                 info,
                 policy,
@@ -503,6 +537,7 @@ impl Broker {
                 dedup: old.dedup.clone(),
                 round_robin: AtomicU32::new(old.round_robin.load(Ordering::Relaxed)),
                 rate: old.rate.clone(),
+                schema,
             });
             streams.insert(s.clone(), state);
         }
@@ -521,7 +556,7 @@ impl Broker {
     ) -> Result<StreamDescription, BrokerError> {
         let _creating = self.create_lock.lock();
         self.check_running()?;
-        policy.validate().map_err(BrokerError::Invalid)?;
+        Self::validate_policy(&policy)?;
         let ns = self.meta.get_namespace(&s.tenant, &s.namespace)?;
         let resolved = policy
             .merged_over(&ns.policy)
@@ -570,7 +605,7 @@ impl Broker {
         let mut info = self.meta.get_stream(s)?;
         let ns = self.meta.get_namespace(&s.tenant, &s.namespace)?;
         if let Some(policy) = policy {
-            policy.validate().map_err(BrokerError::Invalid)?;
+            Self::validate_policy(&policy)?;
             let before = info
                 .policy
                 .merged_over(&ns.policy)
@@ -637,6 +672,7 @@ impl Broker {
                     dedup,
                     round_robin: AtomicU32::new(0),
                     rate: old.rate.clone(),
+                    schema: old.schema.clone(),
                 }),
             );
         }
@@ -764,6 +800,13 @@ impl Broker {
                     size,
                     max: st.policy.max_message_bytes,
                 });
+            }
+        }
+        if let Some(schema) = st.schema.as_ref().filter(|s| s.enforced()) {
+            for r in &records {
+                schema
+                    .check(r.value.as_deref())
+                    .map_err(|e| BrokerError::InvalidRecord(e.to_string()))?;
             }
         }
         if let Some(p) = partition {
@@ -937,6 +980,15 @@ impl Broker {
             let e = batch::verify_crc(&batch).err().unwrap_or(e);
             BrokerError::Invalid(format!("record batch: {e}"))
         })?;
+        if let Some(schema) = st.schema.as_ref().filter(|s| s.enforced()) {
+            let records = batch::decode_records(&batch)
+                .map_err(|e| BrokerError::Invalid(format!("record batch: {e}")))?;
+            for (i, r) in records.iter().enumerate() {
+                schema.check(r.value.as_deref()).map_err(|e| {
+                    BrokerError::InvalidRecord(format!("record {i} of the batch: {e}"))
+                })?;
+            }
+        }
         let batch = Vec::from(batch);
         let records = header.record_count.max(0) as u64;
         let _permit = self.memory.reserve(batch.len() as u64).await?;

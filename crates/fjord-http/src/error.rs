@@ -47,6 +47,7 @@ impl From<BrokerError> for ApiError {
                 StatusCode::CONFLICT
             }
             BrokerError::MessageTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BrokerError::InvalidRecord(_) => StatusCode::UNPROCESSABLE_ENTITY,
             BrokerError::OffsetOutOfRange { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             BrokerError::StorageFull(_) | BrokerError::QuotaExceeded(_) => {
                 StatusCode::INSUFFICIENT_STORAGE

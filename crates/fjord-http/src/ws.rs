@@ -359,9 +359,11 @@ async fn produce_group(
                     );
                 }
             }
-            Err(e @ (BrokerError::MessageTooLarge { .. } | BrokerError::Invalid(_)))
-                if valid.len() > 1 =>
-            {
+            Err(
+                e @ (BrokerError::MessageTooLarge { .. }
+                | BrokerError::Invalid(_)
+                | BrokerError::InvalidRecord(_)),
+            ) if valid.len() > 1 => {
                 drop(e);
                 for (k, rec) in valid_idx.iter().zip(valid) {
                     let (seq, id, _) = &items[*k];

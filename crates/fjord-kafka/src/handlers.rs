@@ -78,6 +78,7 @@ pub fn error_code(e: &BrokerError) -> i16 {
         BrokerError::Name(_) => ResponseError::InvalidTopicException,
         BrokerError::MessageTooLarge { .. } => ResponseError::MessageTooLarge,
         BrokerError::Invalid(_) => ResponseError::CorruptMessage,
+        BrokerError::InvalidRecord(_) => ResponseError::InvalidRecord,
         BrokerError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
         BrokerError::StorageFull(_) | BrokerError::Storage(_) => ResponseError::KafkaStorageError,
         BrokerError::QuotaExceeded(_) => ResponseError::PolicyViolation,

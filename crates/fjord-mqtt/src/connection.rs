@@ -329,6 +329,7 @@ pub(crate) fn count_error(shared: &Shared, reason: &str) {
 fn refusal(e: &BrokerError) -> (u8, String) {
     let code = match e {
         BrokerError::StorageFull(_) | BrokerError::QuotaExceeded(_) => reason::QUOTA_EXCEEDED,
+        BrokerError::InvalidRecord(_) => reason::PAYLOAD_FORMAT_INVALID,
         // Valid, but not accepted: too large for the stream, a bad name.
         BrokerError::MessageTooLarge { .. } | BrokerError::Invalid(_) | BrokerError::Name(_) => {
             reason::IMPLEMENTATION_SPECIFIC_ERROR
@@ -1302,13 +1303,26 @@ impl Session {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        let mut results: Vec<Result<(), (u8, String)>> = Vec::with_capacity(runs.len());
+        let mut results: Vec<Vec<Result<(), (u8, String)>>> = Vec::with_capacity(runs.len());
         for (stream, recs) in runs {
             let sref = StreamRef {
                 tenant: self.space.tenant.clone(),
                 namespace: self.space.namespace.clone(),
                 stream,
             };
+            let n = recs.len();
+            // A value an enforced schema refuses fails its whole call
+            // before anything is stored: then the others are stored one by
+            // one, so that only the misfit is refused.
+            let enforced = n > 1
+                && self
+                    .shared
+                    .broker
+                    .value_schema(&sref)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|s| s.enforced());
+            let singles = enforced.then(|| recs.clone());
             let r = match self.shared.broker.ensure_stream(&sref) {
                 Ok(()) => self
                     .shared
@@ -1318,10 +1332,20 @@ impl Session {
                     .map(|_| ()),
                 Err(e) => Err(e),
             };
-            results.push(r.map_err(|e: BrokerError| refusal(&e)));
+            match (r, singles) {
+                (Err(BrokerError::InvalidRecord(_)), Some(singles)) => {
+                    let mut each = Vec::with_capacity(n);
+                    for rec in singles {
+                        let r = self.shared.broker.produce(&sref, vec![rec], None).await;
+                        each.push(r.map(|_| ()).map_err(|e| refusal(&e)));
+                    }
+                    results.push(each);
+                }
+                (r, _) => results.push(vec![r.map_err(|e: BrokerError| refusal(&e)); n]),
+            }
         }
         for item in items {
-            let mut outcome = item.run.map_or(Ok(()), |(r, _)| results[r].clone());
+            let mut outcome = item.run.map_or(Ok(()), |(r, i)| results[r][i].clone());
             if item.denied && self.v5() {
                 outcome = Err((reason::NOT_AUTHORIZED, "not authorized".to_string()));
             }
@@ -1330,6 +1354,16 @@ impl Session {
                 // being) the topic's retained message (MQTT-3.3.1-5, -6).
                 if let Err(e) = self.space.retained.set(rec).await {
                     outcome = Err(refusal(&e));
+                }
+            }
+            if let Err((reason::PAYLOAD_FORMAT_INVALID, e)) = &outcome {
+                if !self.v5() {
+                    // 3.1.1 cannot refuse a message, and closing would have
+                    // the client resend one that can never be stored, for
+                    // ever: acknowledged, not stored, counted and logged.
+                    count_error(&self.shared, "invalid_record");
+                    tracing::warn!(client = %self.client_id, error = %e, "publish refused by the stream's schema; acknowledged (MQTT 3.1.1) and dropped");
+                    outcome = Ok(());
                 }
             }
             let id = item.id.unwrap_or(0);

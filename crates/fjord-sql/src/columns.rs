@@ -6,17 +6,19 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    ArrayRef, BinaryBuilder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder, Int32Builder,
+    Int64Builder, StringBuilder, TimestampMillisecondBuilder,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use fjord_core::Record;
+use fjord_schema::{Datum, FieldType, ValueSchema};
 
 /// The header holding a record's MQTT topic (its routing topic).
 pub const TOPIC_HEADER: &str = "mqtt.topic";
 
-/// Every column of a stream's table, in order.
+/// One column of a stream's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Column {
     Partition,
@@ -29,13 +31,16 @@ pub enum Column {
     /// UTF-8, lossy).
     Headers,
     /// The value as text (NULL when it is not UTF-8): what the JSON
-    /// functions read.
+    /// functions read. Only in streams without a schema.
     Value,
+    /// One typed field of the stream's value schema (by index).
+    Field(u16),
     /// The value's bytes as they were published.
     Raw,
 }
 
-pub const COLUMNS: [Column; 9] = [
+/// The columns every stream has before its value.
+const SYSTEM: [Column; 7] = [
     Column::Partition,
     Column::Offset,
     Column::Key,
@@ -43,12 +48,11 @@ pub const COLUMNS: [Column; 9] = [
     Column::PublishTs,
     Column::EventTs,
     Column::Headers,
-    Column::Value,
-    Column::Raw,
 ];
 
 impl Column {
-    pub fn name(self) -> &'static str {
+    /// The name of a column other than a schema field.
+    fn fixed_name(self) -> &'static str {
         match self {
             Column::Partition => "_partition",
             Column::Offset => "_offset",
@@ -59,42 +63,114 @@ impl Column {
             Column::Headers => "_headers",
             Column::Value => "value",
             Column::Raw => "_raw",
+            Column::Field(_) => "",
         }
     }
 
+    /// The system column (not a value column) of this name.
     pub fn by_name(name: &str) -> Option<Column> {
-        COLUMNS.into_iter().find(|c| c.name() == name)
+        SYSTEM.into_iter().find(|c| c.fixed_name() == name)
+    }
+}
+
+/// Columns of a stream's table (all, or the ones a query reads), and the
+/// value schema its typed columns come from.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    pub columns: Vec<Column>,
+    pub values: Option<Arc<ValueSchema>>,
+}
+
+impl Projection {
+    /// Every column of a stream with this value schema: the system columns,
+    /// then the schema's fields (or `value`), then `_raw`.
+    pub fn of_stream(values: Option<Arc<ValueSchema>>) -> Projection {
+        let mut columns = SYSTEM.to_vec();
+        match &values {
+            Some(v) => columns.extend((0..v.fields().len()).map(|i| Column::Field(i as u16))),
+            None => columns.push(Column::Value),
+        }
+        columns.push(Column::Raw);
+        Projection { columns, values }
     }
 
-    fn field(self) -> Field {
+    /// The columns at `indices`, in that order.
+    pub fn project(&self, indices: &[usize]) -> Projection {
+        Projection {
+            columns: indices
+                .iter()
+                .filter_map(|&i| self.columns.get(i).copied())
+                .collect(),
+            values: self.values.clone(),
+        }
+    }
+
+    pub fn name(&self, c: Column) -> &str {
+        match (c, &self.values) {
+            (Column::Field(i), Some(v)) => v
+                .fields()
+                .get(usize::from(i))
+                .map_or("", |f| f.name.as_str()),
+            _ => c.fixed_name(),
+        }
+    }
+
+    pub fn schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|&c| self.field(c))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    fn field(&self, c: Column) -> Field {
         let ts = DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()));
-        match self {
-            Column::Partition => Field::new(self.name(), DataType::Int32, false),
-            Column::Offset => Field::new(self.name(), DataType::Int64, false),
-            Column::Key | Column::Topic | Column::Value => {
-                Field::new(self.name(), DataType::Utf8, true)
+        let name = self.name(c);
+        match c {
+            Column::Partition => Field::new(name, DataType::Int32, false),
+            Column::Offset => Field::new(name, DataType::Int64, false),
+            Column::Key | Column::Topic | Column::Value => Field::new(name, DataType::Utf8, true),
+            Column::Headers => Field::new(name, DataType::Utf8, false),
+            Column::PublishTs | Column::EventTs => Field::new(name, ts, false),
+            Column::Raw => Field::new(name, DataType::Binary, true),
+            Column::Field(i) => {
+                let ty = self
+                    .values
+                    .as_ref()
+                    .and_then(|v| v.fields().get(usize::from(i)))
+                    .map_or(FieldType::Json, |f| f.ty);
+                let dt = match ty {
+                    FieldType::Int64 => DataType::Int64,
+                    FieldType::Float64 => DataType::Float64,
+                    FieldType::Utf8 | FieldType::Json => DataType::Utf8,
+                    FieldType::Boolean => DataType::Boolean,
+                    FieldType::Timestamp => ts,
+                    FieldType::Date => DataType::Date32,
+                    FieldType::Binary => DataType::Binary,
+                };
+                Field::new(name, dt, true)
             }
-            Column::Headers => Field::new(self.name(), DataType::Utf8, false),
-            Column::PublishTs | Column::EventTs => Field::new(self.name(), ts, false),
-            Column::Raw => Field::new(self.name(), DataType::Binary, true),
         }
     }
 }
 
-/// The table schema of every stream without a declared schema.
+/// The table schema of every stream without a value schema.
 pub fn stream_schema() -> SchemaRef {
-    Arc::new(Schema::new(
-        COLUMNS.iter().map(|c| c.field()).collect::<Vec<_>>(),
-    ))
+    Projection::of_stream(None).schema()
 }
 
-/// Builds the columns `wanted` (in that order) of records of one
-/// partition.
+/// Builds the columns of a projection from records of one partition.
 pub struct BatchBuilder {
     schema: SchemaRef,
     partition: i32,
     builders: Vec<Builder>,
     rows: usize,
+    /// The value schema, when typed columns are built.
+    values: Option<Arc<ValueSchema>>,
+    /// One record's fields, decoded.
+    datums: Vec<Datum>,
+    misfits: u64,
 }
 
 enum Builder {
@@ -103,12 +179,74 @@ enum Builder {
     Text(Column, StringBuilder),
     Ts(Column, TimestampMillisecondBuilder),
     Raw(BinaryBuilder),
+    Typed(usize, Typed),
+}
+
+/// The builder of one typed value column.
+enum Typed {
+    Int(Int64Builder),
+    Float(Float64Builder),
+    Text(StringBuilder),
+    Bool(BooleanBuilder),
+    Ts(TimestampMillisecondBuilder),
+    Date(Date32Builder),
+    Bytes(BinaryBuilder),
+}
+
+impl Typed {
+    fn new(ty: FieldType) -> Typed {
+        match ty {
+            FieldType::Int64 => Typed::Int(Int64Builder::new()),
+            FieldType::Float64 => Typed::Float(Float64Builder::new()),
+            FieldType::Utf8 | FieldType::Json => Typed::Text(StringBuilder::new()),
+            FieldType::Boolean => Typed::Bool(BooleanBuilder::new()),
+            FieldType::Timestamp => {
+                Typed::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC"))
+            }
+            FieldType::Date => Typed::Date(Date32Builder::new()),
+            FieldType::Binary => Typed::Bytes(BinaryBuilder::new()),
+        }
+    }
+
+    /// Appends `d`, or NULL when it is not of this column's type.
+    fn append(&mut self, d: &Datum) {
+        match (self, d) {
+            (Typed::Int(b), Datum::Int(v)) => b.append_value(*v),
+            (Typed::Float(b), Datum::Float(v)) => b.append_value(*v),
+            (Typed::Text(b), Datum::Text(v)) => b.append_value(v),
+            (Typed::Bool(b), Datum::Bool(v)) => b.append_value(*v),
+            (Typed::Ts(b), Datum::Ts(v)) => b.append_value(*v),
+            (Typed::Date(b), Datum::Date(v)) => b.append_value(*v),
+            (Typed::Bytes(b), Datum::Bytes(v)) => b.append_value(v),
+            (Typed::Int(b), _) => b.append_null(),
+            (Typed::Float(b), _) => b.append_null(),
+            (Typed::Text(b), _) => b.append_null(),
+            (Typed::Bool(b), _) => b.append_null(),
+            (Typed::Ts(b), _) => b.append_null(),
+            (Typed::Date(b), _) => b.append_null(),
+            (Typed::Bytes(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Typed::Int(b) => Arc::new(b.finish()),
+            Typed::Float(b) => Arc::new(b.finish()),
+            Typed::Text(b) => Arc::new(b.finish()),
+            Typed::Bool(b) => Arc::new(b.finish()),
+            Typed::Ts(b) => Arc::new(b.finish()),
+            Typed::Date(b) => Arc::new(b.finish()),
+            Typed::Bytes(b) => Arc::new(b.finish()),
+        }
+    }
 }
 
 impl BatchBuilder {
-    /// `schema` must hold exactly the fields of `wanted`.
-    pub fn new(schema: SchemaRef, wanted: &[Column], partition: u32) -> Self {
-        let builders = wanted
+    /// `schema` must be `projection`'s.
+    pub fn new(schema: SchemaRef, projection: &Projection, partition: u32) -> Self {
+        let fields = projection.values.as_ref().map(|v| v.fields());
+        let builders: Vec<Builder> = projection
+            .columns
             .iter()
             .map(|&c| match c {
                 Column::Partition => Builder::Partition(Int32Builder::new()),
@@ -120,13 +258,24 @@ impl BatchBuilder {
                     Builder::Ts(c, TimestampMillisecondBuilder::new().with_timezone("UTC"))
                 }
                 Column::Raw => Builder::Raw(BinaryBuilder::new()),
+                Column::Field(i) => {
+                    let i = usize::from(i);
+                    let ty = fields
+                        .and_then(|f| f.get(i))
+                        .map_or(FieldType::Json, |f| f.ty);
+                    Builder::Typed(i, Typed::new(ty))
+                }
             })
             .collect();
+        let typed = builders.iter().any(|b| matches!(b, Builder::Typed(..)));
         BatchBuilder {
             schema,
             partition: partition as i32,
             builders,
             rows: 0,
+            values: projection.values.clone().filter(|_| typed),
+            datums: Vec::new(),
+            misfits: 0,
         }
     }
 
@@ -134,8 +283,20 @@ impl BatchBuilder {
         self.rows
     }
 
+    /// Values (or fields of values) that did not fit the schema and read
+    /// as NULL, so far.
+    pub fn misfits(&self) -> u64 {
+        self.misfits
+    }
+
     pub fn push(&mut self, r: &Record) {
         self.rows += 1;
+        if let Some(values) = &self.values {
+            match values.decode(r.value.as_deref(), &mut self.datums) {
+                Ok(n) => self.misfits += n as u64,
+                Err(_) => self.misfits += 1,
+            }
+        }
         for b in &mut self.builders {
             match b {
                 Builder::Partition(b) => b.append_value(self.partition),
@@ -157,6 +318,7 @@ impl BatchBuilder {
                     b.append_option(r.value.as_ref().and_then(|v| std::str::from_utf8(v).ok()))
                 }
                 Builder::Raw(b) => b.append_option(r.value.as_deref()),
+                Builder::Typed(i, b) => b.append(self.datums.get(*i).unwrap_or(&Datum::Null)),
             }
         }
     }
@@ -173,6 +335,7 @@ impl BatchBuilder {
                     Builder::Text(_, b) => Arc::new(b.finish()),
                     Builder::Ts(_, b) => Arc::new(b.finish()),
                     Builder::Raw(b) => Arc::new(b.finish()),
+                    Builder::Typed(_, b) => b.finish(),
                 }
             })
             .collect();
@@ -233,8 +396,11 @@ mod tests {
             Column::Value,
             Column::Raw,
         ];
-        let schema = Arc::new(stream_schema().project(&[1, 5, 3, 7, 8]).unwrap());
-        let mut b = BatchBuilder::new(schema, &wanted, 2);
+        let projection = Projection {
+            columns: wanted.to_vec(),
+            values: None,
+        };
+        let mut b = BatchBuilder::new(projection.schema(), &projection, 2);
         b.push(&rec(7, br#"{"t":21.5}"#));
         b.push(&rec(8, &[0xff, 0x00]));
         let batch = b.finish().unwrap();
@@ -261,8 +427,8 @@ mod tests {
 
     #[test]
     fn no_columns_still_counts_rows() {
-        let schema = Arc::new(stream_schema().project(&[]).unwrap());
-        let mut b = BatchBuilder::new(schema, &[], 0);
+        let projection = Projection::of_stream(None).project(&[]);
+        let mut b = BatchBuilder::new(projection.schema(), &projection, 0);
         b.push(&rec(1, b"x"));
         b.push(&rec(2, b"y"));
         assert_eq!(b.finish().unwrap().num_rows(), 2);

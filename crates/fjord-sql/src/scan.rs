@@ -13,7 +13,9 @@ use datafusion::error::Result as DfResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
+};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning,
@@ -24,7 +26,7 @@ use fjord_core::StreamRef;
 use futures_util::{stream, StreamExt};
 
 use crate::bounds::Bounds;
-use crate::columns::{BatchBuilder, Column};
+use crate::columns::{BatchBuilder, Projection};
 
 /// Bytes asked of the log per read.
 const READ_BYTES: usize = 4 << 20;
@@ -37,7 +39,7 @@ pub struct PartitionScan {
     pub partition: u32,
     /// The projected schema: exactly `columns`.
     pub schema: SchemaRef,
-    pub columns: Vec<Column>,
+    pub columns: Projection,
     pub bounds: Bounds,
     /// Offset after the last record read: the high watermark when the query
     /// was planned (an ad-hoc query reads a snapshot, then ends).
@@ -87,6 +89,7 @@ impl PartitionScan {
         &self,
         next: i64,
         rows: usize,
+        misfits: &Count,
     ) -> Result<(datafusion::arrow::record_batch::RecordBatch, Cursor), DataFusionError> {
         let mut builder = BatchBuilder::new(self.schema.clone(), &self.columns, self.partition);
         let mut at = next;
@@ -141,17 +144,19 @@ impl PartitionScan {
                 Cursor::Done
             };
         }
+        misfits.add(builder.misfits() as usize);
         Ok((builder.finish()?, cursor))
     }
 }
 
 impl PartitionScan {
     /// The partition's rows, in batches of at most `rows`.
-    fn batches(&self, rows: usize) -> SendableRecordBatchStream {
+    fn batches(&self, rows: usize, misfits: Count) -> SendableRecordBatchStream {
         let scan = self.clone();
         let mut left = self.limit.unwrap_or(usize::MAX);
         let batches = stream::try_unfold(Cursor::Start, move |cursor| {
             let scan = scan.clone();
+            let misfits = misfits.clone();
             let want = rows.min(left);
             left -= want.min(left);
             async move {
@@ -163,7 +168,7 @@ impl PartitionScan {
                 if want == 0 || scan.bounds.empty() || next >= scan.end {
                     return Ok(None);
                 }
-                let (batch, cursor) = scan.read(next, want).await?;
+                let (batch, cursor) = scan.read(next, want, &misfits).await?;
                 if batch.num_rows() == 0 {
                     return Ok(None);
                 }
@@ -182,7 +187,7 @@ pub struct StreamScanExec {
     stream: StreamRef,
     parts: Vec<PartitionScan>,
     bounds: Bounds,
-    columns: Vec<Column>,
+    columns: Projection,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -191,7 +196,7 @@ impl StreamScanExec {
     pub fn new(
         stream: StreamRef,
         schema: SchemaRef,
-        columns: Vec<Column>,
+        columns: Projection,
         bounds: Bounds,
         parts: Vec<PartitionScan>,
     ) -> Self {
@@ -213,7 +218,7 @@ impl StreamScanExec {
     }
 
     /// The stream's columns it produces, in order.
-    pub fn columns(&self) -> &[Column] {
+    pub fn projection(&self) -> &Projection {
         &self.columns
     }
 }
@@ -225,7 +230,12 @@ impl DisplayAs for StreamScanExec {
             .iter()
             .map(|p| format!("{}:{}", p.partition, p.end))
             .collect();
-        let columns: Vec<&str> = self.columns.iter().map(|c| c.name()).collect();
+        let columns: Vec<&str> = self
+            .columns
+            .columns
+            .iter()
+            .map(|&c| self.columns.name(c))
+            .collect();
         write!(
             f,
             "StreamScanExec: stream={}, partitions(until offset)=[{}], columns=[{}]",
@@ -302,7 +312,9 @@ impl ExecutionPlan for StreamScanExec {
         };
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let rows = ctx.session_config().batch_size().max(1);
-        let counted = part.batches(rows).map(move |b| {
+        // Values that did not fit the stream's schema (read as NULL).
+        let misfits = MetricBuilder::new(&self.metrics).counter("values_not_matching", partition);
+        let counted = part.batches(rows, misfits).map(move |b| {
             if let Ok(b) = &b {
                 baseline.record_output(b.num_rows());
             }

@@ -14,13 +14,15 @@ use fjord_broker::Broker;
 use fjord_core::StreamRef;
 
 use crate::bounds::Bounds;
-use crate::columns::{stream_schema, Column, COLUMNS};
+use crate::columns::Projection;
 use crate::scan::{external, PartitionScan, StreamScanExec};
 
 #[derive(Debug)]
 pub struct StreamTable {
     broker: Arc<BrokerRef>,
     stream: StreamRef,
+    /// Every column, typed by the stream's value schema when it has one.
+    all: Projection,
     schema: SchemaRef,
 }
 
@@ -35,10 +37,15 @@ impl std::fmt::Debug for BrokerRef {
 
 impl StreamTable {
     pub fn new(broker: Arc<BrokerRef>, stream: StreamRef) -> Self {
+        // A stream that went away meanwhile reads as it would without a
+        // schema; the scan reports that it is gone.
+        let values = broker.0.value_schema(&stream).ok().flatten();
+        let all = Projection::of_stream(values);
         StreamTable {
             broker,
             stream,
-            schema: stream_schema(),
+            schema: all.schema(),
+            all,
         }
     }
 }
@@ -80,9 +87,9 @@ impl TableProvider for StreamTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let indices: Vec<usize> = match projection {
             Some(p) => p.clone(),
-            None => (0..COLUMNS.len()).collect(),
+            None => (0..self.all.columns.len()).collect(),
         };
-        let columns: Vec<Column> = indices.iter().map(|&i| COLUMNS[i]).collect();
+        let columns = self.all.project(&indices);
         let schema = Arc::new(self.schema.project(&indices)?);
         let bounds = Bounds::of(filters);
         let broker = &self.broker.0;

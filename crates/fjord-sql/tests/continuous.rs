@@ -960,3 +960,106 @@ async fn streams_join_tables_as_they_are_when_each_batch_is_processed() {
         assert_eq!(e.kind, SqlErrorKind::NotSupported, "{q}: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continuous_query_windows_typed_columns_of_a_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    let src = stream("typed");
+    let schema: fjord_core::StreamSchema = serde_json::from_value(serde_json::json!({
+        "format": "json-schema",
+        "definition": {
+            "type": "object",
+            "properties": {
+                "device": {"type": "string"},
+                "temp": {"type": "number"},
+                "at": {"type": "string", "format": "date-time"}
+            },
+            "required": ["device", "temp", "at"]
+        }
+    }))
+    .unwrap();
+    let policy = Policy {
+        schema: Some(schema),
+        ..Policy::default()
+    };
+    b.create_stream(&src, Some(2), policy).unwrap();
+    // Windows follow the reading's own time (`at`), not the record's.
+    sql.query(
+        anonymous(),
+        "CREATE STREAM typed_avg WITH (start = 'earliest', idle_timeout = 'none') AS \
+         SELECT tumble(at, INTERVAL '1 second') AS window_start, device, \
+                count(*) AS n, avg(temp) AS avg_temp \
+         FROM typed GROUP BY tumble(at, INTERVAL '1 second'), device",
+    )
+    .await
+    .unwrap();
+    let base = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z").unwrap();
+    let mut records = Vec::new();
+    // Two devices, 10 readings a second each for 3 s, then one reading
+    // 5 s later that closes the windows.
+    for i in 0..60i64 {
+        let device = format!("d{}", i % 2);
+        let at = base + chrono::Duration::milliseconds(i / 2 * 100);
+        records.push(RecordInput {
+            key: Some(Bytes::from(device.clone())),
+            value: Some(Bytes::from(
+                serde_json::json!({"device": device, "temp": i as f64, "at": at.to_rfc3339()})
+                    .to_string(),
+            )),
+            headers: Vec::new(),
+            event_ts: None,
+        });
+    }
+    let closer = base + chrono::Duration::seconds(8);
+    records.push(RecordInput {
+        key: Some(Bytes::from("d0")),
+        value: Some(Bytes::from(
+            serde_json::json!({"device": "d0", "temp": 0.0, "at": closer.to_rfc3339()}).to_string(),
+        )),
+        headers: Vec::new(),
+        event_ts: None,
+    });
+    b.produce(&src, records, Some(0)).await.unwrap();
+    let out = stream("typed_avg");
+    wait_for("three windows per device", async || {
+        read_all(&b, &out).await.len() >= 6
+    })
+    .await;
+    let mut got: Vec<(String, i64, u64, f64)> = read_all(&b, &out)
+        .await
+        .iter()
+        .map(|r| {
+            let v = json(r);
+            (
+                v["device"].as_str().unwrap().to_string(),
+                chrono::DateTime::parse_from_rfc3339(v["window_start"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp_millis(),
+                v["n"].as_u64().unwrap(),
+                v["avg_temp"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    // Brute force: reading i is in second i / 20, of device i % 2.
+    let mut want = Vec::new();
+    for d in 0..2i64 {
+        for sec in 0..3i64 {
+            let temps: Vec<f64> = (0..60i64)
+                .filter(|i| i % 2 == d && i / 20 == sec)
+                .map(|i| i as f64)
+                .collect();
+            let start = base.timestamp_millis() + sec * 1000;
+            want.push((
+                format!("d{d}"),
+                start,
+                temps.len() as u64,
+                temps.iter().sum::<f64>() / temps.len() as f64,
+            ));
+        }
+    }
+    assert_eq!(got, want);
+    sql.stop_queries().await;
+}

@@ -23,14 +23,14 @@ use fjord_core::{Record, StreamRef};
 use parking_lot::Mutex;
 
 use super::view::{view_rows, ViewInfo};
-use crate::columns::{BatchBuilder, Column};
+use crate::columns::{BatchBuilder, Projection};
 use crate::scan::bounded_properties;
 use crate::table::BrokerRef;
 
 #[derive(Debug, Clone)]
 enum Source {
     /// A compacted stream's columns.
-    Compacted { columns: Vec<Column> },
+    Compacted { columns: Projection },
     /// A view's columns (all, or these).
     View {
         info: Arc<ViewInfo>,
@@ -99,7 +99,7 @@ impl LookupExec {
     pub fn compacted(
         broker: Arc<BrokerRef>,
         stream: StreamRef,
-        columns: Vec<Column>,
+        columns: Projection,
         schema: SchemaRef,
     ) -> Self {
         LookupExec {
@@ -224,7 +224,7 @@ async fn newest_per_key(
 }
 
 /// The newest records as `columns`.
-fn build(newest: &[Newest], columns: &[Column], schema: SchemaRef) -> DfResult<RecordBatch> {
+fn build(newest: &[Newest], columns: &Projection, schema: SchemaRef) -> DfResult<RecordBatch> {
     let mut batches = Vec::with_capacity(newest.len());
     for (p, part) in newest.iter().enumerate() {
         let mut b = BatchBuilder::new(schema.clone(), columns, p as u32);

@@ -43,7 +43,7 @@ use parking_lot::Mutex;
 use super::aggregate::AggSpec;
 use super::lookup::LookupExec;
 use super::window::{interval_ms, WindowSpec, HOP, SESSION, TUMBLE};
-use crate::columns::Column;
+use crate::columns::Projection;
 use crate::error::{SqlError, SqlErrorKind};
 use crate::scan::{bounded_properties, StreamScanExec};
 use crate::table::BrokerRef;
@@ -97,7 +97,7 @@ impl Stage {
 pub struct Pipeline {
     pub source: StreamRef,
     /// The stream's columns the query reads, in the scan's order.
-    pub columns: Vec<Column>,
+    pub columns: Projection,
     pub scan_schema: SchemaRef,
     pub pre: Stage,
     pub aggregate: Option<Arc<AggSpec>>,
@@ -182,7 +182,7 @@ fn cut(root: Arc<dyn ExecutionPlan>, broker: &Arc<BrokerRef>) -> Result<Pipeline
         return Err(SqlError::new(SqlErrorKind::Execution, "scan expected"));
     };
     let source = scan_exec.stream().clone();
-    let columns = scan_exec.columns().to_vec();
+    let columns = scan_exec.projection().clone();
     let scan_schema = scan.schema();
     let output_schema = root.schema();
     let Some(top) = find_aggregate(&root) else {
@@ -403,7 +403,7 @@ fn tables_for_lookup(
         Ok(Some(Arc::new(LookupExec::compacted(
             broker.clone(),
             stream,
-            scan.columns().to_vec(),
+            scan.projection().clone(),
             p.schema(),
         ))))
     })
