@@ -385,6 +385,19 @@ async fn statements_that_cannot_run_say_why() {
     assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
     let e = fails("CREATE STREAM x AS SELECT * FROM a JOIN b ON a._key = b._key").await;
     assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
+    assert!(e.message.contains("time bound"), "{e}");
+    let e = fails(
+        "CREATE STREAM x AS SELECT * FROM a LEFT JOIN b ON a._key = b._key \
+         AND b._event_ts BETWEEN a._event_ts AND a._event_ts + INTERVAL '1 second'",
+    )
+    .await;
+    assert!(e.message.contains("INNER"), "{e}");
+    let e = fails(
+        "CREATE STREAM x WITH (late_rows = 'late') AS SELECT * FROM a JOIN b ON a._key = b._key \
+         AND b._event_ts BETWEEN a._event_ts AND a._event_ts + INTERVAL '1 second'",
+    )
+    .await;
+    assert!(e.message.contains("late_rows"), "{e}");
     let e = fails("CREATE STREAM x AS SELECT time_bucket_gapfill(INTERVAL '1 minute', _event_ts, now(), now()) AS m, count(*) FROM a GROUP BY m").await;
     assert_eq!(e.kind, SqlErrorKind::NotSupported, "{e}");
     assert!(e.message.contains("gap filling"), "{e}");
@@ -1061,5 +1074,177 @@ async fn a_continuous_query_windows_typed_columns_of_a_schema() {
         }
     }
     assert_eq!(got, want);
+    sql.stop_queries().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_streams_join_on_a_time_interval_exactly_once_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let doors = stream("doors");
+    let temps = stream("temps");
+    let base = 1_800_000_000_000i64;
+    let mut rng = Lcg(11);
+    // Four devices over 20 s: a door opens now and then, a reading every
+    // 250 ms; each stream arrives up to 900 ms out of order.
+    let mut door_events = Vec::new();
+    let mut readings = Vec::new();
+    for d in 0..4u32 {
+        let mut t = base + (rng.next() % 1500) as i64;
+        while t < base + 20_000 {
+            door_events.push((d, 0.0, t));
+            t += 700 + (rng.next() % 2500) as i64;
+        }
+        for i in 0..80i64 {
+            readings.push((d, (rng.next() % 400) as f64 / 10.0, base + i * 250));
+        }
+    }
+    let mut arrive = |events: &mut Vec<(u32, f64, i64)>| {
+        let mut keyed: Vec<(i64, (u32, f64, i64))> = events
+            .iter()
+            .map(|e| (e.2 + (rng.next() % 900) as i64, *e))
+            .collect();
+        keyed.sort_by_key(|k| k.0);
+        *events = keyed.into_iter().map(|k| k.1).collect();
+    };
+    arrive(&mut door_events);
+    arrive(&mut readings);
+    // Brute force: every pair of one device with the reading 0..=2 s after
+    // the door opened.
+    let mut want: Vec<(String, i64, i64, f64)> = Vec::new();
+    for &(d, _, opened) in &door_events {
+        for &(rd, temp, at) in &readings {
+            if rd == d && at >= opened && at <= opened + 2000 {
+                want.push((format!("dev-{d}"), opened, at, temp));
+            }
+        }
+    }
+    want.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert!(want.len() > 100, "{}", want.len());
+    let mut per_window: BTreeMap<(i64, String), u64> = BTreeMap::new();
+    for (d, opened, ..) in &want {
+        *per_window
+            .entry(((opened - base) / 5000 * 5000, d.clone()))
+            .or_default() += 1;
+    }
+
+    let pairs =
+        "CREATE STREAM after_open WITH (start = 'earliest', out_of_orderness = '1 second', \
+                 idle_timeout = 'none') AS \
+        SELECT d._key AS device, d._event_ts AS opened, t._event_ts AS read_at, \
+               json_get_float(t.value, 'temp') AS temp \
+        FROM doors d JOIN temps t ON d._key = t._key \
+         AND t._event_ts BETWEEN d._event_ts AND d._event_ts + INTERVAL '2 seconds'";
+    let counts = "CREATE STREAM readings_after_open WITH (start = 'earliest', \
+                  out_of_orderness = '1 second', idle_timeout = 'none') AS \
+        SELECT tumble(d._event_ts, INTERVAL '5 seconds') AS window_start, d._key AS device, \
+               count(*) AS n \
+        FROM doors d JOIN temps t ON d._key = t._key \
+         AND t._event_ts BETWEEN d._event_ts AND d._event_ts + INTERVAL '2 seconds' \
+        GROUP BY 1, 2";
+    let half_doors = door_events.len() / 2;
+    let half_readings = readings.len() / 2;
+    let to_inputs = |es: &[(u32, f64, i64)]| -> Vec<RecordInput> {
+        es.iter().map(|&(d, t, ts)| reading(d, t, ts)).collect()
+    };
+    {
+        let b = broker(dir.path()).await;
+        let sql = SqlEngine::new(b.clone());
+        b.create_stream(&doors, Some(2), Policy::default()).unwrap();
+        b.create_stream(&temps, Some(2), Policy::default()).unwrap();
+        sql.query(anonymous(), pairs).await.unwrap();
+        sql.query(anonymous(), counts).await.unwrap();
+        for chunk in door_events[..half_doors].chunks(7) {
+            b.produce(&doors, to_inputs(chunk), None).await.unwrap();
+        }
+        for chunk in readings[..half_readings].chunks(50) {
+            b.produce(&temps, to_inputs(chunk), None).await.unwrap();
+        }
+        let n = (half_doors + half_readings) as u64;
+        wait_for("the first half", async || {
+            counter(&sql, "default.after_open", "rows_in").await == n
+                && counter(&sql, "default.readings_after_open", "rows_in").await == n
+        })
+        .await;
+        // Stopped with rows of both sides still waiting for partners.
+        sql.stop_queries().await;
+        b.shutdown().await;
+    }
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    sql.start_queries().await;
+    for chunk in door_events[half_doors..].chunks(7) {
+        b.produce(&doors, to_inputs(chunk), None).await.unwrap();
+    }
+    for chunk in readings[half_readings..].chunks(50) {
+        b.produce(&temps, to_inputs(chunk), None).await.unwrap();
+    }
+    // Far later rows in every partition move the watermark past all
+    // windows (device 9 is left out of the comparison).
+    for p in 0..2 {
+        b.produce(&doors, vec![reading(9, 0.0, base + 60_000)], Some(p))
+            .await
+            .unwrap();
+        b.produce(&temps, vec![reading(9, 0.0, base + 60_000)], Some(p))
+            .await
+            .unwrap();
+    }
+    let pairs_out = stream("after_open");
+    wait_for("every pair", async || {
+        read_all(&b, &pairs_out).await.len() >= want.len() + 4
+    })
+    .await;
+    let ms = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    let mut got: Vec<(String, i64, i64, f64)> = read_all(&b, &pairs_out)
+        .await
+        .iter()
+        .map(json)
+        .filter(|v| v["device"] != "dev-9")
+        .map(|v| {
+            (
+                v["device"].as_str().unwrap().to_string(),
+                ms(&v["opened"]),
+                ms(&v["read_at"]),
+                v["temp"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    assert_eq!(got.len(), want.len(), "no pair lost, none twice");
+    assert_eq!(got, want);
+
+    let counts_out = stream("readings_after_open");
+    wait_for("every window", async || {
+        read_all(&b, &counts_out)
+            .await
+            .iter()
+            .filter(|r| json(r)["device"] != "dev-9")
+            .count()
+            >= per_window.len()
+    })
+    .await;
+    let got: BTreeMap<(i64, String), u64> = read_all(&b, &counts_out)
+        .await
+        .iter()
+        .map(json)
+        .filter(|v| v["device"] != "dev-9")
+        .map(|v| {
+            (
+                (
+                    ms(&v["window_start"]) - base,
+                    v["device"].as_str().unwrap().to_string(),
+                ),
+                v["n"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(got, per_window);
+    assert_eq!(
+        counter(&sql, "default.readings_after_open", "late_rows").await,
+        0
+    );
     sql.stop_queries().await;
 }

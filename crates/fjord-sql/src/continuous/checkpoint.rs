@@ -66,6 +66,14 @@ pub struct Header {
     pub ends: Vec<Option<i64>>,
     pub pending: Vec<Pending>,
     pub counters: Counters,
+    /// Joining two streams: how many of `offsets` are the first stream's
+    /// partitions (the rest are the second's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<usize>,
+    /// Joining two streams: per partition, the offset of the oldest read
+    /// still buffered (a restart reads from there to rebuild the buffers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retain: Vec<i64>,
 }
 
 #[derive(Debug)]
@@ -190,6 +198,8 @@ mod tests {
                     rows_in: 30,
                     ..Default::default()
                 },
+                joined: Some(1),
+                retain: vec![8, 20],
             },
             windows: vec![WindowSnapshot {
                 start: 1000,

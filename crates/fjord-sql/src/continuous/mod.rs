@@ -5,6 +5,7 @@
 
 pub mod aggregate;
 pub mod checkpoint;
+pub mod interval;
 pub mod lookup;
 pub mod metrics;
 pub mod options;
@@ -214,10 +215,16 @@ impl SqlEngine {
         let pipeline = plan::plan(&ctx, &self.broker, &query)
             .await
             .map_err(|e| e.shifted(query_at))?;
-        if pipeline.source == out {
+        if pipeline.source == out || pipeline.join.as_ref().is_some_and(|j| j.other == out) {
             return Err(err(
                 SqlErrorKind::Invalid,
                 "a continuous query cannot write to the stream it reads",
+            ));
+        }
+        if pipeline.join.is_some() && !matches!(options.late, Late::Drop) {
+            return Err(err(
+                SqlErrorKind::NotSupported,
+                "late_rows: a join of two streams has no source record to keep for a late joined row; late rows are dropped and counted",
             ));
         }
         let side = self.late_stream(&principal, out.namespace.as_str(), &options)?;
@@ -246,7 +253,7 @@ impl SqlEngine {
                 Start::Latest => Position::Latest,
                 Start::Earliest => Position::Earliest,
             };
-            let first = self.first_checkpoint(&pipeline.source, at).await?;
+            let first = self.first_checkpoint(&pipeline, at).await?;
             let def = QueryDef {
                 namespace: out.namespace.to_string(),
                 name: out.stream.to_string(),
@@ -366,19 +373,36 @@ impl SqlEngine {
             .ok_or_else(|| err(SqlErrorKind::Execution, "the query has no checkpoint"))?;
         let mut restored =
             checkpoint::decode(&bytes).map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?;
-        // Partitions added to the source since: read from their start.
-        let parts = broker
-            .partition_count(&pipeline.source)
-            .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))? as usize;
-        while restored.header.offsets.len() < parts {
-            let p = restored.header.offsets.len() as u32;
-            let start = broker
-                .resolve(&pipeline.source, p, Position::Earliest)
-                .await
-                .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?;
-            restored.header.offsets.push(start);
+        // Partitions added to the streams since: read from their start.
+        let h = &mut restored.header;
+        let first = h.joined.unwrap_or(h.offsets.len()).min(h.offsets.len());
+        let mut rest = h.offsets.split_off(first);
+        let mut rest_ts = h.max_ts.split_off(first.min(h.max_ts.len()));
+        let mut rest_retain = h.retain.split_off(first.min(h.retain.len()));
+        let added = self
+            .positions(&pipeline.source, first, Position::Earliest)
+            .await?;
+        h.max_ts.resize(h.offsets.len(), None);
+        h.max_ts.extend(added.iter().map(|_| None));
+        h.retain.resize(h.offsets.len(), i64::MAX);
+        h.retain.extend(added.iter().copied());
+        h.offsets.extend(added);
+        if let Some(j) = &pipeline.join {
+            h.joined = Some(h.offsets.len());
+            let added = self
+                .positions(&j.other, rest.len(), Position::Earliest)
+                .await?;
+            rest_ts.resize(rest.len(), None);
+            rest_ts.extend(added.iter().map(|_| None));
+            rest_retain.resize(rest.len(), i64::MAX);
+            rest_retain.extend(added.iter().copied());
+            rest.extend(added);
+            h.offsets.extend(rest);
+            h.max_ts.extend(rest_ts);
+            h.retain.extend(rest_retain);
+        } else {
+            h.retain.clear();
         }
-        restored.header.max_ts.resize(parts, None);
         let task = self.continuous_context(principal).task_ctx();
         Ok((
             Runner {
@@ -409,33 +433,50 @@ impl SqlEngine {
         ))
     }
 
-    /// Where a new query starts: every partition of `source` at `at`.
+    /// Where a new query starts: every partition of its streams at `at`.
     async fn first_checkpoint(
         &self,
-        source: &StreamRef,
+        pipeline: &plan::Pipeline,
         at: Position,
     ) -> Result<Checkpoint, SqlError> {
-        let broker = self.broker();
-        let parts = broker
-            .partition_count(source)
-            .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?;
-        let mut offsets = Vec::with_capacity(parts as usize);
-        for p in 0..parts {
-            offsets.push(
-                broker
-                    .resolve(source, p, at)
-                    .await
-                    .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?,
-            );
+        let mut offsets = self.positions(&pipeline.source, 0, at).await?;
+        let mut joined = None;
+        if let Some(j) = &pipeline.join {
+            joined = Some(offsets.len());
+            offsets.extend(self.positions(&j.other, 0, at).await?);
         }
         Ok(Checkpoint {
             header: Header {
                 max_ts: vec![None; offsets.len()],
                 offsets,
+                joined,
                 ..Header::default()
             },
             windows: Vec::new(),
         })
+    }
+
+    /// Partitions `from..` of `stream` at `at`.
+    async fn positions(
+        &self,
+        stream: &StreamRef,
+        from: usize,
+        at: Position,
+    ) -> Result<Vec<i64>, SqlError> {
+        let broker = self.broker();
+        let parts = broker
+            .partition_count(stream)
+            .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?;
+        let mut offsets = Vec::with_capacity(parts as usize);
+        for p in from as u32..parts {
+            offsets.push(
+                broker
+                    .resolve(stream, p, at)
+                    .await
+                    .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))?,
+            );
+        }
+        Ok(offsets)
     }
 
     /// `SELECT … EMIT CHANGES`: the query runs from now on, its rows
@@ -449,9 +490,7 @@ impl SqlEngine {
         let ctx = self.continuous_context(principal.clone());
         let pipeline = plan::plan(&ctx, &self.broker, query).await?;
         let broker = self.broker().clone();
-        let first = self
-            .first_checkpoint(&pipeline.source, Position::Latest)
-            .await?;
+        let first = self.first_checkpoint(&pipeline, Position::Latest).await?;
         let schema = pipeline.output_schema.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let runner = Runner {

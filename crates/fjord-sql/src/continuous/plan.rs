@@ -41,6 +41,7 @@ use futures_util::TryStreamExt;
 use parking_lot::Mutex;
 
 use super::aggregate::AggSpec;
+use super::interval::StreamJoin;
 use super::lookup::LookupExec;
 use super::window::{interval_ms, WindowSpec, HOP, SESSION, TUMBLE};
 use crate::columns::Projection;
@@ -48,22 +49,25 @@ use crate::error::{SqlError, SqlErrorKind};
 use crate::scan::{bounded_properties, StreamScanExec};
 use crate::table::BrokerRef;
 
-/// Where a stage's input batch waits for its run.
-type Slot = Arc<Mutex<Option<RecordBatch>>>;
+type Node = Arc<dyn ExecutionPlan>;
+
+/// Where a stage's input batches wait for its run.
+type Slot = Arc<Mutex<Vec<RecordBatch>>>;
 
 /// A part of the plan, run once per batch fed to it.
 pub struct Stage {
     plan: Arc<dyn ExecutionPlan>,
-    feed: Slot,
+    /// One per stream the part reads (two for a join of streams).
+    feeds: Vec<Slot>,
     /// Whether the plan keeps what it built in one run (a join's hash
     /// table), so each run needs it fresh.
     reset: bool,
 }
 
 impl Stage {
-    fn new(plan: Arc<dyn ExecutionPlan>, feed: Slot) -> Self {
+    fn new(plan: Arc<dyn ExecutionPlan>, feeds: Vec<Slot>) -> Self {
         let reset = has(&plan, &|p| join_type(p).is_some());
-        Stage { plan, feed, reset }
+        Stage { plan, feeds, reset }
     }
 
     /// Runs the stage on `batch`: every row it yields.
@@ -72,20 +76,37 @@ impl Stage {
         batch: RecordBatch,
         ctx: &Arc<TaskContext>,
     ) -> DfResult<Vec<RecordBatch>> {
+        self.run_fed(vec![vec![batch]], ctx).await
+    }
+
+    /// Runs the stage with `inputs[i]` fed to its `i`-th stream.
+    pub async fn run_fed(
+        &self,
+        inputs: Vec<Vec<RecordBatch>>,
+        ctx: &Arc<TaskContext>,
+    ) -> DfResult<Vec<RecordBatch>> {
         let plan = if self.reset {
             reset_plan_states(self.plan.clone())?
         } else {
             self.plan.clone()
         };
-        *self.feed.lock() = Some(batch);
+        for (feed, batches) in self.feeds.iter().zip(inputs) {
+            *feed.lock() = batches;
+        }
         let mut out = Vec::new();
         let parts = plan.properties().partitioning.partition_count();
-        for p in 0..parts {
-            let batches: Vec<RecordBatch> = plan.execute(p, ctx.clone())?.try_collect().await?;
-            out.extend(batches.into_iter().filter(|b| b.num_rows() > 0));
+        let ran: DfResult<()> = async {
+            for p in 0..parts {
+                let batches: Vec<RecordBatch> = plan.execute(p, ctx.clone())?.try_collect().await?;
+                out.extend(batches.into_iter().filter(|b| b.num_rows() > 0));
+            }
+            Ok(())
         }
-        self.feed.lock().take();
-        Ok(out)
+        .await;
+        for feed in &self.feeds {
+            feed.lock().clear();
+        }
+        ran.map(|()| out)
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -109,6 +130,8 @@ pub struct Pipeline {
     pub key_columns: Vec<usize>,
     /// The output column holding the window's start, if selected.
     pub window_column: Option<usize>,
+    /// The second stream, when the query joins two.
+    pub join: Option<StreamJoin>,
 }
 
 impl Pipeline {
@@ -176,8 +199,13 @@ pub async fn plan(
 fn cut(root: Arc<dyn ExecutionPlan>, broker: &Arc<BrokerRef>) -> Result<Pipeline, SqlError> {
     let mut scans = Vec::new();
     find_scans(&root, &mut scans)?;
-    let scan = pick_source(scans, broker)?;
-    let root = tables_for_lookup(&root, &scan, broker)?;
+    let (scan, other) = pick_source(scans, broker)?;
+    let join = match &other {
+        Some(other) => Some(super::interval::analyze(&root, &scan, other)?),
+        None => None,
+    };
+    let streams: Vec<Arc<dyn ExecutionPlan>> = std::iter::once(scan.clone()).chain(other).collect();
+    let root = tables_for_lookup(&root, &streams, broker)?;
     let Some(scan_exec) = scan.downcast_ref::<StreamScanExec>() else {
         return Err(SqlError::new(SqlErrorKind::Execution, "scan expected"));
     };
@@ -187,17 +215,18 @@ fn cut(root: Arc<dyn ExecutionPlan>, broker: &Arc<BrokerRef>) -> Result<Pipeline
     let output_schema = root.schema();
     let Some(top) = find_aggregate(&root) else {
         check(&root, STATELESS, None)?;
-        let (pre, feed) = feed_in(&root, &|p| is_scan(p))?;
+        let (pre, feeds) = feed_streams(&root, &streams)?;
         return Ok(Pipeline {
             source,
             columns,
             scan_schema,
-            pre: Stage::new(pre, feed),
+            pre: Stage::new(pre, feeds),
             aggregate: None,
             post: None,
             output_schema,
             key_columns: Vec::new(),
             window_column: None,
+            join,
         });
     };
     let top_exec = top
@@ -219,23 +248,24 @@ fn cut(root: Arc<dyn ExecutionPlan>, broker: &Arc<BrokerRef>) -> Result<Pipeline
     let spec = agg_spec(raw_exec, &top)?;
     let groups = raw_exec.group_expr().expr().len();
     let (key_columns, window_column) = group_columns(&root, &top, groups, spec.window_pos);
-    let (pre, pre_feed) = feed_in(raw_exec.input(), &|p| is_scan(p))?;
+    let (pre, pre_feeds) = feed_streams(raw_exec.input(), &streams)?;
     let post = if Arc::ptr_eq(&root, &top) {
         None
     } else {
         let (plan, feed) = feed_in(&root, &|p| Arc::ptr_eq(p, &top))?;
-        Some(Stage::new(plan, feed))
+        Some(Stage::new(plan, vec![feed]))
     };
     Ok(Pipeline {
         source,
         columns,
         scan_schema,
-        pre: Stage::new(pre, pre_feed),
+        pre: Stage::new(pre, pre_feeds),
         aggregate: Some(Arc::new(spec)),
         post,
         output_schema,
         key_columns,
         window_column,
+        join,
     })
 }
 
@@ -332,14 +362,15 @@ fn has(p: &Arc<dyn ExecutionPlan>, what: &dyn Fn(&Arc<dyn ExecutionPlan>) -> boo
     what(p) || p.children().into_iter().any(|c| has(c, what))
 }
 
-/// The stream a continuous query follows: the one stream it reads, or —
-/// joining streams with tables — the one that is not a table.
+/// The streams a continuous query follows: the one stream it reads, or —
+/// joining streams with tables — the one that is not a table, or two
+/// streams joined on a time interval.
 fn pick_source(
     mut scans: Vec<Arc<dyn ExecutionPlan>>,
     broker: &Arc<BrokerRef>,
-) -> Result<Arc<dyn ExecutionPlan>, SqlError> {
+) -> Result<(Node, Option<Node>), SqlError> {
     if scans.len() == 1 {
-        return Ok(scans.remove(0));
+        return Ok((scans.remove(0), None));
     }
     if scans.is_empty() {
         return Err(unsupported(
@@ -354,13 +385,18 @@ fn pick_source(
         }
     }
     match streams.len() {
-        1 => Ok(streams.remove(0).0),
+        1 => Ok((streams.remove(0).0, None)),
+        2 => {
+            let (b, _) = streams.remove(1);
+            let (a, _) = streams.remove(0);
+            Ok((a, Some(b)))
+        }
         0 => Err(unsupported(
             "a continuous query follows one stream and joins it with tables; every relation here is a table (a compacted stream): which one would it follow?",
         )),
         _ => Err(unsupported(format!(
-            "a continuous query follows one stream and joins it with tables (compacted streams or materialized views); {} and {} are both streams (streams are not joined with each other continuously)",
-            streams[0].1, streams[1].1
+            "a continuous query follows one stream, or two joined on a time interval, and joins them with tables (compacted streams or materialized views); {}, {} and {} are all streams",
+            streams[0].1, streams[1].1, streams[2].1
         ))),
     }
 }
@@ -380,18 +416,18 @@ fn is_table(broker: &Arc<BrokerRef>, stream: &StreamRef) -> Result<bool, SqlErro
     Ok(d.effective_policy.compaction == Compaction::LatestPerKey)
 }
 
-/// `root` with every scan but `source`'s read as a table, anew for every
-/// batch the query processes.
+/// `root` with every scan but the followed streams' read as a table, anew
+/// for every batch the query processes.
 fn tables_for_lookup(
     root: &Arc<dyn ExecutionPlan>,
-    source: &Arc<dyn ExecutionPlan>,
+    streams: &[Arc<dyn ExecutionPlan>],
     broker: &Arc<BrokerRef>,
 ) -> Result<Arc<dyn ExecutionPlan>, SqlError> {
     rewrite(root, &|p| {
         let Some(scan) = p.downcast_ref::<StreamScanExec>() else {
             return Ok(None);
         };
-        if Arc::ptr_eq(p, source) {
+        if streams.iter().any(|s| Arc::ptr_eq(p, s)) {
             return Ok(Some(p.clone()));
         }
         let stream = scan.stream().clone();
@@ -460,9 +496,17 @@ fn check(
         return Ok(());
     }
     if let Some(join) = join_type(p) {
+        let children = p.children();
+        // Two streams joined (the interval join checked its type): both
+        // sides run on every batch.
+        if children.iter().all(|c| has(c, &is_scan)) {
+            for c in children {
+                check(c, allowed, stop)?;
+            }
+            return Ok(());
+        }
         // The stream's side is checked on; the table's side is read
         // whole, so anything bounded goes there.
-        let children = p.children();
         let side = children.iter().position(|c| has(c, &is_scan));
         return match side {
             Some(side) if follows_stream(join, side) => check(children[side], allowed, stop),
@@ -492,12 +536,28 @@ fn check_above(
     check(root, &allowed, Some(top))
 }
 
+/// `p` with each of `streams`' scans replaced by a feed of its own, in
+/// that order.
+fn feed_streams(
+    p: &Arc<dyn ExecutionPlan>,
+    streams: &[Arc<dyn ExecutionPlan>],
+) -> Result<(Arc<dyn ExecutionPlan>, Vec<Slot>), SqlError> {
+    let slots: Vec<Slot> = streams.iter().map(|_| Slot::default()).collect();
+    let plan = rewrite(p, &|node| {
+        Ok(streams
+            .iter()
+            .position(|s| Arc::ptr_eq(s, node))
+            .map(|i| Arc::new(FeedExec::new(node.schema(), slots[i].clone())) as _))
+    })?;
+    Ok((plan, slots))
+}
+
 /// `p` with the node `at` replaced by a feed of batches.
 fn feed_in(
     p: &Arc<dyn ExecutionPlan>,
     at: &dyn Fn(&Arc<dyn ExecutionPlan>) -> bool,
 ) -> Result<(Arc<dyn ExecutionPlan>, Slot), SqlError> {
-    let slot = Arc::new(Mutex::new(None));
+    let slot = Slot::default();
     let plan = replace(p, at, &slot)?;
     Ok((plan, slot))
 }
@@ -695,8 +755,8 @@ impl ExecutionPlan for FeedExec {
     ) -> DfResult<SendableRecordBatchStream> {
         crate::scan::only_partition("FeedExec", partition)?;
         let schema = self.properties.eq_properties.schema().clone();
-        let batch = self.slot.lock().take();
-        let batches = futures_util::stream::iter(batch.map(Ok));
+        let batches = std::mem::take(&mut *self.slot.lock());
+        let batches = futures_util::stream::iter(batches.into_iter().map(Ok));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 }

@@ -26,10 +26,11 @@ use tokio::sync::{mpsc, watch};
 
 use super::aggregate::WindowedState;
 use super::checkpoint::{self, Checkpoint, Counters, Header, Pending, PendingRecord};
+use super::interval::{self, Buffers};
 use super::options::Options;
 use super::plan::Pipeline;
 use super::records::Shape;
-use crate::columns::BatchBuilder;
+use crate::columns::{BatchBuilder, Projection};
 
 /// A push query ends when its client goes away.
 const CLIENT_GONE: &str = "the client went away";
@@ -91,7 +92,11 @@ pub struct Runner {
 
 enum Msg {
     Read {
+        /// The input: a partition of the stream (of the first stream, then
+        /// of the second, when two are joined).
         partition: usize,
+        /// The offset the read started at.
+        from: i64,
         batch: RecordBatch,
         /// The records the batch was built from (for late rows kept as
         /// they were published).
@@ -128,6 +133,18 @@ struct Run {
     exported: Counters,
     moved: bool,
     round_robin: u32,
+    /// Joining two streams: each side's rows waiting for partners.
+    buffers: Option<Buffers>,
+}
+
+/// One partition the query reads.
+struct Input {
+    /// 0: the query's source stream; 1: the stream it joins.
+    side: usize,
+    stream: StreamRef,
+    partition: u32,
+    columns: Projection,
+    schema: SchemaRef,
 }
 
 impl Runner {
@@ -174,7 +191,11 @@ impl Runner {
             exported: Counters::default(),
             moved: false,
             round_robin: 0,
+            buffers: None,
         };
+        if run.r.pipeline.join.is_some() {
+            run.buffers = Some(Buffers::default());
+        }
         if let Err(e) = run.restore(restored.windows, &mut stop).await {
             run.fail(e);
             return;
@@ -256,6 +277,7 @@ impl Run {
         if let Some(state) = &mut self.state {
             state.lock().restore(windows).map_err(|e| e.to_string())?;
         }
+        self.rebuild_buffers().await?;
         let pending = std::mem::take(&mut self.header.pending);
         let epoch = self.header.epoch;
         for p in &pending {
@@ -276,6 +298,65 @@ impl Run {
         Ok(())
     }
 
+    /// Input `i`: which stream, which partition, read as which columns.
+    fn input(&self, i: usize) -> Input {
+        let p = &self.r.pipeline;
+        let first = self.header.joined.unwrap_or(self.header.offsets.len());
+        match &p.join {
+            Some(j) if i >= first => Input {
+                side: 1,
+                stream: j.other.clone(),
+                partition: (i - first) as u32,
+                columns: j.other_columns.clone(),
+                schema: j.other_schema.clone(),
+            },
+            _ => Input {
+                side: 0,
+                stream: p.source.clone(),
+                partition: i as u32,
+                columns: p.columns.clone(),
+                schema: p.scan_schema.clone(),
+            },
+        }
+    }
+
+    /// Joining two streams: the buffers as they were at the checkpoint,
+    /// read again from the log (they hold only rows at or after their
+    /// bound, so reading from the oldest batch held and applying the bound
+    /// gives them back).
+    async fn rebuild_buffers(&mut self) -> Result<(), String> {
+        let Some(join) = self.r.pipeline.join.clone() else {
+            return Ok(());
+        };
+        let inputs_wm = self.header.watermark.map(|w| w + join.slack());
+        let mut buffers = Buffers::default();
+        for i in 0..self.header.offsets.len() {
+            let end = self.header.offsets[i];
+            let from = self.header.retain.get(i).copied().unwrap_or(end);
+            if from >= end {
+                continue;
+            }
+            let input = self.input(i);
+            let mut b = BatchBuilder::new(input.schema.clone(), &input.columns, input.partition);
+            crate::scan::each_record(
+                &self.r.broker,
+                &input.stream,
+                input.partition,
+                (from, end),
+                |r| {
+                    b.push(r);
+                    Ok(())
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let batch = b.finish().map_err(|e| e.to_string())?;
+            buffers.hold(&join, input.side, i, from, batch, inputs_wm)?;
+        }
+        self.buffers = Some(buffers);
+        Ok(())
+    }
+
     fn stream_of(&self, name: &str) -> Result<StreamRef, String> {
         for s in std::iter::once(&self.r.output).chain(self.r.side.as_ref()) {
             if format!("{}/{}", s.namespace, s.stream) == name {
@@ -291,16 +372,20 @@ impl Run {
         tx: mpsc::Sender<Msg>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let broker = self.r.broker.clone();
-        let stream = self.r.pipeline.source.clone();
-        let schema: SchemaRef = self.r.pipeline.scan_schema.clone();
-        let columns = self.r.pipeline.columns.clone();
+        let Input {
+            stream,
+            partition,
+            columns,
+            schema,
+            ..
+        } = self.input(p);
         let mut next = self.header.offsets[p];
         async move {
             loop {
                 let fetched = broker
                     .fetch(
                         &stream,
-                        p as u32,
+                        partition,
                         Position::Offset(next),
                         READ_RECORDS,
                         READ_BYTES,
@@ -309,7 +394,7 @@ impl Run {
                     .await;
                 let msg = match fetched {
                     Ok(f) => {
-                        let mut b = BatchBuilder::new(schema.clone(), &columns, p as u32);
+                        let mut b = BatchBuilder::new(schema.clone(), &columns, partition);
                         for r in &f.records {
                             b.push(r);
                         }
@@ -324,6 +409,7 @@ impl Run {
                         next = f.next_offset.max(next);
                         Msg::Read {
                             partition: p,
+                            from: at,
                             batch,
                             records: f.records,
                             next,
@@ -338,6 +424,7 @@ impl Run {
                         next = start;
                         Msg::Read {
                             partition: p,
+                            from: start,
                             batch: RecordBatch::new_empty(schema.clone()),
                             records: Vec::new(),
                             next,
@@ -357,15 +444,16 @@ impl Run {
 
     /// Takes one read: through the plan, into the state or the results.
     async fn take(&mut self, msg: Msg) -> Result<(), String> {
-        let (partition, batch, source, next, skipped, caught_up) = match msg {
+        let (partition, from, batch, source, next, skipped, caught_up) = match msg {
             Msg::Read {
                 partition,
+                from,
                 batch,
                 records,
                 next,
                 skipped,
                 caught_up,
-            } => (partition, batch, records, next, skipped, caught_up),
+            } => (partition, from, batch, records, next, skipped, caught_up),
             Msg::Failed(e) => return Err(e),
         };
         self.caught_up[partition] = caught_up;
@@ -380,7 +468,10 @@ impl Run {
         }
         self.last_rows[partition] = Instant::now();
         self.header.counters.rows_in += rows as u64;
-        let outs = self.pre(batch.clone()).await?;
+        let outs = match self.r.pipeline.join.clone() {
+            Some(join) => self.join(&join, partition, from, batch.clone()).await?,
+            None => self.pre(batch.clone()).await?,
+        };
         let out = match outs.len() {
             0 => return Ok(()),
             1 => outs
@@ -399,7 +490,9 @@ impl Run {
                 Some(state) => {
                     let wm = self.header.watermark.unwrap_or(i64::MIN);
                     let update = state.lock().update(&out, wm).map_err(|e| e.to_string())?;
-                    if let Some(t) = update.max_ts {
+                    // A join's inputs set the watermark themselves.
+                    let joined = self.r.pipeline.join.is_some();
+                    if let Some(t) = update.max_ts.filter(|_| !joined) {
                         let m = &mut self.header.max_ts[partition];
                         *m = Some(m.map_or(t, |m| m.max(t)));
                     }
@@ -465,6 +558,42 @@ impl Run {
         }
         found.sort_unstable();
         found
+    }
+
+    /// Joining two streams: `batch` (read from input `input` at `from`)
+    /// joined with what the other side holds, then held for the other
+    /// side's rows to come.
+    async fn join(
+        &mut self,
+        join: &interval::StreamJoin,
+        input: usize,
+        from: i64,
+        batch: RecordBatch,
+    ) -> Result<Vec<RecordBatch>, String> {
+        let side = self.input(input).side;
+        if let Some(t) = interval::max_time(&batch, join.time[side]) {
+            let m = &mut self.header.max_ts[input];
+            *m = Some(m.map_or(t, |m| m.max(t)));
+        }
+        let Some(buffers) = self.buffers.as_mut() else {
+            return Err("a join without buffers".into());
+        };
+        let others = buffers.batches(1 - side);
+        let fed = if side == 0 {
+            vec![vec![batch.clone()], others]
+        } else {
+            vec![others, vec![batch.clone()]]
+        };
+        let out = self
+            .r
+            .pipeline
+            .pre
+            .run_fed(fed, &self.r.task)
+            .await
+            .map_err(|e| e.to_string())?;
+        let inputs_wm = self.header.watermark.map(|w| w + join.slack());
+        buffers.hold(join, side, input, from, batch, inputs_wm)?;
+        Ok(out)
     }
 
     /// The part of the plan before the aggregate. A batch it fails on is
@@ -578,7 +707,10 @@ impl Run {
                 }
             }
         }
-        if let Some(c) = candidate {
+        // Joined rows are up to the join's interval older than their
+        // inputs: windows over them close that much later.
+        let slack = self.r.pipeline.join.as_ref().map_or(0, |j| j.slack());
+        if let Some(c) = candidate.map(|c| c.saturating_sub(slack)) {
             if self.header.watermark.is_none_or(|w| c > w) {
                 self.header.watermark = Some(c);
             }
@@ -593,6 +725,15 @@ impl Run {
             .aggregate
             .as_ref()
             .is_some_and(|a| a.window.is_some());
+        if let Some(join) = self.r.pipeline.join.clone() {
+            let before = self.header.watermark;
+            self.advance_watermark();
+            if let (Some(wm), Some(buffers)) = (self.header.watermark, self.buffers.as_mut()) {
+                if before != Some(wm) {
+                    buffers.evict(&join, wm + join.slack())?;
+                }
+            }
+        }
         // Without a window, changed groups go out at most this often.
         let due_changes = self.last_changes.elapsed() >= CHANGES_EVERY;
         if self.state.is_some() && (windowed || due_changes) {
@@ -687,6 +828,11 @@ impl Run {
             Some(state) => state.lock().snapshot().map_err(|e| e.to_string())?,
             None => Vec::new(),
         };
+        if let Some(buffers) = &self.buffers {
+            self.header.retain = (0..self.header.offsets.len())
+                .map(|i| buffers.held_from(i).unwrap_or(self.header.offsets[i]))
+                .collect();
+        }
         let c = Checkpoint {
             header: self.header.clone(),
             windows,
