@@ -655,7 +655,7 @@ impl SqlEngine {
         let mut lags = Vec::with_capacity(rows.len());
         for (_, source, status) in &rows {
             lags.push(match source {
-                Some(s) => self.lag(s, status).await,
+                Some(_) => self.lag(status).await,
                 None => None,
             });
         }
@@ -705,13 +705,13 @@ impl SqlEngine {
             .map_err(|e| err(SqlErrorKind::Execution, e.to_string()))
     }
 
-    /// Records of the source not yet read by the query.
-    async fn lag(&self, source: &StreamRef, status: &Status) -> Option<i64> {
+    /// Records of the sources not yet read by the query.
+    async fn lag(&self, status: &Status) -> Option<i64> {
         let mut lag = 0;
-        for (p, at) in status.offsets.iter().enumerate() {
+        for (stream, p, at) in &status.positions {
             let end = self
                 .broker()
-                .resolve(source, p as u32, Position::Latest)
+                .resolve(stream, *p, Position::Latest)
                 .await
                 .ok()?;
             lag += (end - at).max(0);

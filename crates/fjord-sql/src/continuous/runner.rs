@@ -61,6 +61,8 @@ pub struct Status {
     pub counters: Counters,
     pub watermark: Option<i64>,
     pub offsets: Vec<i64>,
+    /// Each partition read and the next offset to read there.
+    pub positions: Vec<(StreamRef, u32, i64)>,
     pub open_windows: usize,
     pub groups: usize,
 }
@@ -991,6 +993,12 @@ impl Run {
         s.counters = self.header.counters.clone();
         s.watermark = self.header.watermark;
         s.offsets = self.header.offsets.clone();
+        s.positions = (0..self.header.offsets.len())
+            .map(|i| {
+                let input = self.input(i);
+                (input.stream, input.partition, self.header.offsets[i])
+            })
+            .collect();
         if let Some(state) = &self.state {
             let state = state.lock();
             s.open_windows = state.open_windows();
