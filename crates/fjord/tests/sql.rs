@@ -440,3 +440,98 @@ async fn a_push_query_streams_over_a_websocket_until_closed() {
     );
     ws.send(Message::Close(None)).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_mqtt_streams_joined_on_a_time_interval_reach_an_mqtt_subscriber() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Node::start(tmp.path());
+    common::create_stream(&node, "doors", 2).await;
+    common::create_stream(&node, "temps", 2).await;
+    let (pg, conn) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=analyst dbname=public",
+            node.pg.rsplit_once(':').unwrap().1
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // Readings over 30 °C within 2 s after the device's door opened.
+    pg.batch_execute(
+        "CREATE STREAM warm_after_open WITH (idle_timeout = '300 ms') AS \
+         SELECT json_get_str(d.value, 'device') AS _key, \
+                json_get_float(t.value, 'temp') AS temp \
+         FROM doors d JOIN temps t \
+           ON json_get_str(d.value, 'device') = json_get_str(t.value, 'device') \
+          AND t._event_ts BETWEEN d._event_ts AND d._event_ts + INTERVAL '2 seconds' \
+         WHERE json_get_float(t.value, 'temp') > 30",
+    )
+    .await
+    .unwrap();
+
+    let (h, p) = node.mqtt.rsplit_once(':').unwrap();
+    let mut o = MqttOptions::new("ops-dashboard", h, p.parse().unwrap());
+    o.set_keep_alive(Duration::from_secs(5));
+    let (sub, mut sub_ev) = AsyncClient::new(o, 100);
+    sub.subscribe("warm_after_open/#", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    poll_until(&mut sub_ev, |e| {
+        matches!(e, Event::Incoming(Packet::SubAck(_)))
+    })
+    .await;
+
+    // Publish-time event times: a door opens, then readings arrive; dev-2's
+    // door stays shut.
+    let mut o = MqttOptions::new("site-gw", h, p.parse().unwrap());
+    o.set_keep_alive(Duration::from_secs(5));
+    let (c, mut ev) = AsyncClient::new(o, 100);
+    let publish = |topic: &str, body: Value| {
+        let c = c.clone();
+        let topic = topic.to_string();
+        async move {
+            c.publish(topic, QoS::AtLeastOnce, false, body.to_string())
+                .await
+                .unwrap()
+        }
+    };
+    publish("doors/dev-1", json!({"device": "dev-1", "open": true})).await;
+    publish("temps/dev-1", json!({"device": "dev-1", "temp": 31.5})).await;
+    publish("temps/dev-1", json!({"device": "dev-1", "temp": 12.0})).await;
+    publish("temps/dev-2", json!({"device": "dev-2", "temp": 35.0})).await;
+    publish("temps/dev-1", json!({"device": "dev-1", "temp": 33.0})).await;
+    let mut acked = 0;
+    poll_until(&mut ev, |e| {
+        if matches!(e, Event::Incoming(Packet::PubAck(_))) {
+            acked += 1;
+        }
+        acked == 5
+    })
+    .await;
+
+    let mut got = Vec::new();
+    poll_until(&mut sub_ev, |e| {
+        if let Event::Incoming(Packet::Publish(p)) = e {
+            let v: Value = serde_json::from_slice(&p.payload).unwrap();
+            got.push((p.topic.clone(), v["temp"].as_f64().unwrap()));
+        }
+        got.len() == 2
+    })
+    .await;
+    got.sort_by(|a, b| a.1.total_cmp(&b.1));
+    assert_eq!(
+        got,
+        [
+            ("warm_after_open/dev-1".to_string(), 31.5),
+            ("warm_after_open/dev-1".to_string(), 33.0)
+        ]
+    );
+    // Nothing more: dev-2 had no open door, 12 °C is not warm.
+    let rows = pg
+        .query("SELECT count(*) AS n FROM warm_after_open", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>("n"), 2);
+}
