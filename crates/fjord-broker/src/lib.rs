@@ -112,6 +112,15 @@ pub enum Followed {
 /// How long one long poll of a follower waits before asking again.
 const FOLLOW_WAIT: Duration = Duration::from_secs(10);
 
+/// Where a [`Broker::fetch_visit`] ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Visited {
+    /// The offset to read from next.
+    pub next_offset: i64,
+    pub start_offset: i64,
+    pub high_watermark: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Fetched {
     pub records: Vec<Record>,
@@ -898,33 +907,73 @@ impl Broker {
         max_bytes: usize,
         wait: Duration,
     ) -> Result<Fetched, BrokerError> {
+        let mut records = Vec::new();
+        let mut failed = None;
+        let visited = self
+            .fetch_visit(s, partition, from, max_bytes, wait, |memory, rec| {
+                if records.len() >= max_records.max(1) {
+                    return false;
+                }
+                match rec.to_record(memory) {
+                    Ok(r) => records.push(r),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+                true
+            })
+            .await?;
+        if let Some(e) = failed {
+            return Err(BrokerError::Storage(format!("stored batch: {e}")));
+        }
+        Ok(Fetched {
+            records,
+            next_offset: visited.next_offset,
+            start_offset: visited.start_offset,
+            high_watermark: visited.high_watermark,
+        })
+    }
+
+    /// As [`Broker::fetch`], without making records: `visit` sees each
+    /// record borrowed from the stored batch (and that batch's memory) and
+    /// says whether it takes it; the first it does not take is where the
+    /// next read starts. What copies records elsewhere (SQL's Arrow
+    /// columns) reads this way.
+    pub async fn fetch_visit(
+        &self,
+        s: &StreamRef,
+        partition: u32,
+        from: Position,
+        max_bytes: usize,
+        wait: Duration,
+        mut visit: impl FnMut(&Bytes, &batch::RecordView<'_>) -> bool,
+    ) -> Result<Visited, BrokerError> {
         let st = self.state(s)?;
         let part = self.partition(s, partition)?;
         let offset = self.resolve_position(&part, from).await?;
         let read = part.read(offset, max_bytes.max(1), wait).await?;
         let ttl = st.policy.message_ttl_ms;
         let now = now_ms();
-        let mut records = Vec::new();
         let mut next = read.next_offset.max(offset);
-        'outer: for b in &read.batches {
-            for rec in batch::decode_records(b)
-                .map_err(|e| BrokerError::Storage(format!("stored batch: {e}")))?
-            {
-                if rec.offset < offset {
-                    continue;
+        for b in &read.batches {
+            let mut stopped = None;
+            batch::for_each_record(b, |memory, rec| {
+                let expired = ttl >= 0 && now.saturating_sub(rec.publish_ts) > ttl;
+                if stopped.is_some() || rec.offset < offset || expired {
+                    return Ok(());
                 }
-                if records.len() >= max_records.max(1) {
-                    next = rec.offset;
-                    break 'outer;
+                if !visit(memory, &rec) {
+                    stopped = Some(rec.offset);
                 }
-                if ttl >= 0 && now.saturating_sub(rec.publish_ts) > ttl {
-                    continue;
-                }
-                records.push(rec);
+                Ok(())
+            })
+            .map_err(|e| BrokerError::Storage(format!("stored batch: {e}")))?;
+            if let Some(at) = stopped {
+                next = at;
+                break;
             }
         }
-        Ok(Fetched {
-            records,
+        Ok(Visited {
             next_offset: next,
             start_offset: read.start_offset,
             high_watermark: read.high_watermark,

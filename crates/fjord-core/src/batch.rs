@@ -331,7 +331,7 @@ pub fn record_size_estimate(r: &RecordInput) -> usize {
         + 10
 }
 
-fn get_bytes(buf: &Bytes, pos: &mut usize) -> Result<Option<Bytes>, CoreError> {
+fn get_slice<'a>(buf: &'a [u8], pos: &mut usize) -> Result<Option<&'a [u8]>, CoreError> {
     let len = get_varint(buf, pos)?;
     if len < 0 {
         return Ok(None);
@@ -342,17 +342,67 @@ fn get_bytes(buf: &Bytes, pos: &mut usize) -> Result<Option<Bytes>, CoreError> {
         .ok_or(CoreError::MalformedRecord(
             "field runs past the end of the batch",
         ))?;
-    let v = buf.slice(*pos..end);
+    let v = &buf[*pos..end];
     *pos = end;
     Ok(Some(v))
 }
 
-/// Decodes every record of one whole batch. An uncompressed batch's keys,
-/// values and headers share `batch`'s memory; a compressed one is inflated
-/// first (gzip, snappy, lz4, zstd) and its records share that buffer.
-/// Control batches (transaction markers) hold no user records: none are
-/// returned.
-pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
+/// One record of a batch, borrowed from the batch's (or its inflated
+/// section's) memory: what readers that copy records elsewhere (into Arrow
+/// columns) walk without an allocation per record.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordView<'a> {
+    pub offset: i64,
+    pub publish_ts: i64,
+    pub event_ts: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// The encoded headers (already walked once: well formed).
+    headers: &'a [u8],
+    header_count: usize,
+}
+
+impl<'a> RecordView<'a> {
+    /// The record, owned: its key, value and header values share
+    /// `memory`, the buffer the view borrows from.
+    pub fn to_record(&self, memory: &Bytes) -> Result<Record, CoreError> {
+        let headers = self
+            .headers()
+            .map(|(k, value)| {
+                let key = std::str::from_utf8(k)
+                    .map_err(|_| CoreError::HeaderKeyUtf8)?
+                    .to_string();
+                Ok(Header {
+                    key,
+                    value: value.map(|v| memory.slice_ref(v)),
+                })
+            })
+            .collect::<Result<Vec<_>, CoreError>>()?;
+        Ok(Record {
+            offset: self.offset,
+            key: self.key.map(|k| memory.slice_ref(k)),
+            value: self.value.map(|x| memory.slice_ref(x)),
+            headers,
+            publish_ts: self.publish_ts,
+            event_ts: self.event_ts,
+        })
+    }
+
+    /// Each header's key bytes and value, in order.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a [u8], Option<&'a [u8]>)> + 'a {
+        let buf = self.headers;
+        let mut pos = 0usize;
+        (0..self.header_count).map_while(move |_| {
+            let k = get_slice(buf, &mut pos).ok()??;
+            let v = get_slice(buf, &mut pos).ok()?;
+            Some((k, v))
+        })
+    }
+}
+
+/// A whole batch's header and records section (inflated if it was
+/// compressed; `None` for a control batch, which holds no user records).
+fn records_section(batch: &Bytes) -> Result<(BatchHeader, Option<(Bytes, usize)>), CoreError> {
     let h = BatchHeader::parse(batch)?;
     if batch.len() < h.total_len() {
         return Err(CoreError::Truncated {
@@ -361,20 +411,43 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
         });
     }
     if h.is_control() {
-        return Ok(Vec::new());
+        return Ok((h, None));
     }
-    let (body, mut pos) = if h.compression() == crate::compression::NONE {
+    let section = if h.compression() == crate::compression::NONE {
         (batch.slice(0..h.total_len()), HEADER_LEN)
     } else {
         let section = &batch[HEADER_LEN..h.total_len()];
         (crate::compression::decompress(h.compression(), section)?, 0)
     };
-    // Each record takes at least 7 bytes, which bounds the allocation below
-    // whatever count a corrupt header claims.
-    let cap = (h.record_count as usize).min(body.len() / 7);
-    let mut out = Vec::with_capacity(cap);
+    Ok((h, Some(section)))
+}
+
+/// Calls `f` on every record of one whole batch, in order, borrowing keys,
+/// values and headers from it (a compressed batch is inflated first).
+/// Control batches hold no user records. Header keys are not checked as
+/// UTF-8 here ([`decode_records`] does).
+///
+/// `f` also gets the memory the view borrows from, to keep parts of it
+/// ([`RecordView::to_record`]).
+pub fn for_each_record(
+    batch: &Bytes,
+    mut f: impl FnMut(&Bytes, RecordView<'_>) -> Result<(), CoreError>,
+) -> Result<(), CoreError> {
+    match records_section(batch)? {
+        (h, Some((body, pos))) => walk(&h, &body, pos, |v| f(&body, v)),
+        (_, None) => Ok(()),
+    }
+}
+
+/// The records of `body` from `pos`, as the batch header `h` counts them.
+fn walk(
+    h: &BatchHeader,
+    body: &[u8],
+    mut pos: usize,
+    mut f: impl FnMut(RecordView<'_>) -> Result<(), CoreError>,
+) -> Result<(), CoreError> {
     for _ in 0..h.record_count {
-        let len = get_varint(&body, &mut pos)?;
+        let len = get_varint(body, &mut pos)?;
         if len < 0 {
             return Err(CoreError::MalformedRecord("negative record length"));
         }
@@ -384,26 +457,23 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
             .ok_or(CoreError::MalformedRecord(
                 "record runs past the end of the batch",
             ))?;
-        let rec = body.slice(0..end);
+        let rec = &body[..end];
         let mut p = pos + 1; // skip record attributes
         if p > end {
             return Err(CoreError::MalformedRecord("empty record"));
         }
-        let ts_delta = get_varlong(&rec, &mut p)?;
-        let off_delta = get_varint(&rec, &mut p)?;
-        let key = get_bytes(&rec, &mut p)?;
-        let value = get_bytes(&rec, &mut p)?;
-        let n_headers = get_varint(&rec, &mut p)?;
+        let ts_delta = get_varlong(rec, &mut p)?;
+        let off_delta = get_varint(rec, &mut p)?;
+        let key = get_slice(rec, &mut p)?;
+        let value = get_slice(rec, &mut p)?;
+        let n_headers = get_varint(rec, &mut p)?;
         if n_headers < 0 || n_headers as usize > len as usize {
             return Err(CoreError::MalformedRecord("bad header count"));
         }
-        let mut headers = Vec::with_capacity(n_headers as usize);
+        let headers_at = p;
         for _ in 0..n_headers {
-            let k =
-                get_bytes(&rec, &mut p)?.ok_or(CoreError::MalformedRecord("null header key"))?;
-            let key = String::from_utf8(k.to_vec()).map_err(|_| CoreError::HeaderKeyUtf8)?;
-            let value = get_bytes(&rec, &mut p)?;
-            headers.push(Header { key, value });
+            get_slice(rec, &mut p)?.ok_or(CoreError::MalformedRecord("null header key"))?;
+            get_slice(rec, &mut p)?;
         }
         if p != end {
             return Err(CoreError::MalformedRecord(
@@ -418,20 +488,41 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
             ts
         };
         let event_ts = if ts == NO_TIMESTAMP { publish_ts } else { ts };
-        out.push(Record {
+        f(RecordView {
             offset: h.base_offset + off_delta as i64,
-            key,
-            value,
-            headers,
             publish_ts,
             event_ts,
-        });
+            key,
+            value,
+            headers: &rec[headers_at..end],
+            header_count: n_headers as usize,
+        })?;
     }
     if pos != body.len() {
         return Err(CoreError::MalformedRecord(
             "trailing bytes after the last record",
         ));
     }
+    Ok(())
+}
+
+/// Decodes every record of one whole batch. An uncompressed batch's keys,
+/// values and headers share `batch`'s memory; a compressed one is inflated
+/// first (gzip, snappy, lz4, zstd) and its records share that buffer.
+/// Control batches (transaction markers) hold no user records: none are
+/// returned.
+pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
+    let (h, Some((body, pos))) = records_section(batch)? else {
+        return Ok(Vec::new());
+    };
+    // Each record takes at least 7 bytes, which bounds the allocation below
+    // whatever count a corrupt header claims.
+    let cap = (h.record_count.max(0) as usize).min(body.len() / 7);
+    let mut out = Vec::with_capacity(cap);
+    walk(&h, &body, pos, |v| {
+        out.push(v.to_record(&body)?);
+        Ok(())
+    })?;
     Ok(out)
 }
 

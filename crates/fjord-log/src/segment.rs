@@ -341,11 +341,7 @@ impl Segment {
     }
 
     pub fn read_at(&self, pos: u64, len: usize) -> Result<Vec<u8>, LogError> {
-        let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, pos)
-            .map_err(|e| LogError::io("read", self.path(), e))?;
-        Ok(buf)
+        pread_exact(&self.file, pos, len).map_err(|e| LogError::io("read", self.path(), e))
     }
 
     /// Byte position to start scanning at for `offset`.
@@ -527,6 +523,46 @@ pub fn sync_dir(dir: &Path) -> Result<(), LogError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| LogError::io("fsync directory", dir, e))
+}
+
+/// `len` bytes of `file` from `pos`, read into a fresh buffer without
+/// zeroing it first (reads are most of a query's I/O; the kernel copies
+/// into the buffer anyway).
+fn pread_exact(file: &File, pos: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::fd::AsRawFd;
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let want = len - buf.len();
+        let offset = libc::off_t::try_from(pos + buf.len() as u64)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is the vector's unused capacity, at least `want`
+        // bytes (the capacity is at least `len`); pread writes at most
+        // `want` bytes there.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast::<libc::c_void>(),
+                want,
+                offset,
+            )
+        };
+        match n {
+            n if n > 0 => {
+                // SAFETY: pread initialized the `n <= want` bytes after the
+                // current length.
+                unsafe { buf.set_len(buf.len() + n as usize) };
+            }
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(buf)
 }
 
 #[cfg(test)]

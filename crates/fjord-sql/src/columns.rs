@@ -12,6 +12,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use fjord_core::batch::RecordView;
 use fjord_core::Record;
 use fjord_schema::{Datum, FieldType, ValueSchema};
 
@@ -289,10 +290,10 @@ impl BatchBuilder {
         self.misfits
     }
 
-    pub fn push(&mut self, r: &Record) {
+    pub fn push(&mut self, r: &impl Row) {
         self.rows += 1;
         if let Some(values) = &self.values {
-            match values.decode(r.value.as_deref(), &mut self.datums) {
+            match values.decode(r.value(), &mut self.datums) {
                 Ok(n) => self.misfits += n as u64,
                 Err(_) => self.misfits += 1,
             }
@@ -300,24 +301,20 @@ impl BatchBuilder {
         for b in &mut self.builders {
             match b {
                 Builder::Partition(b) => b.append_value(self.partition),
-                Builder::Offset(b) => b.append_value(r.offset),
-                Builder::Ts(Column::PublishTs, b) => b.append_value(r.publish_ts),
-                Builder::Ts(_, b) => b.append_value(r.event_ts),
+                Builder::Offset(b) => b.append_value(r.offset()),
+                Builder::Ts(Column::PublishTs, b) => b.append_value(r.publish_ts()),
+                Builder::Ts(_, b) => b.append_value(r.event_ts()),
                 Builder::Text(Column::Key, b) => {
-                    b.append_option(r.key.as_ref().map(|k| String::from_utf8_lossy(k)))
+                    b.append_option(r.key().map(String::from_utf8_lossy))
                 }
-                Builder::Text(Column::Topic, b) => b.append_option(
-                    r.headers
-                        .iter()
-                        .find(|h| h.key == TOPIC_HEADER)
-                        .and_then(|h| h.value.as_ref())
-                        .map(|v| String::from_utf8_lossy(v)),
-                ),
+                Builder::Text(Column::Topic, b) => {
+                    b.append_option(r.header(TOPIC_HEADER).map(String::from_utf8_lossy))
+                }
                 Builder::Text(Column::Headers, b) => b.append_value(headers_json(r)),
                 Builder::Text(_, b) => {
-                    b.append_option(r.value.as_ref().and_then(|v| std::str::from_utf8(v).ok()))
+                    b.append_option(r.value().and_then(|v| std::str::from_utf8(v).ok()))
                 }
-                Builder::Raw(b) => b.append_option(r.value.as_deref()),
+                Builder::Raw(b) => b.append_option(r.value()),
                 Builder::Typed(i, b) => b.append(self.datums.get(*i).unwrap_or(&Datum::Null)),
             }
         }
@@ -350,18 +347,89 @@ impl BatchBuilder {
     }
 }
 
-fn headers_json(r: &Record) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = r
-        .headers
-        .iter()
-        .map(|h| {
-            let v = match &h.value {
-                Some(v) => serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
-                None => serde_json::Value::Null,
-            };
-            (h.key.clone(), v)
-        })
-        .collect();
+/// Receives one header's name and value.
+pub type HeaderVisitor<'f> = dyn FnMut(&[u8], Option<&[u8]>) + 'f;
+
+/// A record as the columns read it: owned, or borrowed from a stored batch.
+pub trait Row {
+    fn offset(&self) -> i64;
+    fn publish_ts(&self) -> i64;
+    fn event_ts(&self) -> i64;
+    fn key(&self) -> Option<&[u8]>;
+    fn value(&self) -> Option<&[u8]>;
+    /// Each header's name and value, in order.
+    fn each_header(&self, f: &mut HeaderVisitor<'_>);
+
+    /// The value of the first header named `name`.
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl Row for Record {
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+    fn publish_ts(&self) -> i64 {
+        self.publish_ts
+    }
+    fn event_ts(&self) -> i64 {
+        self.event_ts
+    }
+    fn key(&self) -> Option<&[u8]> {
+        self.key.as_deref()
+    }
+    fn value(&self) -> Option<&[u8]> {
+        self.value.as_deref()
+    }
+    fn each_header(&self, f: &mut HeaderVisitor<'_>) {
+        for h in &self.headers {
+            f(h.key.as_bytes(), h.value.as_deref());
+        }
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value.as_deref())
+    }
+}
+
+impl Row for RecordView<'_> {
+    fn offset(&self) -> i64 {
+        self.offset
+    }
+    fn publish_ts(&self) -> i64 {
+        self.publish_ts
+    }
+    fn event_ts(&self) -> i64 {
+        self.event_ts
+    }
+    fn key(&self) -> Option<&[u8]> {
+        self.key
+    }
+    fn value(&self) -> Option<&[u8]> {
+        self.value
+    }
+    fn each_header(&self, f: &mut HeaderVisitor<'_>) {
+        for (k, v) in self.headers() {
+            f(k, v);
+        }
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(k, _)| *k == name.as_bytes())
+            .and_then(|(_, v)| v)
+    }
+}
+
+fn headers_json(r: &impl Row) -> String {
+    let mut map = serde_json::Map::new();
+    r.each_header(&mut |k, v| {
+        let v = match v {
+            Some(v) => serde_json::Value::String(String::from_utf8_lossy(v).into_owned()),
+            None => serde_json::Value::Null,
+        };
+        map.insert(String::from_utf8_lossy(k).into_owned(), v);
+    });
     serde_json::Value::Object(map).to_string()
 }
 

@@ -95,19 +95,39 @@ impl PartitionScan {
         let mut at = next;
         let mut cursor = Cursor::Done;
         while builder.rows() < rows && at < self.end {
-            let fetched = self
+            let mut beyond = false;
+            // Records go straight from the stored batches into the Arrow
+            // builders: no record is made on the way.
+            let visited = self
                 .broker
-                .fetch(
+                .fetch_visit(
                     &self.stream,
                     self.partition,
                     Position::Offset(at),
-                    rows - builder.rows(),
                     READ_BYTES,
                     Duration::ZERO,
+                    |_, r| {
+                        // Publish times only grow along a partition: past the
+                        // upper bound, nothing further can match.
+                        if r.offset >= self.end
+                            || self
+                                .bounds
+                                .publish_max_ms
+                                .is_some_and(|max| r.publish_ts > max)
+                        {
+                            beyond = true;
+                            return false;
+                        }
+                        if builder.rows() >= rows {
+                            return false;
+                        }
+                        builder.push(r);
+                        true
+                    },
                 )
                 .await;
-            let fetched = match fetched {
-                Ok(f) => f,
+            let visited = match visited {
+                Ok(v) => v,
                 // Retention removed what was asked for meanwhile: go on
                 // from what is left.
                 Err(fjord_broker::BrokerError::OffsetOutOfRange {
@@ -118,26 +138,11 @@ impl PartitionScan {
                 }
                 Err(e) => return Err(external(e)),
             };
-            let mut beyond = false;
-            for r in &fetched.records {
-                // Publish times only grow along a partition: past the upper
-                // bound, nothing further can match.
-                if r.offset >= self.end
-                    || self
-                        .bounds
-                        .publish_max_ms
-                        .is_some_and(|max| r.publish_ts > max)
-                {
-                    beyond = true;
-                    break;
-                }
-                builder.push(r);
-            }
-            if beyond || fetched.next_offset <= at {
+            if beyond || visited.next_offset <= at {
                 cursor = Cursor::Done;
                 break;
             }
-            at = fetched.next_offset;
+            at = visited.next_offset;
             cursor = if at < self.end {
                 Cursor::At(at)
             } else {
