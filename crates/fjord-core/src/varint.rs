@@ -26,7 +26,23 @@ pub fn varlong_len(v: i64) -> usize {
 }
 
 /// Reads a zig-zag varlong at `*pos`, advancing it. At most 10 bytes.
+#[inline]
 pub fn get_varlong(buf: &[u8], pos: &mut usize) -> Result<i64, CoreError> {
+    // Lengths and small deltas, most of a record's varints, are one byte.
+    if let Some(&b) = buf.get(*pos) {
+        if b & 0x80 == 0 {
+            *pos += 1;
+            return Ok(unzigzag(u64::from(b)));
+        }
+    }
+    get_varlong_long(buf, pos)
+}
+
+fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+fn get_varlong_long(buf: &[u8], pos: &mut usize) -> Result<i64, CoreError> {
     let mut z: u64 = 0;
     for i in 0..10 {
         let b = *buf
@@ -35,12 +51,13 @@ pub fn get_varlong(buf: &[u8], pos: &mut usize) -> Result<i64, CoreError> {
         *pos += 1;
         z |= ((b & 0x7f) as u64) << (7 * i);
         if b & 0x80 == 0 {
-            return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+            return Ok(unzigzag(z));
         }
     }
     Err(CoreError::MalformedRecord("varint longer than 10 bytes"))
 }
 
+#[inline]
 pub fn get_varint(buf: &[u8], pos: &mut usize) -> Result<i32, CoreError> {
     let v = get_varlong(buf, pos)?;
     i32::try_from(v).map_err(|_| CoreError::MalformedRecord("varint out of i32 range"))

@@ -304,9 +304,15 @@ impl BatchBuilder {
                 Builder::Offset(b) => b.append_value(r.offset()),
                 Builder::Ts(Column::PublishTs, b) => b.append_value(r.publish_ts()),
                 Builder::Ts(_, b) => b.append_value(r.event_ts()),
-                Builder::Text(Column::Key, b) => {
-                    b.append_option(r.key().map(String::from_utf8_lossy))
-                }
+                Builder::Text(Column::Key, b) => match r.key() {
+                    // Checked directly: the lossy conversion's chunking
+                    // costs more than the check on short keys.
+                    Some(k) => match std::str::from_utf8(k) {
+                        Ok(k) => b.append_value(k),
+                        Err(_) => b.append_value(String::from_utf8_lossy(k)),
+                    },
+                    None => b.append_null(),
+                },
                 Builder::Text(Column::Topic, b) => {
                     b.append_option(r.header(TOPIC_HEADER).map(String::from_utf8_lossy))
                 }

@@ -28,8 +28,12 @@ use futures_util::{stream, StreamExt};
 use crate::bounds::Bounds;
 use crate::columns::{BatchBuilder, Projection};
 
-/// Bytes asked of the log per read.
-const READ_BYTES: usize = 4 << 20;
+/// Bytes asked of the log per read. Small enough that a read's bytes are
+/// still in the CPU's caches when they are checked (CRC) and decoded into
+/// columns: 1 MiB read 10 million records in 0.76 s where 4 MiB took
+/// 1.08 s (`fjord bench --scenarios j`). Kafka's default per-partition
+/// fetch size is the same.
+const READ_BYTES: usize = 1 << 20;
 
 /// One partition's part of a query.
 #[derive(Clone)]

@@ -86,8 +86,13 @@ fn mqtt_opts(node_mqtt: &str, id: &str, login: Option<(&str, &str)>) -> rumqttc:
 /// The CONNACK outcome of a v3.1.1 connection attempt.
 async fn connect_outcome(o: rumqttc::MqttOptions) -> Result<(), rumqttc::ConnectReturnCode> {
     let (_c, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    // rumqttc's default gives the CONNACK 5 s; a machine running the whole
+    // suite at once can take longer.
+    let mut n = ev.network_options();
+    n.set_connection_timeout(30);
+    ev.set_network_options(n);
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), ev.poll())
+        match tokio::time::timeout(Duration::from_secs(40), ev.poll())
             .await
             .expect("an answer in time")
         {
