@@ -294,6 +294,8 @@ impl PartitionLog {
         let mut pos = seg.position_for(offset);
         let mut hdr = [0u8; HEADER_LEN];
         let mut used = 0usize;
+        // The size of the batch at `pos`, once its header has been read.
+        let mut next_total = None;
         // Walk headers to the batch that holds `offset`.
         while pos < seg.size {
             let chunk = seg.read_at(pos, HEADER_LEN.min((seg.size - pos) as usize))?;
@@ -307,14 +309,26 @@ impl PartitionLog {
                 pos += h.total_len() as u64;
                 continue;
             }
+            next_total = Some(h.total_len());
             break;
         }
-        // Read a run of whole batches in one go.
+        // Read a run of whole batches in one go. Bytes read but not taken
+        // (the start of a batch that does not fit) are read again by the
+        // next call: a batch known not to fit is not read at all.
         while pos < seg.size && (used < budget || out.is_empty()) {
-            let want = budget
+            let mut want = budget
                 .saturating_sub(used)
                 .clamp(HEADER_LEN, READ_CHUNK_BYTES_MAX)
                 .min((seg.size - pos) as usize);
+            if let Some(total) = next_total.take() {
+                if out.is_empty() && total > want {
+                    // The first batch is larger than the budget: it is
+                    // served whole, read once.
+                    want = total.min((seg.size - pos) as usize);
+                } else if used + total > budget && !out.is_empty() {
+                    return Ok(false);
+                }
+            }
             let buf = Bytes::from(seg.read_at(pos, want)?);
             let mut at = 0usize;
             let mut took_any = false;
@@ -342,6 +356,8 @@ impl PartitionLog {
                         used += total;
                         at += total;
                         taken_from = at;
+                    } else {
+                        next_total = Some(total);
                     }
                     break;
                 }

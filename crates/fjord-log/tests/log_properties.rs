@@ -71,6 +71,9 @@ fn read_all(log: &PartitionLog) -> Vec<Rec> {
     while off < end {
         let r = log.read(off, 1000, end).expect("read");
         assert_spans_match(&r);
+        // The budget holds, but for a first batch larger than it.
+        let bytes: usize = r.batches.iter().map(|b| b.len()).sum();
+        assert!(r.batches.len() <= 1 || bytes <= 1000, "{bytes} bytes read");
         for b in &r.batches {
             for rec in batch::decode_records(b).expect("decode") {
                 if rec.offset >= off {
