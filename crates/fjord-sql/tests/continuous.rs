@@ -1248,3 +1248,120 @@ async fn two_streams_join_on_a_time_interval_exactly_once_across_a_restart() {
     );
     sql.stop_queries().await;
 }
+
+/// The approximate and order-sensitive aggregates keep their state in the
+/// checkpoint: windows open across a restart come out as one pass over the
+/// same readings computes them (DataFusion ad hoc), and the exact ones as
+/// the test computes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sketch_and_ordered_aggregates_survive_a_restart() {
+    use datafusion::arrow::datatypes::Float64Type;
+    let dir = tempfile::tempdir().unwrap();
+    let src = stream("meter");
+    let base = 1_900_000_000_000i64;
+    // Second s has devices 0..s+3, each reporting at 10 ms steps; temps
+    // spread so percentiles are not trivial.
+    let mut events: Vec<(u32, f64, i64)> = Vec::new();
+    for s in 0..4i64 {
+        for step in 0..20i64 {
+            let d = (step % (s + 3)) as u32;
+            let temp = ((s * 37 + step * 13) % 50) as f64 + 0.5;
+            events.push((d, temp, base + s * 1000 + step * 40));
+        }
+    }
+    let select = "SELECT tumble(_event_ts, INTERVAL '1 second') AS window_start, \
+                  approx_distinct(_key) AS devices, \
+                  count(DISTINCT _key) AS devices_exact, \
+                  approx_percentile_cont(0.5) WITHIN GROUP (ORDER BY json_get_float(value, 'temp')) AS p50, \
+                  first_value(json_get_float(value, 'temp') ORDER BY _event_ts) AS first_temp, \
+                  last_value(json_get_float(value, 'temp') ORDER BY _event_ts) AS last_temp, \
+                  sum(json_get_float(value, 'temp')) AS total \
+                  FROM meter";
+    let create = format!(
+        "CREATE STREAM meter_stats WITH (start = 'earliest', idle_timeout = 'none') AS {select} GROUP BY 1"
+    );
+    let input = |e: &[(u32, f64, i64)]| -> Vec<RecordInput> {
+        e.iter().map(|&(d, t, ts)| reading(d, t, ts)).collect()
+    };
+    let half = 50; // mid-way through second 2
+    {
+        let b = broker(dir.path()).await;
+        let sql = SqlEngine::new(b.clone());
+        b.create_stream(&src, Some(1), Policy::default()).unwrap();
+        sql.query(anonymous(), &create).await.unwrap();
+        b.produce(&src, input(&events[..half]), None).await.unwrap();
+        wait_for("the first half", async || {
+            counter(&sql, "default.meter_stats", "rows_in").await == half as u64
+        })
+        .await;
+        sql.stop_queries().await;
+        b.shutdown().await;
+    }
+    let b = broker(dir.path()).await;
+    let sql = SqlEngine::new(b.clone());
+    sql.start_queries().await;
+    b.produce(&src, input(&events[half..]), None).await.unwrap();
+    // A reading far later closes every window.
+    b.produce(&src, vec![reading(0, 0.0, base + 60_000)], None)
+        .await
+        .unwrap();
+    wait_for("every row read", async || {
+        counter(&sql, "default.meter_stats", "rows_in").await == events.len() as u64 + 1
+    })
+    .await;
+    let got: Vec<serde_json::Value> = read_all(&b, &stream("meter_stats"))
+        .await
+        .iter()
+        .map(json)
+        .collect();
+    assert_eq!(got.len(), 4, "{got:?}");
+
+    // One pass over the same readings, ad hoc.
+    let adhoc = sql
+        .query(
+            anonymous(),
+            &format!(
+                "{select} WHERE _event_ts < to_timestamp_millis({}) GROUP BY 1 ORDER BY 1",
+                base + 4000
+            ),
+        )
+        .await
+        .unwrap();
+    let mut one_pass = Vec::new();
+    for batch in &adhoc.batches {
+        let devices = batch.column(1).as_primitive::<UInt64Type>();
+        let p50 = batch.column(3).as_primitive::<Float64Type>();
+        for i in 0..batch.num_rows() {
+            one_pass.push((devices.value(i), p50.value(i)));
+        }
+    }
+    assert_eq!(one_pass.len(), 4);
+
+    for (s, row) in got.iter().enumerate() {
+        let window: Vec<&(u32, f64, i64)> = events
+            .iter()
+            .filter(|e| (e.2 - base) / 1000 == s as i64)
+            .collect();
+        let distinct = window
+            .iter()
+            .map(|e| e.0)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64;
+        let total: f64 = window.iter().map(|e| e.1).sum();
+        assert_eq!(row["devices_exact"].as_u64(), Some(distinct), "{row}");
+        assert_eq!(row["devices"].as_u64(), Some(one_pass[s].0), "{row}");
+        assert!(one_pass[s].0.abs_diff(distinct) <= 1, "{row}");
+        assert_eq!(row["p50"].as_f64(), Some(one_pass[s].1), "{row}");
+        assert_eq!(row["first_temp"].as_f64(), Some(window[0].1), "{row}");
+        assert_eq!(
+            row["last_temp"].as_f64(),
+            Some(window[window.len() - 1].1),
+            "{row}"
+        );
+        assert!(
+            (row["total"].as_f64().unwrap() - total).abs() < 1e-9,
+            "{row}"
+        );
+    }
+    sql.stop_queries().await;
+}
