@@ -66,7 +66,7 @@ pub enum ProduceBody {
         #[serde(default)]
         partition: Option<u32>,
     },
-    One(RecordIn),
+    One(Box<RecordIn>),
 }
 
 fn b64(field: &str, s: &str) -> Result<Bytes, ApiError> {

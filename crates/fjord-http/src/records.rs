@@ -61,7 +61,7 @@ pub async fn produce(
         (vec![rec], q.partition)
     } else {
         match parse_json::<ProduceBody>(&body)? {
-            ProduceBody::One(rec) => (vec![rec.into_input()?], q.partition),
+            ProduceBody::One(rec) => (vec![(*rec).into_input()?], q.partition),
             ProduceBody::Many { records, partition } => {
                 if records.is_empty() {
                     return Err(ApiError::bad_request(

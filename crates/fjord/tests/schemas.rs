@@ -198,14 +198,15 @@ async fn an_enforced_json_schema_refuses_misfits_over_mqtt_and_http_and_types_sq
             "_publish_ts",
             "_event_ts",
             "_headers",
-            "at",
+            // In the order the schema declares them.
             "device",
             "temp",
+            "at",
             "_raw"
         ]
     );
-    assert!(cols[7].1.starts_with("Timestamp"), "{cols:?}");
-    assert_eq!(cols[9].1, "Float64");
+    assert_eq!(cols[8].1, "Float64", "{cols:?}");
+    assert!(cols[9].1.starts_with("Timestamp"), "{cols:?}");
     let got = query(
         &node,
         "SELECT device, count(*) AS n, sum(temp) AS total, max(at) IS NOT NULL AS timed \
