@@ -18,6 +18,7 @@ pub mod quotas;
 mod rate;
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -915,12 +916,15 @@ impl Broker {
                     return false;
                 }
                 match rec.to_record(memory) {
-                    Ok(r) => records.push(r),
+                    Ok(r) => {
+                        records.push(r);
+                        true
+                    }
                     Err(e) => {
-                        failed.get_or_insert(e);
+                        failed = Some(e);
+                        false
                     }
                 }
-                true
             })
             .await?;
         if let Some(e) = failed {
@@ -959,13 +963,11 @@ impl Broker {
             let mut stopped = None;
             batch::for_each_record(b, |memory, rec| {
                 let expired = ttl >= 0 && now.saturating_sub(rec.publish_ts) > ttl;
-                if stopped.is_some() || rec.offset < offset || expired {
-                    return Ok(());
+                if rec.offset < offset || expired || visit(memory, &rec) {
+                    return ControlFlow::Continue(());
                 }
-                if !visit(memory, &rec) {
-                    stopped = Some(rec.offset);
-                }
-                Ok(())
+                stopped = Some(rec.offset);
+                ControlFlow::Break(())
             })
             .map_err(|e| BrokerError::Storage(format!("stored batch: {e}")))?;
             if let Some(at) = stopped {
@@ -1030,12 +1032,22 @@ impl Broker {
             BrokerError::Invalid(format!("record batch: {e}"))
         })?;
         if let Some(schema) = st.schema.as_ref().filter(|s| s.enforced()) {
-            let records = batch::decode_records(&batch)
-                .map_err(|e| BrokerError::Invalid(format!("record batch: {e}")))?;
-            for (i, r) in records.iter().enumerate() {
-                schema.check(r.value.as_deref()).map_err(|e| {
-                    BrokerError::InvalidRecord(format!("record {i} of the batch: {e}"))
-                })?;
+            // The records were validated just above: only values are read.
+            let mut i = 0usize;
+            let mut misfit = None;
+            batch::for_each_record(&batch, |_, r| match schema.check(r.value) {
+                Ok(()) => {
+                    i += 1;
+                    ControlFlow::Continue(())
+                }
+                Err(e) => {
+                    misfit = Some(format!("record {i} of the batch: {e}"));
+                    ControlFlow::Break(())
+                }
+            })
+            .map_err(|e| BrokerError::Invalid(format!("record batch: {e}")))?;
+            if let Some(m) = misfit {
+                return Err(BrokerError::InvalidRecord(m));
             }
         }
         let batch = Vec::from(batch);

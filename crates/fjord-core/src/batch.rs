@@ -25,6 +25,8 @@
 //! `message.timestamp.type=LogAppendTime`. So a batch produced by any client
 //! is stored as sent, only its base offset, publish time and CRC rewritten.
 
+use std::ops::ControlFlow;
+
 use bytes::Bytes;
 
 use crate::record::{Header, Record, RecordInput};
@@ -428,23 +430,25 @@ fn records_section(batch: &Bytes) -> Result<(BatchHeader, Option<(Bytes, usize)>
 /// UTF-8 here ([`decode_records`] does).
 ///
 /// `f` also gets the memory the view borrows from, to keep parts of it
-/// ([`RecordView::to_record`]).
+/// ([`RecordView::to_record`]); it breaks to stop the walk there (the rest
+/// of the batch is not decoded).
 pub fn for_each_record(
     batch: &Bytes,
-    mut f: impl FnMut(&Bytes, RecordView<'_>) -> Result<(), CoreError>,
+    mut f: impl FnMut(&Bytes, RecordView<'_>) -> ControlFlow<()>,
 ) -> Result<(), CoreError> {
     match records_section(batch)? {
-        (h, Some((body, pos))) => walk(&h, &body, pos, |v| f(&body, v)),
+        (h, Some((body, pos))) => walk(&h, &body, pos, |v| Ok(f(&body, v))),
         (_, None) => Ok(()),
     }
 }
 
-/// The records of `body` from `pos`, as the batch header `h` counts them.
+/// The records of `body` from `pos`, as the batch header `h` counts them,
+/// until `f` breaks.
 fn walk(
     h: &BatchHeader,
     body: &[u8],
     mut pos: usize,
-    mut f: impl FnMut(RecordView<'_>) -> Result<(), CoreError>,
+    mut f: impl FnMut(RecordView<'_>) -> Result<ControlFlow<()>, CoreError>,
 ) -> Result<(), CoreError> {
     for _ in 0..h.record_count {
         let len = get_varint(body, &mut pos)?;
@@ -488,7 +492,7 @@ fn walk(
             ts
         };
         let event_ts = if ts == NO_TIMESTAMP { publish_ts } else { ts };
-        f(RecordView {
+        let view = RecordView {
             offset: h.base_offset + off_delta as i64,
             publish_ts,
             event_ts,
@@ -496,7 +500,10 @@ fn walk(
             value,
             headers: &rec[headers_at..end],
             header_count: n_headers as usize,
-        })?;
+        };
+        if f(view)?.is_break() {
+            return Ok(());
+        }
     }
     if pos != body.len() {
         return Err(CoreError::MalformedRecord(
@@ -521,7 +528,7 @@ pub fn decode_records(batch: &Bytes) -> Result<Vec<Record>, CoreError> {
     let mut out = Vec::with_capacity(cap);
     walk(&h, &body, pos, |v| {
         out.push(v.to_record(&body)?);
-        Ok(())
+        Ok(ControlFlow::Continue(()))
     })?;
     Ok(out)
 }

@@ -101,7 +101,9 @@ impl PartitionScan {
         while builder.rows() < rows && at < self.end {
             let mut beyond = false;
             // Records go straight from the stored batches into the Arrow
-            // builders: no record is made on the way.
+            // builders: no record is made on the way. A read is taken
+            // whole, even past `rows`: cutting it would have the next read
+            // fetch, check and walk the same stored batch again.
             let visited = self
                 .broker
                 .fetch_visit(
@@ -120,9 +122,6 @@ impl PartitionScan {
                                 .is_some_and(|max| r.publish_ts > max)
                         {
                             beyond = true;
-                            return false;
-                        }
-                        if builder.rows() >= rows {
                             return false;
                         }
                         builder.push(r);
@@ -159,7 +158,7 @@ impl PartitionScan {
 }
 
 impl PartitionScan {
-    /// The partition's rows, in batches of at most `rows`.
+    /// The partition's rows, in batches of about `rows` (whole reads).
     fn batches(&self, rows: usize, misfits: Count) -> SendableRecordBatchStream {
         let scan = self.clone();
         let mut left = self.limit.unwrap_or(usize::MAX);
